@@ -1,0 +1,377 @@
+package netio
+
+import (
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+)
+
+// Actor is the behaviour of an actor: Receive is called with one message at a
+// time, on the actor's loop (or, for blocking actors, on its own goroutine).
+type Actor interface {
+	Receive(ctx *Context, msg any)
+}
+
+// ReceiveFunc adapts a function to [Actor]; it is also the type of a
+// behaviour given to [Context.Become].
+type ReceiveFunc func(ctx *Context, msg any)
+
+// Receive calls f.
+func (f ReceiveFunc) Receive(ctx *Context, msg any) { f(ctx, msg) }
+
+// PreStarter is implemented by actors that need set-up on their loop before
+// the first message.
+type PreStarter interface {
+	PreStart(ctx *Context)
+}
+
+// PostStopper is implemented by actors that release resources when they stop,
+// for whatever reason (Stop, a panic, the system's shutdown).
+type PostStopper interface {
+	PostStop(ctx *Context)
+}
+
+// Terminated is delivered to the watchers of an actor when it stops.
+type Terminated struct {
+	Ref Ref
+}
+
+// Ref names an actor. The zero Ref names nobody: telling it does nothing.
+// Refs are comparable and safe to use from any goroutine.
+type Ref struct{ a *actor }
+
+// IsZero reports whether r names no actor.
+func (r Ref) IsZero() bool { return r.a == nil }
+
+// Tell sends msg to the actor with no sender. It is safe from any goroutine
+// and never blocks; a message to a stopped actor is dropped.
+func (r Ref) Tell(msg any) {
+	if r.a != nil {
+		send(nil, nil, r.a, msg, kindUser)
+	}
+}
+
+// Stop asks the actor to stop after the messages already queued for it.
+func (r Ref) Stop() {
+	if r.a != nil {
+		send(nil, nil, r.a, nil, kindStop)
+	}
+}
+
+// Done returns a channel that is closed once the actor has stopped and its
+// PostStop has returned.
+func (r Ref) Done() <-chan struct{} { return r.a.done }
+
+// Loop returns the loop the actor is pinned to, or nil for a blocking actor.
+func (r Ref) Loop() *Loop { return r.a.loop }
+
+// String names the actor for logs.
+func (r Ref) String() string {
+	if r.a == nil {
+		return "actor(nil)"
+	}
+	return fmt.Sprintf("actor(%d)", r.a.id)
+}
+
+type actorState uint8
+
+const (
+	stateNew actorState = iota
+	stateRunning
+	stateStopped
+)
+
+type actor struct {
+	id    uint64
+	sys   *System
+	loop  *Loop      // nil for a blocking actor
+	g     *goMailbox // non-nil for a blocking actor
+	impl  Actor
+	ctx   Context
+	done  chan struct{}
+	state actorState // owned by the actor's goroutine
+
+	behaviors []ReceiveFunc // become stack; empty means impl.Receive
+	stopReq   bool
+	watchers  []*actor
+	fds       []int
+	dead      atomic.Bool // set when stopped; read by other goroutines
+}
+
+var actorIDs atomic.Uint64
+
+func newActor(sys *System, l *Loop, impl Actor) *actor {
+	a := &actor{id: actorIDs.Add(1), sys: sys, loop: l, impl: impl, done: make(chan struct{})}
+	a.ctx.a = a
+	return a
+}
+
+type kind uint8
+
+const (
+	kindUser kind = iota
+	kindStart
+	kindStop
+	kindWatch
+	kindUnwatch
+	kindFunc
+)
+
+type envelope struct {
+	to   *actor
+	from *actor
+	msg  any
+	kind kind
+}
+
+// send routes one envelope. fromLoop is the loop of the calling goroutine when
+// the caller is an actor of a loop, else nil.
+func send(fromLoop *Loop, from, to *actor, msg any, k kind) {
+	e := envelope{to: to, from: from, msg: msg, kind: k}
+	switch {
+	case to.loop != nil && to.loop == fromLoop:
+		fromLoop.local.push(e)
+	case to.loop != nil:
+		to.loop.pushRemote(e)
+	default:
+		to.g.push(e)
+	}
+}
+
+// invoke delivers one envelope. It runs on the actor's goroutine.
+func (a *actor) invoke(e envelope) {
+	if a.state == stateStopped {
+		a.sys.deadLetters.Add(1)
+		if e.kind == kindWatch && e.from != nil {
+			send(a.loop, a, e.from, Terminated{Ref: Ref{a}}, kindUser)
+		}
+		return
+	}
+	if a.state == stateNew {
+		a.start()
+		if a.state == stateStopped {
+			return
+		}
+	}
+	switch e.kind {
+	case kindStart:
+		return
+	case kindStop:
+		a.stop()
+		return
+	case kindWatch:
+		a.watchers = append(a.watchers, e.from)
+		return
+	case kindUnwatch:
+		for i, w := range a.watchers {
+			if w == e.from {
+				a.watchers = append(a.watchers[:i], a.watchers[i+1:]...)
+				break
+			}
+		}
+		return
+	}
+	a.ctx.sender = e.from
+	a.safely(func() {
+		if e.kind == kindFunc {
+			e.msg.(func(*Context))(&a.ctx)
+			return
+		}
+		if n := len(a.behaviors); n > 0 {
+			a.behaviors[n-1](&a.ctx, e.msg)
+		} else {
+			a.impl.Receive(&a.ctx, e.msg)
+		}
+	})
+	a.ctx.sender = nil
+	if a.stopReq {
+		a.stop()
+	}
+}
+
+// safely runs f and turns a panic into a stop of the actor.
+func (a *actor) safely(f func()) {
+	defer func() {
+		if r := recover(); r != nil {
+			a.sys.panics.Add(1)
+			a.sys.logger.Error("netio: actor panicked; stopping it", "actor", a.id, "panic", r)
+			a.stopReq = true
+		}
+	}()
+	f()
+}
+
+func (a *actor) start() {
+	a.state = stateRunning
+	if a.loop != nil {
+		a.loop.actors[a] = struct{}{}
+	}
+	if ps, ok := a.impl.(PreStarter); ok {
+		a.safely(func() { ps.PreStart(&a.ctx) })
+		if a.stopReq {
+			a.stop()
+		}
+	}
+}
+
+func (a *actor) stop() {
+	if a.state == stateStopped {
+		return
+	}
+	if a.state == stateNew {
+		a.state = stateRunning
+	}
+	a.stopReq = false
+	if ps, ok := a.impl.(PostStopper); ok {
+		a.safely(func() { ps.PostStop(&a.ctx) })
+	}
+	a.state = stateStopped
+	a.dead.Store(true)
+	for _, fd := range a.fds {
+		a.loop.forget(fd)
+		closeFD(fd)
+	}
+	a.fds = nil
+	for _, w := range a.watchers {
+		send(a.loop, a, w, Terminated{Ref: Ref{a}}, kindUser)
+	}
+	a.watchers = nil
+	a.behaviors = nil
+	if a.loop != nil {
+		delete(a.loop.actors, a)
+	}
+	close(a.done)
+}
+
+// Context is an actor's handle on the runtime. It is valid only on the actor's
+// own goroutine, during Receive, PreStart, PostStop or an FDHandler callback.
+type Context struct {
+	a      *actor
+	sender *actor
+}
+
+// Self returns the actor's own Ref.
+func (c *Context) Self() Ref { return Ref{c.a} }
+
+// Sender returns the sender of the current message; zero when it came from
+// outside any actor (Ref.Tell) or from a socket event.
+func (c *Context) Sender() Ref { return Ref{c.sender} }
+
+// System returns the system the actor belongs to.
+func (c *Context) System() *System { return c.a.sys }
+
+// Loop returns the actor's loop, or nil for a blocking actor.
+func (c *Context) Loop() *Loop { return c.a.loop }
+
+// Logger returns the system's logger.
+func (c *Context) Logger() *slog.Logger { return c.a.sys.logger }
+
+// Now returns the time at the start of the current loop turn (cheap), or the
+// wall clock for a blocking actor.
+func (c *Context) Now() time.Time {
+	if c.a.loop != nil {
+		return c.a.loop.now
+	}
+	return time.Now()
+}
+
+// Tell sends msg to to, with this actor as the sender. To an actor of the same
+// loop it is a local queue push.
+func (c *Context) Tell(to Ref, msg any) {
+	if to.a != nil {
+		send(c.a.loop, c.a, to.a, msg, kindUser)
+	}
+}
+
+// Forward sends msg to to, keeping the current message's sender.
+func (c *Context) Forward(to Ref, msg any) {
+	if to.a != nil {
+		send(c.a.loop, c.sender, to.a, msg, kindUser)
+	}
+}
+
+// Reply sends msg to the sender of the current message.
+func (c *Context) Reply(msg any) { c.Tell(c.Sender(), msg) }
+
+// Spawn starts an actor on the same loop as this one (a blocking actor spawns
+// on the system's next loop).
+func (c *Context) Spawn(a Actor) Ref {
+	l := c.a.loop
+	if l == nil {
+		l = c.a.sys.nextLoop()
+	}
+	return c.SpawnOn(l, a)
+}
+
+// SpawnOn starts an actor on loop l.
+func (c *Context) SpawnOn(l *Loop, impl Actor) Ref {
+	a := newActor(c.a.sys, l, impl)
+	send(c.a.loop, c.a, a, nil, kindStart)
+	return Ref{a}
+}
+
+// Become replaces the current behaviour with f.
+func (c *Context) Become(f ReceiveFunc) {
+	if n := len(c.a.behaviors); n > 0 {
+		c.a.behaviors[n-1] = f
+		return
+	}
+	c.a.behaviors = append(c.a.behaviors, f)
+}
+
+// BecomeStacked pushes f on top of the current behaviour; Unbecome returns to
+// the one below.
+func (c *Context) BecomeStacked(f ReceiveFunc) { c.a.behaviors = append(c.a.behaviors, f) }
+
+// Unbecome pops the behaviour pushed last; with none left, the actor's own
+// Receive is used again.
+func (c *Context) Unbecome() {
+	if n := len(c.a.behaviors); n > 0 {
+		c.a.behaviors[n-1] = nil
+		c.a.behaviors = c.a.behaviors[:n-1]
+	}
+}
+
+// Stop stops the actor once the current message has been handled.
+func (c *Context) Stop() { c.a.stopReq = true }
+
+// StopActor asks another actor to stop (the same as r.Stop, with this actor
+// as the sender).
+func (c *Context) StopActor(r Ref) {
+	if r.a != nil {
+		send(c.a.loop, c.a, r.a, nil, kindStop)
+	}
+}
+
+// Watch asks for a [Terminated] message when r stops. Watching an actor that
+// has already stopped delivers Terminated at once.
+func (c *Context) Watch(r Ref) {
+	if r.a != nil {
+		send(c.a.loop, c.a, r.a, nil, kindWatch)
+	}
+}
+
+// Unwatch cancels a Watch. A Terminated already on its way may still arrive.
+func (c *Context) Unwatch(r Ref) {
+	if r.a != nil {
+		send(c.a.loop, c.a, r.a, nil, kindUnwatch)
+	}
+}
+
+// Run queues f to run on r's goroutine as if it were a message from this
+// actor: a closure message, for code that must touch another actor's state.
+// It is also available as [Ref.Run] from any goroutine.
+func (c *Context) Run(r Ref, f func(*Context)) {
+	if r.a != nil {
+		send(c.a.loop, c.a, r.a, f, kindFunc)
+	}
+}
+
+// Run queues f to run on the actor's goroutine, with the actor's Context.
+// Safe from any goroutine; dropped if the actor has stopped.
+func (r Ref) Run(f func(*Context)) {
+	if r.a != nil {
+		send(nil, nil, r.a, f, kindFunc)
+	}
+}

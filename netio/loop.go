@@ -1,0 +1,359 @@
+package netio
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Readiness bits given to [FDHandler.OnEvents] and accepted by
+// [Context.Register] and [Context.Modify]. They are epoll's.
+const (
+	EventIn    = unix.EPOLLIN
+	EventOut   = unix.EPOLLOUT
+	EventErr   = unix.EPOLLERR
+	EventHup   = unix.EPOLLHUP
+	EventRdHup = unix.EPOLLRDHUP
+)
+
+// FDHandler receives readiness events for a descriptor registered with
+// [Context.Register]. It runs on the loop, with the owning actor's Context.
+type FDHandler interface {
+	OnEvents(ctx *Context, events uint32)
+}
+
+// readBufferSize is the size of each loop's shared read buffer.
+const readBufferSize = 64 << 10
+
+// Loop is one event loop: a goroutine in epoll_wait, the actors pinned to it,
+// their descriptors and timers.
+type Loop struct {
+	id  int
+	sys *System
+
+	epfd   int
+	wakefd int // eventfd
+
+	// Owned by the loop goroutine.
+	local  ring
+	fds    []fdEntry
+	actors map[*actor]struct{}
+	timers timerHeap
+	ready  []readyEntry
+	spare  []readyEntry
+	now    time.Time
+	buf    []byte
+	events []unix.EpollEvent
+
+	// Remote queue: any goroutine appends under mu.
+	mu      sync.Mutex
+	remote  []envelope
+	closed  bool
+	wakeSet atomic.Bool
+
+	messages atomic.Uint64
+	wakeups  atomic.Uint64
+}
+
+type fdEntry struct {
+	a *actor
+	h FDHandler
+}
+
+type readyEntry struct {
+	fd     int
+	events uint32
+}
+
+func newLoop(sys *System, id int) (*Loop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	wfd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, os.NewSyscallError("eventfd", err)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wfd)}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wfd, &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(wfd)
+		return nil, os.NewSyscallError("epoll_ctl", err)
+	}
+	return &Loop{
+		id: id, sys: sys, epfd: epfd, wakefd: wfd,
+		actors: make(map[*actor]struct{}),
+		buf:    make([]byte, readBufferSize),
+		events: make([]unix.EpollEvent, 256),
+		now:    time.Now(),
+	}, nil
+}
+
+// ID is the loop's index in its system, from 0.
+func (l *Loop) ID() int { return l.id }
+
+// ReadBuffer returns the loop's shared read buffer. Only socket actors of this
+// loop may use it, inside an FDHandler callback; bytes read into it stay valid
+// until the loop finishes the queue drain that follows the callback.
+func (l *Loop) ReadBuffer() []byte { return l.buf }
+
+func (l *Loop) pushRemote(e envelope) {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		l.sys.deadLetters.Add(1)
+		return
+	}
+	l.remote = append(l.remote, e)
+	l.mu.Unlock()
+	l.wakeups.Add(1)
+	l.wake()
+}
+
+// wake makes the loop's epoll_wait return; concurrent wakes coalesce into one
+// eventfd write until the loop has consumed it.
+func (l *Loop) wake() {
+	if l.wakeSet.CompareAndSwap(false, true) {
+		var one = [8]byte{1}
+		unix.Write(l.wakefd, one[:])
+	}
+}
+
+func (l *Loop) takeRemote(spare []envelope) []envelope {
+	var b [8]byte
+	unix.Read(l.wakefd, b[:])
+	l.wakeSet.Store(false)
+	l.mu.Lock()
+	q := l.remote
+	l.remote = spare[:0]
+	l.mu.Unlock()
+	return q
+}
+
+// run is the loop goroutine.
+func (l *Loop) run() {
+	var spare []envelope
+	for {
+		timeout := -1
+		if l.local.n > 0 || len(l.ready) > 0 {
+			timeout = 0
+		} else if t := l.timers.next(); t != nil {
+			d := time.Until(t.when)
+			switch {
+			case d <= 0:
+				timeout = 0
+			default:
+				timeout = int((d + time.Millisecond - 1) / time.Millisecond)
+			}
+		}
+		n, err := unix.EpollWait(l.epfd, l.events, timeout)
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			l.sys.logger.Error("netio: epoll_wait failed; loop stops", "loop", l.id, "err", err)
+			l.shutdown()
+			return
+		}
+		l.now = time.Now()
+		for i := 0; i < n; i++ {
+			ev := &l.events[i]
+			fd := int(ev.Fd)
+			if fd == l.wakefd {
+				q := l.takeRemote(spare)
+				for j := range q {
+					l.local.push(q[j])
+					q[j] = envelope{}
+				}
+				spare = q
+				if l.drain() {
+					return
+				}
+				continue
+			}
+			l.dispatch(fd, ev.Events)
+			if l.drain() {
+				return
+			}
+		}
+		l.timers.fire(l)
+		if l.drain() {
+			return
+		}
+		if len(l.ready) > 0 {
+			r := l.ready
+			l.ready = l.spare[:0]
+			for _, e := range r {
+				l.dispatch(e.fd, e.events)
+				if l.drain() {
+					return
+				}
+			}
+			l.spare = r[:0]
+		}
+	}
+}
+
+// quit is a sentinel envelope kind target: an envelope to nil asks the loop to
+// shut down.
+func (l *Loop) drain() (quit bool) {
+	var count uint64
+	for l.local.n > 0 {
+		e := l.local.pop()
+		if e.to == nil {
+			l.messages.Add(count)
+			l.shutdown()
+			return true
+		}
+		count++
+		e.to.invoke(e)
+	}
+	if count > 0 {
+		l.messages.Add(count)
+	}
+	return false
+}
+
+func (l *Loop) dispatch(fd int, events uint32) {
+	if fd >= len(l.fds) {
+		return
+	}
+	ent := l.fds[fd]
+	if ent.h == nil || ent.a.state != stateRunning {
+		return
+	}
+	a := ent.a
+	a.safely(func() { ent.h.OnEvents(&a.ctx, events) })
+	if a.stopReq {
+		a.stop()
+	}
+}
+
+// shutdown stops every actor of the loop, then closes the loop's descriptors.
+func (l *Loop) shutdown() {
+	l.mu.Lock()
+	l.closed = true
+	rest := l.remote
+	l.remote = nil
+	l.mu.Unlock()
+	for _, e := range rest {
+		if e.to != nil {
+			l.local.push(e)
+		}
+	}
+	// Deliver what was already queued (close commands, stops), then stop all.
+	for l.local.n > 0 {
+		if e := l.local.pop(); e.to != nil {
+			e.to.invoke(e)
+		}
+	}
+	for len(l.actors) > 0 {
+		for a := range l.actors {
+			a.stop()
+		}
+		for l.local.n > 0 {
+			if e := l.local.pop(); e.to != nil && e.to.loop == l {
+				e.to.invoke(e)
+			}
+		}
+	}
+	unix.Close(l.epfd)
+	unix.Close(l.wakefd)
+}
+
+// register adds fd to the loop's epoll set, owned by a.
+func (l *Loop) register(a *actor, fd int, events uint32, h FDHandler) error {
+	if fd < 0 {
+		return fmt.Errorf("netio: register fd %d: %w", fd, unix.EBADF)
+	}
+	for fd >= len(l.fds) {
+		l.fds = append(l.fds, make([]fdEntry, len(l.fds)+64)...)
+	}
+	if l.fds[fd].h != nil {
+		return fmt.Errorf("netio: register fd %d: already registered", fd)
+	}
+	ev := unix.EpollEvent{Events: events, Fd: int32(fd)}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		return os.NewSyscallError("epoll_ctl add", err)
+	}
+	l.fds[fd] = fdEntry{a: a, h: h}
+	a.fds = append(a.fds, fd)
+	return nil
+}
+
+func (l *Loop) forget(fd int) {
+	if fd < len(l.fds) {
+		l.fds[fd] = fdEntry{}
+	}
+	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+}
+
+func closeFD(fd int) { unix.Close(fd) }
+
+// Register adds fd to the loop's poller with the given interest (EventIn,
+// EventOut, …), owned by this actor: the actor's stop closes it. The loop
+// calls h.OnEvents when fd is ready. Only actors of a loop may register.
+func (c *Context) Register(fd int, events uint32, h FDHandler) error {
+	if c.a.loop == nil {
+		return errors.New("netio: a blocking actor cannot register descriptors")
+	}
+	return c.a.loop.register(c.a, fd, events, h)
+}
+
+// Modify changes the interest set of a descriptor this actor registered.
+func (c *Context) Modify(fd int, events uint32) error {
+	ev := unix.EpollEvent{Events: events, Fd: int32(fd)}
+	if err := unix.EpollCtl(c.a.loop.epfd, unix.EPOLL_CTL_MOD, fd, &ev); err != nil {
+		return os.NewSyscallError("epoll_ctl mod", err)
+	}
+	return nil
+}
+
+// CloseFD removes fd from the poller and closes it.
+func (c *Context) CloseFD(fd int) error {
+	a := c.a
+	for i, f := range a.fds {
+		if f == fd {
+			a.fds = append(a.fds[:i], a.fds[i+1:]...)
+			a.loop.forget(fd)
+			break
+		}
+	}
+	return os.NewSyscallError("close", unix.Close(fd))
+}
+
+// Wake asks the loop to call the FDHandler of fd with events later in this
+// turn, after the current queue drain, as if epoll had reported them. Socket
+// actors use it to read again without waiting for the poller.
+func (c *Context) Wake(fd int, events uint32) {
+	c.a.loop.ready = append(c.a.loop.ready, readyEntry{fd: fd, events: events})
+}
+
+// ring is the loop's local queue: a growable power-of-two ring of envelopes.
+type ring struct {
+	buf     []envelope
+	head, n int
+}
+
+func (r *ring) push(e envelope) {
+	if r.n == len(r.buf) {
+		nb := make([]envelope, max(64, 2*len(r.buf)))
+		for i := 0; i < r.n; i++ {
+			nb[i] = r.buf[(r.head+i)&(len(r.buf)-1)]
+		}
+		r.buf, r.head = nb, 0
+	}
+	r.buf[(r.head+r.n)&(len(r.buf)-1)] = e
+	r.n++
+}
+
+func (r *ring) pop() envelope {
+	e := r.buf[r.head]
+	r.buf[r.head] = envelope{}
+	r.head = (r.head + 1) & (len(r.buf) - 1)
+	r.n--
+	return e
+}

@@ -1,0 +1,206 @@
+package tftp
+
+import (
+	"bytes"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Seed corpora are in testdata/fuzz/<FuzzName>.
+
+func FuzzParseRequest(f *testing.F) {
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := ParseRequest(b)
+		if err != nil {
+			return
+		}
+		if r.Op != OpRRQ && r.Op != OpWRQ || r.Filename == "" || strings.IndexByte(r.Filename, 0) >= 0 {
+			t.Fatalf("bad request %+v", r)
+		}
+		if r.Mode != ModeOctet && r.Mode != ModeNetascii && r.Mode != ModeMail {
+			t.Fatalf("mode %q is not canonical", r.Mode)
+		}
+		checkOptions(t, r.Options)
+		r2, err := ParseRequest(AppendRequest(nil, r))
+		if err != nil || !reflect.DeepEqual(r2, r) {
+			t.Fatalf("round trip: %+v, %v; want %+v", r2, err, r)
+		}
+	})
+}
+
+// checkOptions checks the option invariants of the parsers: names are
+// non-empty, free of uppercase ASCII and unique.
+func checkOptions(t *testing.T, opts []Option) {
+	t.Helper()
+	if len(opts) > maxOptions {
+		t.Fatalf("%d options, limit %d", len(opts), maxOptions)
+	}
+	seen := map[string]bool{}
+	for _, o := range opts {
+		if o.Name == "" || seen[o.Name] || strings.ContainsAny(o.Name, "ABCDEFGHIJKLMNOPQRSTUVWXYZ\x00") || strings.IndexByte(o.Value, 0) >= 0 {
+			t.Fatalf("bad option %q in %q", o, opts)
+		}
+		seen[o.Name] = true
+	}
+}
+
+func FuzzParsePacket(f *testing.F) {
+	f.Fuzz(func(t *testing.T, b []byte) {
+		op, opErr := PacketOpcode(b)
+
+		if block, payload, err := ParseData(b); err == nil {
+			if op != OpDATA || opErr != nil || len(payload) > MaxBlockSize {
+				t.Fatalf("DATA parsed from opcode %v (%v), payload %d bytes", op, opErr, len(payload))
+			}
+			if got := AppendData(nil, block, payload); !bytes.Equal(got, b) {
+				t.Fatalf("DATA round trip: %q, want %q", got, b)
+			}
+		}
+		if block, err := ParseAck(b); err == nil {
+			if op != OpACK {
+				t.Fatalf("ACK parsed from opcode %v", op)
+			}
+			if got := AppendAck(nil, block); !bytes.Equal(got, b) {
+				t.Fatalf("ACK round trip: %q, want %q", got, b)
+			}
+		}
+		if code, msg, err := ParseError(b); err == nil {
+			if op != OpERROR || strings.IndexByte(msg, 0) >= 0 {
+				t.Fatalf("ERROR parsed from opcode %v, message %q", op, msg)
+			}
+			code2, msg2, err := ParseError(AppendError(nil, code, msg))
+			if err != nil || code2 != code || msg2 != msg {
+				t.Fatalf("ERROR round trip: %v, %q, %v; want %v, %q", code2, msg2, err, code, msg)
+			}
+		}
+		if opts, err := ParseOACK(b); err == nil {
+			if op != OpOACK {
+				t.Fatalf("OACK parsed from opcode %v", op)
+			}
+			checkOptions(t, opts)
+			opts2, err := ParseOACK(AppendOACK(nil, opts))
+			if err != nil || !reflect.DeepEqual(opts2, opts) {
+				t.Fatalf("OACK round trip: %q, %v; want %q", opts2, err, opts)
+			}
+		}
+		if r, err := ParseRequest(b); err == nil && r.Op != op {
+			t.Fatalf("request %v parsed from opcode %v", r.Op, op)
+		}
+	})
+}
+
+// FuzzNegotiate takes the options as NUL-separated names and values.
+func FuzzNegotiate(f *testing.F) {
+	f.Fuzz(func(t *testing.T, wrq bool, raw []byte, maxBlock, maxWindow int, minTimeoutNS, maxTimeoutNS, fileSize int64) {
+		minTimeout, maxTimeout := time.Duration(minTimeoutNS), time.Duration(maxTimeoutNS)
+		var opts []Option
+		fields := strings.Split(string(raw), "\x00")
+		for i := 0; i+1 < len(fields); i += 2 {
+			opts = append(opts, Option{Name: fields[i], Value: fields[i+1]})
+		}
+		op := OpRRQ
+		if wrq {
+			op = OpWRQ
+		}
+		lim := Limits{MaxBlockSize: maxBlock, MaxWindowSize: maxWindow, MinTimeout: minTimeout, MaxTimeout: maxTimeout}
+		n, oack := Negotiate(op, opts, lim, fileSize)
+
+		want := defaultNegotiated()
+		var names []string
+		for _, o := range oack {
+			v, err := strconv.ParseInt(o.Value, 10, 64)
+			if err != nil || strconv.FormatInt(v, 10) != o.Value || v < 0 {
+				t.Fatalf("OACK value %q of %q is not canonical", o.Value, o.Name)
+			}
+			req, ok := findOption(opts, o.Name)
+			if _, valid := parseDecimal(req.Value); !ok || !valid {
+				t.Fatalf("OACK option %q: requested %v, with value %q", o.Name, ok, req.Value)
+			}
+			switch o.Name {
+			case OptBlockSize:
+				limit := int64(MaxBlockSize)
+				if maxBlock > 0 {
+					limit = min(max(int64(maxBlock), MinBlockSize), MaxBlockSize)
+				}
+				if v < MinBlockSize || v > limit || maxBlock < 0 {
+					t.Fatalf("blksize %d accepted with limit %d", v, maxBlock)
+				}
+				want.BlockSize = int(v)
+			case OptWindowSize:
+				limit := int64(maxWindow)
+				if maxWindow == 0 {
+					limit = DefaultMaxWindowSize
+				}
+				if v < 1 || v > 65535 || v > limit {
+					t.Fatalf("windowsize %d accepted with limit %d", v, maxWindow)
+				}
+				want.WindowSize = int(v)
+			case OptTimeout:
+				if v < 1 || v > 255 || minTimeout > 0 && time.Duration(v)*time.Second < minTimeout ||
+					maxTimeout != 0 && time.Duration(v)*time.Second > maxTimeout {
+					t.Fatalf("timeout %d accepted within [%v, %v]", v, minTimeout, maxTimeout)
+				}
+				want.Timeout = time.Duration(v) * time.Second
+			case OptTSize:
+				if op == OpRRQ && v != fileSize {
+					t.Fatalf("RRQ tsize %d, file size %d", v, fileSize)
+				}
+				want.TSize = v
+			default:
+				t.Fatalf("unknown option %q accepted", o.Name)
+			}
+			names = append(names, o.Name)
+		}
+		if n != want {
+			t.Fatalf("Negotiated %+v disagrees with OACK %q", n, oack)
+		}
+		// The OACK follows the order of first occurrences in the request.
+		var order []string
+		for _, o := range opts {
+			k := knownOption(o.Name)
+			if k >= 0 && !slices.Contains(order, knownOptions[k]) {
+				order = append(order, knownOptions[k])
+			}
+		}
+		order = slices.DeleteFunc(order, func(name string) bool { return !slices.Contains(names, name) })
+		if !slices.Equal(order, names) {
+			t.Fatalf("OACK order %q, want %q", names, order)
+		}
+		// A client accepts what a server negotiated.
+		got, err := ParseOACKReply(opts, oack)
+		if err != nil || got != n {
+			t.Fatalf("ParseOACKReply = %+v, %v; want %+v", got, err, n)
+		}
+	})
+}
+
+func FuzzNetascii(f *testing.F) {
+	f.Fuzz(func(t *testing.T, data []byte, block, chunk uint16) {
+		size := 1 + int(block)%1024
+		blocks := encodeBlocks(data, size, 1+int(chunk)%2048)
+		for i, b := range blocks[:len(blocks)-1] {
+			if len(b) != size {
+				t.Fatalf("block %d has %d bytes, want %d", i, len(b), size)
+			}
+		}
+		enc := []byte(strings.Join(blocks, ""))
+		checkNetascii(t, enc)
+
+		var d NetasciiDecoder
+		var out []byte
+		dst := make([]byte, 1+int(chunk)%512)
+		for rest := enc; len(rest) > 0; {
+			n, m := d.Decode(dst, rest[:min(len(rest), size)])
+			out = append(out, dst[:n]...)
+			rest = rest[m:]
+		}
+		out = append(out, dst[:d.Flush(dst)]...)
+		if !bytes.Equal(out, data) {
+			t.Fatalf("decode(encode(%q)) = %q", data, out)
+		}
+	})
+}
