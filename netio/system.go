@@ -51,7 +51,7 @@ func NewSystem(cfg Config) (*System, error) {
 	if n <= 0 {
 		n = runtime.GOMAXPROCS(0)
 	}
-	s := &System{logger: cfg.Logger, blocking: make(map[*actor]struct{}), ext: make(map[any]any)}
+	s := &System{logger: cfg.Logger, registerer: cfg.Registerer, blocking: make(map[*actor]struct{}), ext: make(map[any]any)}
 	if s.logger == nil {
 		s.logger = slog.Default()
 	}
@@ -73,7 +73,7 @@ func NewSystem(cfg Config) (*System, error) {
 			}
 			return nil, fmt.Errorf("netio: register metrics: %w", err)
 		}
-		s.collector, s.registerer = c, cfg.Registerer
+		s.collector = c
 	}
 	for _, l := range s.loops {
 		s.wg.Add(1)
@@ -90,6 +90,10 @@ func (s *System) Loops() []*Loop { return s.loops }
 
 // Logger returns the system's logger.
 func (s *System) Logger() *slog.Logger { return s.logger }
+
+// Registerer returns the registerer given in Config (nil when metrics are
+// off). Socket packages register their collectors on it, once per system.
+func (s *System) Registerer() prometheus.Registerer { return s.registerer }
 
 func (s *System) nextLoop() *Loop {
 	return s.loops[int(s.next.Add(1)-1)%len(s.loops)]
