@@ -40,7 +40,7 @@ type System struct {
 
 	deadLetters atomic.Uint64
 	panics      atomic.Uint64
-	collector   prometheus.Collector
+	collectors  []prometheus.Collector
 	registerer  prometheus.Registerer
 	shutdownOne sync.Once
 }
@@ -65,15 +65,11 @@ func NewSystem(cfg Config) (*System, error) {
 		}
 		s.loops = append(s.loops, l)
 	}
-	if cfg.Registerer != nil {
-		c := &collector{s: s}
-		if err := cfg.Registerer.Register(c); err != nil {
-			for _, l := range s.loops {
-				l.shutdown()
-			}
-			return nil, fmt.Errorf("netio: register metrics: %w", err)
+	if err := s.RegisterCollector(&collector{s: s}); err != nil {
+		for _, l := range s.loops {
+			l.shutdown()
 		}
-		s.collector = c
+		return nil, err
 	}
 	for _, l := range s.loops {
 		s.wg.Add(1)
@@ -91,9 +87,21 @@ func (s *System) Loops() []*Loop { return s.loops }
 // Logger returns the system's logger.
 func (s *System) Logger() *slog.Logger { return s.logger }
 
-// Registerer returns the registerer given in Config (nil when metrics are
-// off). Socket packages register their collectors on it, once per system.
-func (s *System) Registerer() prometheus.Registerer { return s.registerer }
+// RegisterCollector registers c on the Config's Registerer (a no-op when
+// metrics are off) and unregisters it at Shutdown. Socket packages use it for
+// their per-system collectors, which read loop-owned counters at scrape time.
+func (s *System) RegisterCollector(c prometheus.Collector) error {
+	if s.registerer == nil {
+		return nil
+	}
+	if err := s.registerer.Register(c); err != nil {
+		return fmt.Errorf("netio: register metrics: %w", err)
+	}
+	s.mu.Lock()
+	s.collectors = append(s.collectors, c)
+	s.mu.Unlock()
+	return nil
+}
 
 func (s *System) nextLoop() *Loop {
 	return s.loops[int(s.next.Add(1)-1)%len(s.loops)]
@@ -172,8 +180,8 @@ func (s *System) Shutdown(ctx context.Context) error {
 		for _, a := range bl {
 			a.g.push(envelope{to: a, kind: kindStop})
 		}
-		if s.registerer != nil {
-			s.registerer.Unregister(s.collector)
+		for _, c := range s.collectors {
+			s.registerer.Unregister(c)
 		}
 	})
 	done := make(chan struct{})
