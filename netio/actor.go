@@ -244,6 +244,19 @@ func (a *actor) stop() {
 	close(a.done)
 }
 
+// discard stops an actor that never started because its loop had shut down:
+// PostStop still runs (on the caller's goroutine; nothing else can touch the
+// actor) so that it releases what it was given.
+func (a *actor) discard() {
+	a.state = stateRunning
+	if ps, ok := a.impl.(PostStopper); ok {
+		a.safely(func() { ps.PostStop(&a.ctx) })
+	}
+	a.state = stateStopped
+	a.dead.Store(true)
+	close(a.done)
+}
+
 // Context is an actor's handle on the runtime. It is valid only on the actor's
 // own goroutine, during Receive, PreStart, PostStop or an FDHandler callback.
 type Context struct {

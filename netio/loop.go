@@ -108,6 +108,9 @@ func (l *Loop) pushRemote(e envelope) {
 	if l.closed {
 		l.mu.Unlock()
 		l.sys.deadLetters.Add(1)
+		if e.kind == kindStart {
+			e.to.discard()
+		}
 		return
 	}
 	l.remote = append(l.remote, e)

@@ -36,6 +36,7 @@ type System struct {
 	mu       sync.Mutex
 	blocking map[*actor]struct{}
 	down     bool
+	extMu    sync.Mutex // guards ext; held while an extension is created
 	ext      map[any]any
 
 	deadLetters atomic.Uint64
@@ -151,8 +152,8 @@ func (s *System) SpawnBlocking(impl Actor) Ref {
 // create on first use. Packages use it for per-system singletons such as the
 // TCP manager.
 func (s *System) Extension(key any, create func() any) any {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.extMu.Lock()
+	defer s.extMu.Unlock()
 	v, ok := s.ext[key]
 	if !ok {
 		v = create()

@@ -1,0 +1,40 @@
+// Package tcp is Akka I/O's TCP model on the netio event loops: a manager
+// actor takes Bind and Connect, listener and connection actors own the
+// sockets, and a handler drives each connection with messages.
+//
+// # Usage
+//
+// Send [Bind] or [Connect] to [Manager]. A listener answers [Bound] and then
+// one [Connected] per accepted connection, sent by the new connection actor;
+// answer it with [Register] naming the handler. The handler receives
+// [*Received] events and sends [Write], [WriteFile], [CompoundWrite], flow
+// commands and close commands; every close ends with a [ConnectionClosed]
+// event.
+//
+// # Flow control
+//
+// A connection holds at most one pending write and never buffers on its own.
+// A write that arrives while one is pending is answered with [CommandFailed]
+// (the NACK); an Ack on a write arrives once its last byte is in the kernel.
+// With Register.UseResumeWriting every write after a NACK fails until
+// [ResumeWriting] is answered by [WritingResumed]. [SuspendReading] and
+// [ResumeReading] stop and restart reading at the socket; in pull mode each
+// Received suspends reading until the next ResumeReading. When nobody reads,
+// the kernel's receive buffer fills and TCP's window closes: the pressure
+// reaches the peer. Package backpressure builds the usual flows on these.
+//
+// The sockets are registered edge-triggered once, with read and write
+// interest, so suspending and resuming reading costs no system call: the
+// connection simply stops and restarts reading, which has the same effect on
+// the kernel buffer and the TCP window as removing EPOLLIN.
+//
+// # Ownership
+//
+// [Received.Data] aliases the loop's read buffer and is valid only until the
+// handler's Receive returns (a handler on another loop gets a copy). [Write.Data]
+// is read by the connection without a copy until the write completes.
+//
+// # Limitations
+//
+// Linux only. Addresses are numeric ([netip.AddrPort]); resolve names first.
+package tcp

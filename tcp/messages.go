@@ -1,0 +1,182 @@
+package tcp
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/ioactor/ioactor/netio"
+)
+
+// Commands are accepted both as values and as pointers: a pointer lets a hot
+// path reuse one command value with no allocation per message. A connection
+// copies what it needs when it processes the command; Write.Data is the
+// exception, see [Write].
+
+// Bind asks the manager for a listening socket.
+type Bind struct {
+	// Handler receives Bound or CommandFailed, then one Connected per accepted
+	// connection. Zero means the sender of Bind. The listener watches it and
+	// unbinds when it stops.
+	Handler netio.Ref
+	// Addr to listen on; port 0 picks a free port (reported in Bound).
+	Addr netip.AddrPort
+	// Backlog is listen(2)'s backlog; zero means 1024.
+	Backlog int
+	// Options are applied to the listening socket before bind(2). Accepted
+	// connections get TCP_NODELAY unless ConnOptions turn it off.
+	Options []netio.SocketOption
+	// ConnOptions are applied to each accepted connection.
+	ConnOptions []netio.SocketOption
+	// PullMode starts the listener with accepting suspended (send
+	// ResumeAccepting) and every accepted connection in pull mode.
+	PullMode bool
+	// RegisterTimeout closes an accepted connection that gets no Register in
+	// time; zero means 5 s, negative means never.
+	RegisterTimeout time.Duration
+}
+
+// Bound tells the handler the listener is ready.
+type Bound struct {
+	// LocalAddr is the address actually bound (port 0 resolved).
+	LocalAddr netip.AddrPort
+	// Listener is the listening actor (also the sender of Bound): send it
+	// Unbind and ResumeAccepting.
+	Listener netio.Ref
+}
+
+// ResumeAccepting lets a pull-mode listener accept BatchSize more
+// connections before it waits again.
+type ResumeAccepting struct{ BatchSize int }
+
+// Unbind closes the listening socket; live connections stay. Answered with
+// Unbound.
+type Unbind struct{}
+
+// Unbound confirms Unbind.
+type Unbound struct{}
+
+// Connect asks the manager for an outgoing connection.
+type Connect struct {
+	// Handler receives Connected or CommandFailed. Zero means the sender.
+	Handler netio.Ref
+	Remote  netip.AddrPort
+	// LocalAddr, if valid, is bound before connecting.
+	LocalAddr netip.AddrPort
+	Options   []netio.SocketOption
+	// Timeout bounds the connection attempt; zero means none.
+	Timeout  time.Duration
+	PullMode bool
+	// RegisterTimeout as in Bind.
+	RegisterTimeout time.Duration
+}
+
+// Connected announces a new connection; its sender is the connection actor,
+// also given as Conn. The connection reads nothing until it gets Register.
+type Connected struct {
+	Remote, Local netip.AddrPort
+	Conn          netio.Ref
+}
+
+// Register activates a connection: Handler (zero: the sender) receives its
+// events and is watched, the connection closing when it stops.
+type Register struct {
+	Handler netio.Ref
+	// KeepOpenOnPeerClosed keeps the connection half-open after the peer's
+	// FIN: the handler gets PeerClosed and may still write until it closes.
+	KeepOpenOnPeerClosed bool
+	// UseResumeWriting: after a write fails because one was pending, every
+	// later write fails too until ResumeWriting (Akka's NACK-with-suspend).
+	// Akka defaults it to true; Go's zero value is false (plain NACK).
+	UseResumeWriting bool
+}
+
+// WriteCommand is Write, WriteFile or CompoundWrite.
+type WriteCommand interface{ writeCommand() }
+
+// Write sends Data. The connection takes Data as it is, without a copy: the
+// caller must not modify it until the write completed (the Ack arrives), or,
+// without an Ack, at all. Ack (nil for none) is sent back to the sender of the
+// Write (or the handler) once the last byte is in the kernel's send buffer.
+type Write struct {
+	Data []byte
+	Ack  any
+}
+
+// WriteFile sends Count bytes of the file at Path from Offset with sendfile(2);
+// Count < 0 means to the end of the file.
+type WriteFile struct {
+	Path          string
+	Offset, Count int64
+	Ack           any
+}
+
+// CompoundWrite sends its parts in order as one write command (writev(2) for
+// runs of Writes); each part's Ack is sent as soon as that part completes.
+type CompoundWrite []WriteCommand
+
+func (Write) writeCommand()         {}
+func (WriteFile) writeCommand()     {}
+func (CompoundWrite) writeCommand() {}
+
+// ResumeWriting asks for WritingResumed once the write pending when a
+// CommandFailed happened has completed.
+type ResumeWriting struct{}
+
+// WritingResumed answers ResumeWriting.
+type WritingResumed struct{}
+
+// SuspendReading turns reading off at the socket (EPOLLIN off): the kernel's
+// receive buffer fills and the TCP window closes.
+type SuspendReading struct{}
+
+// ResumeReading turns reading back on; in pull mode it asks for one more
+// Received.
+type ResumeReading struct{}
+
+// Close flushes pending writes, sends FIN and closes; answered with Closed.
+type Close struct{}
+
+// ConfirmedClose flushes pending writes, sends FIN, keeps reading until the
+// peer's FIN, then closes; answered with ConfirmedClosed.
+type ConfirmedClose struct{}
+
+// Abort drops pending writes and resets the connection (RST); answered with
+// Aborted.
+type Abort struct{}
+
+// Received carries bytes read from the socket. The connection delivers a
+// *Received whose Data is valid only until the handler's Receive returns (it
+// aliases the loop's read buffer); copy what you keep.
+type Received struct{ Data []byte }
+
+// CommandFailed answers a command that could not be carried out: a write
+// while another is pending, a bind or connect that failed.
+type CommandFailed struct {
+	Cmd   any
+	Cause error
+}
+
+// ConnectionClosed is implemented by every close event.
+type ConnectionClosed interface{ connectionClosed() }
+
+// Closed answers Close.
+type Closed struct{}
+
+// ConfirmedClosed answers ConfirmedClose.
+type ConfirmedClosed struct{}
+
+// Aborted answers Abort.
+type Aborted struct{}
+
+// PeerClosed reports the peer's FIN.
+type PeerClosed struct{}
+
+// ErrorClosed reports a connection closed by an error (reset by the peer, a
+// failed write, the handler's death).
+type ErrorClosed struct{ Cause error }
+
+func (Closed) connectionClosed()          {}
+func (ConfirmedClosed) connectionClosed() {}
+func (Aborted) connectionClosed()         {}
+func (PeerClosed) connectionClosed()      {}
+func (ErrorClosed) connectionClosed()     {}
