@@ -794,3 +794,34 @@ func TestResetStorm(t *testing.T) {
 		}
 	}
 }
+
+func TestIPv6AndReusePort(t *testing.T) {
+	sys := newSystem(t)
+	p := newProbe(sys)
+	opts := []netio.SocketOption{netio.ReusePort(true)}
+	b1 := bind(t, sys, p, tcp.Bind{Addr: netip.MustParseAddrPort("[::1]:0"), Options: opts})
+	// SO_REUSEPORT lets a second listener share the port.
+	b2 := bind(t, sys, p, tcp.Bind{Addr: b1.LocalAddr, Options: opts})
+	if b2.LocalAddr != b1.LocalAddr {
+		t.Fatalf("second listener on %v, want %v", b2.LocalAddr, b1.LocalAddr)
+	}
+	peer, err := net.Dial("tcp6", b1.LocalAddr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	c := expect[tcp.Connected](t, p)
+	if !c.Remote.Addr().Is6() {
+		t.Fatalf("remote %v is not IPv6", c.Remote)
+	}
+	c.Conn.Tell(tcp.Register{Handler: p.ref})
+	peer.Write([]byte("v6"))
+	if r := expect[tcp.Received](t, p); string(r.Data) != "v6" {
+		t.Fatalf("got %q", r.Data)
+	}
+	// Without SO_REUSEPORT the port is taken.
+	tcp.Manager(sys).Tell(tcp.Bind{Handler: p.ref, Addr: b1.LocalAddr})
+	if f := expect[tcp.CommandFailed](t, p); !errors.Is(f.Cause, syscall.EADDRINUSE) {
+		t.Fatalf("cause %v", f.Cause)
+	}
+}
