@@ -82,6 +82,7 @@ type conn struct {
 
 	// Reading (edge-triggered: readable is the level we track).
 	readable      bool
+	hup           bool // the peer's FIN (or an error) has been signalled
 	suspended     bool // SuspendReading, or pull mode waiting for ResumeReading
 	peerClosed    bool // read returned 0
 	recv          Received
@@ -225,6 +226,9 @@ func (c *conn) OnEvents(ctx *netio.Context, ev uint32) {
 			}
 		}
 	}
+	if ev&(netio.EventRdHup|netio.EventHup|netio.EventErr) != 0 {
+		c.hup = true // sticky: the edge will not come again
+	}
 	if ev&(netio.EventIn|netio.EventRdHup|netio.EventHup|netio.EventErr) != 0 {
 		c.readable = true
 		c.read(ctx)
@@ -252,7 +256,10 @@ func (c *conn) read(ctx *netio.Context) {
 		if c.pull {
 			c.suspended = true
 		}
-		if n == len(buf) {
+		// A short read drained the socket; with edge-triggered polling the
+		// next arrival raises a new event, so no read is wasted on EAGAIN.
+		c.readable = n == len(buf) || c.hup
+		if c.readable && !c.suspended {
 			ctx.Wake(c.fd, netio.EventIn)
 		}
 	case n == 0 && err == nil:
@@ -650,11 +657,12 @@ func (c *conn) shutdownWrite() { unix.Shutdown(c.fd, unix.SHUT_WR) }
 
 // discardInput reads and drops what is left in the receive buffer, so that
 // close(2) sends FIN, not RST (which would destroy data still in flight to
-// the peer).
+// the peer). It runs while the loop drains its queue, so it must not use the
+// loop's shared read buffer.
 func (c *conn) discardInput() {
-	buf := make([]byte, 4096)
+	var buf [4096]byte
 	for range 64 {
-		n, err := unix.Read(c.fd, buf)
+		n, err := unix.Read(c.fd, buf[:])
 		if n <= 0 || err != nil {
 			return
 		}

@@ -825,3 +825,33 @@ func TestIPv6AndReusePort(t *testing.T) {
 		t.Fatalf("cause %v", f.Cause)
 	}
 }
+
+// Data and FIN arriving together: the short read must not hide the FIN.
+func TestDataAndFINTogether(t *testing.T) {
+	sys := newSystem(t)
+	p := newProbe(sys)
+	bound := bind(t, sys, p, tcp.Bind{})
+	for i := range 20 {
+		peer, err := net.Dial("tcp", bound.LocalAddr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		peer.Write([]byte("req"))
+		peer.(*net.TCPConn).CloseWrite()
+		time.Sleep(time.Millisecond) // both are queued before Register
+		c := expect[tcp.Connected](t, p)
+		c.Conn.Tell(tcp.Register{Handler: p.ref, KeepOpenOnPeerClosed: i%2 == 0})
+		got, closed := p.readUntilClosed(t)
+		if string(got) != "req" {
+			t.Fatalf("got %q", got)
+		}
+		if _, ok := closed.(tcp.PeerClosed); !ok {
+			t.Fatalf("got %T, want PeerClosed", closed)
+		}
+		if i%2 == 0 {
+			c.Conn.Tell(tcp.Close{})
+			expect[tcp.Closed](t, p)
+		}
+		peer.Close()
+	}
+}
