@@ -1,15 +1,23 @@
 package cluster
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"hash"
 	"io"
+	"log/slog"
 	"net/netip"
 	"sort"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/ioactor/ioactor/tftp"
 )
 
 // Record is the replicated identity and progress of one transfer: enough for
@@ -54,7 +62,13 @@ const (
 	opProgress opKind = "progress"
 	opEnd      opKind = "end"
 	opMember   opKind = "member"
+	opCommit   opKind = "commit" // an upload is complete: every node renames it into place
 )
+
+// An upload's bytes travel as binary log entries: dataTag, then the
+// transfer id's length (1 byte) and id, the offset (8 bytes), then the data.
+// Every other entry is a JSON command.
+const dataTag = 0xD7
 
 type command struct {
 	Op     opKind  `json:"op"`
@@ -63,19 +77,106 @@ type command struct {
 	Member *Member `json:"member,omitempty"`
 }
 
+// staged is an upload being replicated into this node's root.
+type staged struct {
+	up   *tftp.Upload
+	size int64
+	sum  hash.Hash
+	err  error // the first write error; the commit then fails on this node
+}
+
 // fsm is the replicated state: live transfers and member addresses. It is
 // small by construction: finished transfers are removed.
 type fsm struct {
 	mu        sync.RWMutex
 	transfers map[string]Record
 	members   map[string]Member
+	fs        *tftp.FS // this node's root, for replicated uploads
+	uploads   map[string]*staged
+	log       *slog.Logger
 }
 
-func newFSM() *fsm {
-	return &fsm{transfers: make(map[string]Record), members: make(map[string]Member)}
+func newFSM(fsys *tftp.FS, log *slog.Logger) *fsm {
+	return &fsm{transfers: make(map[string]Record), members: make(map[string]Member), fs: fsys, uploads: make(map[string]*staged), log: log}
+}
+
+// encodeData builds the log entry for a chunk of an upload.
+func encodeData(id string, off int64, data []byte) []byte {
+	b := make([]byte, 0, 10+len(id)+len(data))
+	b = append(b, dataTag, byte(len(id)))
+	b = append(b, id...)
+	b = binary.BigEndian.AppendUint64(b, uint64(off))
+	return append(b, data...)
+}
+
+func (f *fsm) applyData(b []byte) error {
+	if len(b) < 2 || len(b) < 2+int(b[1])+8 {
+		return errors.New("cluster: truncated upload entry")
+	}
+	id := string(b[2 : 2+b[1]])
+	off := int64(binary.BigEndian.Uint64(b[2+b[1]:]))
+	data := b[2+int(b[1])+8:]
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st := f.uploads[id]
+	if st == nil {
+		r, ok := f.transfers[id]
+		if !ok || f.fs == nil {
+			return nil // the upload ended already
+		}
+		st = &staged{sum: sha256.New()}
+		st.up, st.err = f.fs.Create(r.File)
+		f.uploads[id] = st
+	}
+	if st.err != nil {
+		return nil
+	}
+	if off != st.size {
+		st.err = fmt.Errorf("cluster: upload %s: chunk at %d, expected %d", id, off, st.size)
+		return nil
+	}
+	if _, err := st.up.Write(data); err != nil {
+		st.err = err
+		return nil
+	}
+	st.sum.Write(data)
+	st.size += int64(len(data))
+	return nil
+}
+
+// commitUpload renames a fully replicated upload into place on this node,
+// after checking its size and digest against the leader's.
+func (f *fsm) commitUpload(r *Record) error {
+	st := f.uploads[r.ID]
+	delete(f.uploads, r.ID)
+	if st == nil && r.Size == 0 && f.fs != nil {
+		st = &staged{sum: sha256.New()}
+		st.up, st.err = f.fs.Create(r.File)
+	}
+	if st == nil {
+		return fmt.Errorf("cluster: commit of upload %s with no data", r.ID)
+	}
+	err := st.err
+	if err == nil && (st.size != r.Size || hex.EncodeToString(st.sum.Sum(nil)) != r.SHA256) {
+		err = fmt.Errorf("cluster: upload %s: replicated %d bytes with another digest than the leader's %d", r.ID, st.size, r.Size)
+	}
+	if err == nil {
+		err = st.up.Commit()
+	}
+	if err != nil {
+		if st.up != nil {
+			st.up.Abort()
+		}
+		f.log.Error("cluster: replicated upload not committed on this node", "file", r.File, "err", err)
+		return err
+	}
+	return nil
 }
 
 func (f *fsm) Apply(l *raft.Log) any {
+	if len(l.Data) > 0 && l.Data[0] == dataTag {
+		return f.applyData(l.Data)
+	}
 	var c command
 	if err := json.Unmarshal(l.Data, &c); err != nil {
 		return fmt.Errorf("cluster: bad log entry %d: %w", l.Index, err)
@@ -92,6 +193,15 @@ func (f *fsm) Apply(l *raft.Log) any {
 		}
 	case opEnd:
 		delete(f.transfers, c.ID)
+		if st := f.uploads[c.ID]; st != nil {
+			delete(f.uploads, c.ID)
+			if st.up != nil {
+				st.up.Abort()
+			}
+		}
+	case opCommit:
+		delete(f.transfers, c.Record.ID)
+		return f.commitUpload(c.Record)
 	case opMember:
 		f.members[c.Member.ID] = *c.Member
 	default:
@@ -130,9 +240,19 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	// Uploads in progress are not in snapshots: a node restored from one
+	// drops them, and their clients see the upload fail.
+	for id, st := range f.uploads {
+		if st.up != nil {
+			st.up.Abort()
+		}
+		delete(f.uploads, id)
+	}
 	f.transfers = make(map[string]Record, len(s.Transfers))
 	for _, r := range s.Transfers {
-		f.transfers[r.ID] = r
+		if r.Op != "write" {
+			f.transfers[r.ID] = r
+		}
 	}
 	f.members = make(map[string]Member, len(s.Members))
 	for _, m := range s.Members {

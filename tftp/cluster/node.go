@@ -18,6 +18,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+
+	"github.com/ioactor/ioactor/tftp"
 )
 
 // ErrNotLeader is returned by operations that only the leader may perform.
@@ -40,6 +42,9 @@ type NodeConfig struct {
 	// Fast shortens raft's timers for loopback clusters (tests, demos):
 	// heartbeat and election 300 ms, leader lease 150 ms.
 	Fast bool
+	// FS is this node's root: completed uploads are renamed into it on
+	// every node. Nil refuses replicated uploads.
+	FS *tftp.FS
 	// NewTransport builds the raft transport; nil uses raft's
 	// NetworkTransport.
 	NewTransport func(bind string) (raft.Transport, error)
@@ -68,11 +73,12 @@ func StartNode(ctx context.Context, cfg NodeConfig) (*Node, error) {
 	if cfg.ID == "" || cfg.DataDir == "" || cfg.RaftAddr == "" || cfg.HTTPAddr == "" {
 		return nil, errors.New("cluster: ID, DataDir, RaftAddr and HTTPAddr are required")
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger, fsm: newFSM(), notify: make(chan bool, 16), leader: make(chan bool, 16), stop: make(chan struct{})}
+	n := &Node{cfg: cfg, log: cfg.Logger, notify: make(chan bool, 16), leader: make(chan bool, 16), stop: make(chan struct{})}
 	if n.log == nil {
 		n.log = slog.Default()
 	}
 	n.log = n.log.With("node", cfg.ID)
+	n.fsm = newFSM(cfg.FS, n.log)
 	if err := n.start(ctx); err != nil {
 		n.Close()
 		return nil, err
@@ -314,19 +320,23 @@ func (n *Node) handleStatus(w http.ResponseWriter, r *http.Request) {
 func (n *Node) HTTPAddr() string { return n.ln.Addr().String() }
 
 func (n *Node) apply(c command) error {
-	if !n.IsLeader() {
-		return ErrNotLeader
-	}
 	b, err := json.Marshal(c)
 	if err != nil {
 		return err
+	}
+	return n.applyEntry(string(c.Op), b)
+}
+
+func (n *Node) applyEntry(op string, b []byte) error {
+	if !n.IsLeader() {
+		return ErrNotLeader
 	}
 	f := n.raft.Apply(b, 5*time.Second)
 	if err := f.Error(); err != nil {
 		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
 			return fmt.Errorf("%w: %w", ErrNotLeader, err)
 		}
-		return fmt.Errorf("cluster: apply %s: %w", c.Op, err)
+		return fmt.Errorf("cluster: apply %s: %w", op, err)
 	}
 	if err, ok := f.Response().(error); ok {
 		return err
@@ -340,7 +350,19 @@ func (n *Node) Begin(r Record) error { return n.apply(command{Op: opBegin, Recor
 // Progress commits a checkpoint of a transfer's position.
 func (n *Node) Progress(r Record) error { return n.apply(command{Op: opProgress, Record: &r}) }
 
-// End removes a finished or abandoned transfer.
+// UploadData replicates a chunk of an upload, at offset off of the file;
+// chunks must come in order. It returns once a quorum has it.
+func (n *Node) UploadData(id string, off int64, data []byte) error {
+	return n.applyEntry("upload data", encodeData(id, off, data))
+}
+
+// CommitUpload ends an upload whose every byte has been replicated: each
+// node checks the size and SHA-256 in r and renames the file into place. It
+// returns the leader's own commit error.
+func (n *Node) CommitUpload(r Record) error { return n.apply(command{Op: opCommit, Record: &r}) }
+
+// End removes a finished or abandoned transfer (an unfinished upload is
+// discarded on every node).
 func (n *Node) End(id string) error { return n.apply(command{Op: opEnd, ID: id}) }
 
 // Transfers returns the live transfers of the replicated state, for a new

@@ -1,14 +1,19 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/ioactor/ioactor/internal/leakcheck"
+	"github.com/ioactor/ioactor/tftp"
 )
 
 func freeAddr(t *testing.T) string {
@@ -25,7 +30,14 @@ func startNode(t *testing.T, dir, id, join string) *Node {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	n, err := StartNode(ctx, NodeConfig{ID: id, DataDir: filepath.Join(dir, id), RaftAddr: freeAddr(t), HTTPAddr: freeAddr(t), Join: join, Fast: true})
+	root := filepath.Join(dir, id, "root")
+	os.MkdirAll(root, 0o755)
+	fsys, err := tftp.NewFS(tftp.FSConfig{Root: root, AllowWrite: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fsys.Close() })
+	n, err := StartNode(ctx, NodeConfig{ID: id, DataDir: filepath.Join(dir, id), RaftAddr: freeAddr(t), HTTPAddr: freeAddr(t), Join: join, Fast: true, FS: fsys})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,6 +95,47 @@ func TestThreeNodesReplicateTransfersAndSurviveTheLeader(t *testing.T) {
 	}
 	if err := b.Begin(rec); err == nil {
 		t.Fatal("a follower accepted Begin")
+	}
+
+	// An upload replicated in chunks appears, whole, in every node's root.
+	data := bytes.Repeat([]byte("replicated upload "), 100000)
+	up := Record{ID: "u1", Op: "write", File: "up.bin", Started: time.Now()}
+	if err := a.Begin(up); err != nil {
+		t.Fatal(err)
+	}
+	for off := 0; off < len(data); off += 256 << 10 {
+		if err := a.UploadData("u1", int64(off), data[off:min(off+256<<10, len(data))]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sum := sha256.Sum256(data)
+	up.Size, up.SHA256 = int64(len(data)), hex.EncodeToString(sum[:])
+	if err := a.CommitUpload(up); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"a", "b", "c"} {
+		path := filepath.Join(dir, id, "root", "up.bin")
+		waitFor(t, "the upload on "+id, func() bool {
+			got, err := os.ReadFile(path)
+			return err == nil && bytes.Equal(got, data)
+		})
+	}
+	// An upload that ends without a commit leaves nothing anywhere.
+	if err := a.Begin(Record{ID: "u2", Op: "write", File: "partial.bin"}); err != nil {
+		t.Fatal(err)
+	}
+	a.UploadData("u2", 0, data[:1000])
+	if err := a.End("u2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Barrier(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"a", "b", "c"} {
+		waitFor(t, "node "+id+" to drop the abandoned upload", func() bool {
+			ents, _ := os.ReadDir(filepath.Join(dir, id, "root"))
+			return len(ents) == 1 // up.bin only: no partial.bin, no temporary file
+		})
 	}
 	a.Close()
 	nodes[0] = nil
