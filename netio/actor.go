@@ -128,18 +128,19 @@ type envelope struct {
 // send routes one envelope. fromLoop is the loop of the calling goroutine when
 // the caller is an actor of a loop, else nil.
 func send(fromLoop *Loop, from, to *actor, msg any, k kind) {
-	e := envelope{to: to, from: from, msg: msg, kind: k}
 	switch {
 	case to.loop != nil && to.loop == fromLoop:
-		fromLoop.local.push(e)
+		fromLoop.local.push(to, from, msg, k)
 	case to.loop != nil:
-		to.loop.pushRemote(e)
+		to.loop.pushRemote(envelope{to: to, from: from, msg: msg, kind: k})
 	default:
-		to.g.push(e)
+		to.g.push(envelope{to: to, from: from, msg: msg, kind: k})
 	}
 }
 
-// invoke delivers one envelope. It runs on the actor's goroutine.
+// invoke delivers one envelope. It runs on the actor's goroutine; a panic in
+// the actor's code propagates to the caller, which recovers it and calls
+// failed (one deferred recover per queue drain, not one per message).
 func (a *actor) invoke(e envelope) {
 	if a.state == stateStopped {
 		a.sys.deadLetters.Add(1)
@@ -173,21 +174,27 @@ func (a *actor) invoke(e envelope) {
 		return
 	}
 	a.ctx.sender = e.from
-	a.safely(func() {
-		if e.kind == kindFunc {
-			e.msg.(func(*Context))(&a.ctx)
-			return
-		}
-		if n := len(a.behaviors); n > 0 {
-			a.behaviors[n-1](&a.ctx, e.msg)
-		} else {
-			a.impl.Receive(&a.ctx, e.msg)
-		}
-	})
+	switch {
+	case e.kind == kindFunc:
+		e.msg.(func(*Context))(&a.ctx)
+	case len(a.behaviors) > 0:
+		a.behaviors[len(a.behaviors)-1](&a.ctx, e.msg)
+	default:
+		a.impl.Receive(&a.ctx, e.msg)
+	}
 	a.ctx.sender = nil
 	if a.stopReq {
 		a.stop()
 	}
+}
+
+// failed handles a panic recovered from the actor's code: log it and stop
+// the actor, which closes what it owns.
+func (a *actor) failed(r any) {
+	a.sys.panics.Add(1)
+	a.sys.logger.Error("netio: actor panicked; stopping it", "actor", a.id, "panic", r)
+	a.ctx.sender = nil
+	a.stop()
 }
 
 // safely runs f and turns a panic into a stop of the actor.

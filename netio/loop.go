@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,8 +57,9 @@ type Loop struct {
 	closed  bool
 	wakeSet atomic.Bool
 
-	messages atomic.Uint64
-	wakeups  atomic.Uint64
+	delivered uint64 // owned by the loop; published to messages once per drain
+	messages  atomic.Uint64
+	wakeups   atomic.Uint64
 }
 
 type fdEntry struct {
@@ -155,6 +157,12 @@ func (l *Loop) run() {
 				timeout = int((d + time.Millisecond - 1) / time.Millisecond)
 			}
 		}
+		if timeout != 0 {
+			// About to block: let a goroutine this loop readied (it sits in
+			// this P's runnext) run first, instead of stranding it until
+			// sysmon retakes the P while the loop sleeps in the kernel.
+			runtime.Gosched()
+		}
 		n, err := unix.EpollWait(l.epfd, l.events, timeout)
 		if err != nil && !errors.Is(err, unix.EINTR) {
 			l.sys.logger.Error("netio: epoll_wait failed; loop stops", "loop", l.id, "err", err)
@@ -168,7 +176,7 @@ func (l *Loop) run() {
 			if fd == l.wakefd {
 				q := l.takeRemote(spare)
 				for j := range q {
-					l.local.push(q[j])
+					l.local.pushEnvelope(q[j])
 					q[j] = envelope{}
 				}
 				spare = q
@@ -182,9 +190,16 @@ func (l *Loop) run() {
 				return
 			}
 		}
-		l.timers.fire(l)
-		if l.drain() {
-			return
+		// Fire due timers; timers that come due while their messages are
+		// handled fire in the same turn (bounded), not one epoll_wait each.
+		for i := 0; i < 64; i++ {
+			if !l.timers.fire(l) {
+				break
+			}
+			if l.drain() {
+				return
+			}
+			l.now = time.Now()
 		}
 		if len(l.ready) > 0 {
 			r := l.ready
@@ -203,21 +218,34 @@ func (l *Loop) run() {
 // quit is a sentinel envelope kind target: an envelope to nil asks the loop to
 // shut down.
 func (l *Loop) drain() (quit bool) {
-	var count uint64
+	for {
+		if quit, done := l.drainSome(); done {
+			l.messages.Store(l.delivered)
+			return quit
+		}
+	}
+}
+
+// drainSome delivers queued messages until the queue is empty (done) or an
+// actor panics (not done: the panic was handled, call again).
+func (l *Loop) drainSome() (quit, done bool) {
+	var cur *actor
+	defer func() {
+		if !done {
+			cur.failed(recover())
+		}
+	}()
 	for l.local.n > 0 {
 		e := l.local.pop()
 		if e.to == nil {
-			l.messages.Add(count)
 			l.shutdown()
-			return true
+			return true, true
 		}
-		count++
-		e.to.invoke(e)
+		l.delivered++
+		cur = e.to
+		cur.invoke(e)
 	}
-	if count > 0 {
-		l.messages.Add(count)
-	}
-	return false
+	return false, true
 }
 
 func (l *Loop) dispatch(fd int, events uint32) {
@@ -244,27 +272,28 @@ func (l *Loop) shutdown() {
 	l.mu.Unlock()
 	for _, e := range rest {
 		if e.to != nil {
-			l.local.push(e)
+			l.local.pushEnvelope(e)
 		}
 	}
 	// Deliver what was already queued (close commands, stops), then stop all.
-	for l.local.n > 0 {
-		if e := l.local.pop(); e.to != nil {
-			e.to.invoke(e)
-		}
-	}
+	l.drainForShutdown()
 	for len(l.actors) > 0 {
 		for a := range l.actors {
 			a.stop()
 		}
-		for l.local.n > 0 {
-			if e := l.local.pop(); e.to != nil && e.to.loop == l {
-				e.to.invoke(e)
-			}
-		}
+		l.drainForShutdown()
 	}
 	unix.Close(l.epfd)
 	unix.Close(l.wakefd)
+}
+
+// drainForShutdown delivers the queue, skipping further shutdown requests.
+func (l *Loop) drainForShutdown() {
+	for l.local.n > 0 {
+		if _, done := l.drainSome(); done {
+			return
+		}
+	}
 }
 
 // register adds fd to the loop's epoll set, owned by a.
@@ -341,16 +370,24 @@ type ring struct {
 	head, n int
 }
 
-func (r *ring) push(e envelope) {
+// push appends a message, writing the slot in place.
+func (r *ring) push(to, from *actor, msg any, k kind) {
 	if r.n == len(r.buf) {
-		nb := make([]envelope, max(64, 2*len(r.buf)))
-		for i := 0; i < r.n; i++ {
-			nb[i] = r.buf[(r.head+i)&(len(r.buf)-1)]
-		}
-		r.buf, r.head = nb, 0
+		r.grow()
 	}
-	r.buf[(r.head+r.n)&(len(r.buf)-1)] = e
+	s := &r.buf[(r.head+r.n)&(len(r.buf)-1)]
+	s.to, s.from, s.msg, s.kind = to, from, msg, k
 	r.n++
+}
+
+func (r *ring) pushEnvelope(e envelope) { r.push(e.to, e.from, e.msg, e.kind) }
+
+func (r *ring) grow() {
+	nb := make([]envelope, max(64, 2*len(r.buf)))
+	for i := 0; i < r.n; i++ {
+		nb[i] = r.buf[(r.head+i)&(len(r.buf)-1)]
+	}
+	r.buf, r.head = nb, 0
 }
 
 func (r *ring) pop() envelope {

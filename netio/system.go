@@ -228,7 +228,11 @@ func (m *goMailbox) run(a *actor) {
 		m.q = spare[:0]
 		m.mu.Unlock()
 		for i := range q {
-			a.invoke(q[i])
+			e := q[i]
+			a.safely(func() { a.invoke(e) })
+			if a.stopReq {
+				a.stop()
+			}
 			q[i] = envelope{}
 			if a.state == stateStopped {
 				m.mu.Lock()

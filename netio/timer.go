@@ -102,12 +102,13 @@ func (h timerHeap) next() *Timer {
 	return h[0]
 }
 
-// fire delivers every due timer to its actor's local queue.
-func (h *timerHeap) fire(l *Loop) {
+// fire delivers every due timer to its actor's local queue and reports
+// whether it delivered any.
+func (h *timerHeap) fire(l *Loop) (fired bool) {
 	for len(*h) > 0 {
 		t := (*h)[0]
 		if t.when.After(l.now) {
-			return
+			return fired
 		}
 		if t.a.state == stateStopped {
 			heap.Pop(h)
@@ -122,6 +123,8 @@ func (h *timerHeap) fire(l *Loop) {
 		} else {
 			heap.Pop(h)
 		}
-		l.local.push(envelope{to: t.a, from: t.a, msg: t.msg})
+		l.local.push(t.a, t.a, t.msg, kindUser)
+		fired = true
 	}
+	return fired
 }
