@@ -1,6 +1,14 @@
-// Package loadgen is the echo load generator shared by cmd/echo and the
-// benchmarks: C connections, fixed-size messages, a closed loop or a
-// pipeline of several messages in flight, a warm-up, then a measured window.
+// Package loadgen is the echo load generator shared by cmd/echo, cmd/bench
+// and the benchmarks: C connections, fixed-size messages, a closed loop or a
+// pipeline of several messages in flight, a warm-up, then a measured window
+// that ends after a duration or a number of messages. It times every round
+// trip into an HDR-style [Histogram] and, given the server's process ID,
+// samples the server's CPU time and RSS over the window from /proc.
+//
+// Each connection keeps exactly Pipeline messages in flight: when replies
+// arrive it records one latency per completed message and sends as many new
+// messages in a single write, so the generator spends as few system calls as
+// it can and leaves the CPU to the server it measures.
 package loadgen
 
 import (
@@ -21,7 +29,18 @@ type Config struct {
 	Size     int           // message size in bytes, default 64
 	Pipeline int           // messages in flight per connection, default 1 (closed loop)
 	Warmup   time.Duration // not measured
-	Duration time.Duration // measured window, default 5 s
+	Duration time.Duration // measured window, default 5 s (unless Messages is set)
+	// Messages, when positive, ends the measured window once that many
+	// round trips (over all connections) have completed; Duration, if also
+	// set, still bounds the window.
+	Messages int64
+	// ServerPID, when positive, is the server's process: its CPU time and
+	// RSS are sampled over the measured window into Result.Server.
+	ServerPID int
+	// OnMeasureStart and OnMeasureEnd, when set, are called on Run's
+	// goroutine just before the measured window opens and just after it
+	// closes (a benchmark resets and stops its timer there).
+	OnMeasureStart, OnMeasureEnd func()
 }
 
 // Result is what the measured window saw.
@@ -29,7 +48,8 @@ type Result struct {
 	Messages int64
 	Bytes    int64 // echoed bytes
 	Elapsed  time.Duration
-	Latency  Histogram // round trip per message
+	Latency  Histogram   // round trip per message
+	Server   ServerUsage // zero unless Config.ServerPID was set
 	FirstErr error
 }
 
@@ -38,6 +58,39 @@ func (r *Result) MBps() float64 { return float64(r.Bytes) / r.Elapsed.Seconds() 
 
 // MsgsPerSec is the message rate.
 func (r *Result) MsgsPerSec() float64 { return float64(r.Messages) / r.Elapsed.Seconds() }
+
+// CPUPerMessage is the server's CPU time (user + system) per message; zero
+// without a ServerPID.
+func (r *Result) CPUPerMessage() time.Duration {
+	if r.Messages == 0 {
+		return 0
+	}
+	return r.Server.CPU() / time.Duration(r.Messages)
+}
+
+// window is the state the connections share.
+type window struct {
+	measuring atomic.Bool
+	budget    atomic.Int64 // messages left when counting
+	counting  bool
+	full      chan struct{} // closed when the budget is spent
+	stop      chan struct{} // closed when the connections must stop
+}
+
+// take reports whether a completed round trip counts.
+func (w *window) take() bool {
+	if !w.measuring.Load() {
+		return false
+	}
+	if !w.counting {
+		return true
+	}
+	left := w.budget.Add(-1)
+	if left == 0 {
+		close(w.full)
+	}
+	return left >= 0
+}
 
 // Run opens the connections, warms up, measures, and closes them.
 func Run(ctx context.Context, cfg Config) (*Result, error) {
@@ -50,7 +103,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if cfg.Pipeline <= 0 {
 		cfg.Pipeline = 1
 	}
-	if cfg.Duration <= 0 {
+	if cfg.Duration <= 0 && cfg.Messages <= 0 {
 		cfg.Duration = 5 * time.Second
 	}
 	conns := make([]net.Conn, 0, cfg.Conns)
@@ -67,8 +120,8 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		}
 		conns = append(conns, c)
 	}
-	var measuring atomic.Bool
-	stop := make(chan struct{})
+	w := &window{counting: cfg.Messages > 0, full: make(chan struct{}), stop: make(chan struct{})}
+	w.budget.Store(cfg.Messages)
 	res := &Result{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -77,7 +130,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		go func() {
 			defer wg.Done()
 			var h Histogram
-			n, err := drive(c, cfg, &measuring, stop, &h)
+			n, err := drive(c, cfg, w, &h)
 			mu.Lock()
 			res.Messages += n
 			res.Latency.Merge(&h)
@@ -87,51 +140,87 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			mu.Unlock()
 		}()
 	}
-	timer := func(d time.Duration) bool {
+	stopConns := func() {
+		close(w.stop)
+		for _, c := range conns {
+			c.SetDeadline(time.Now()) // unblock readers
+		}
+		wg.Wait()
+	}
+	wait := func(d time.Duration, full <-chan struct{}) bool {
+		var timeout <-chan time.Time
+		if d > 0 {
+			t := time.NewTimer(d)
+			defer t.Stop()
+			timeout = t.C
+		}
 		select {
-		case <-time.After(d):
+		case <-timeout:
+			return true
+		case <-full:
 			return true
 		case <-ctx.Done():
 			return false
 		}
 	}
-	ok := timer(cfg.Warmup)
+	if !wait(cfg.Warmup, nil) {
+		stopConns()
+		return res, ctx.Err()
+	}
+	var sampler *procSampler
+	if cfg.ServerPID > 0 {
+		s, err := startSampling(cfg.ServerPID, 100*time.Millisecond)
+		if err != nil {
+			stopConns()
+			return nil, err
+		}
+		sampler = s
+	}
+	if cfg.OnMeasureStart != nil {
+		cfg.OnMeasureStart()
+	}
 	start := time.Now()
-	measuring.Store(true)
-	if ok {
-		timer(cfg.Duration)
-	}
-	measuring.Store(false)
+	w.measuring.Store(true)
+	wait(cfg.Duration, w.full)
+	w.measuring.Store(false)
 	res.Elapsed = time.Since(start)
-	close(stop)
-	for _, c := range conns {
-		c.SetDeadline(time.Now()) // unblock readers
+	if cfg.OnMeasureEnd != nil {
+		cfg.OnMeasureEnd()
 	}
-	wg.Wait()
+	var serr error
+	if sampler != nil {
+		res.Server, serr = sampler.finish()
+	}
+	stopConns()
 	res.Bytes = res.Messages * int64(cfg.Size)
 	if err := ctx.Err(); err != nil {
 		return res, err
 	}
-	return res, nil
+	return res, serr
 }
 
 // drive runs one connection: Pipeline messages in flight, each reply timed.
-func drive(c net.Conn, cfg Config, measuring *atomic.Bool, stop chan struct{}, h *Histogram) (int64, error) {
-	msg := make([]byte, cfg.Size)
-	buf := make([]byte, cfg.Size)
-	sent := make([]time.Time, cfg.Pipeline) // FIFO of send times
-	head := 0
-	for i := range cfg.Pipeline {
-		sent[i] = time.Now()
-		if _, err := c.Write(msg); err != nil {
-			return 0, err
-		}
+func drive(c net.Conn, cfg Config, w *window, h *Histogram) (int64, error) {
+	size, depth := cfg.Size, cfg.Pipeline
+	out := make([]byte, size*depth)
+	// At most size*depth bytes are ever in flight, so one read never takes
+	// more than the replies to messages already sent.
+	in := make([]byte, size*depth)
+	sent := make([]time.Time, depth) // send times, a FIFO ring
+	now := time.Now()
+	for i := range sent {
+		sent[i] = now
 	}
+	if _, err := c.Write(out); err != nil {
+		return 0, err
+	}
+	head, partial := 0, 0
 	var n int64
 	for {
-		if _, err := io.ReadFull(c, buf); err != nil {
+		r, err := c.Read(in)
+		if err != nil {
 			select {
-			case <-stop:
+			case <-w.stop:
 				return n, nil
 			default:
 			}
@@ -141,19 +230,28 @@ func drive(c net.Conn, cfg Config, measuring *atomic.Bool, stop chan struct{}, h
 			return n, err
 		}
 		now := time.Now()
-		if measuring.Load() {
-			h.Record(now.Sub(sent[head]))
-			n++
+		partial += r
+		k := partial / size
+		partial %= size
+		for range k {
+			if w.take() {
+				h.Record(now.Sub(sent[head]))
+				n++
+			}
+			sent[head] = now
+			if head++; head == depth {
+				head = 0
+			}
 		}
 		select {
-		case <-stop:
+		case <-w.stop:
 			return n, nil
 		default:
 		}
-		sent[head] = now
-		head = (head + 1) % cfg.Pipeline
-		if _, err := c.Write(msg); err != nil {
-			return n, err
+		if k > 0 {
+			if _, err := c.Write(out[:k*size]); err != nil {
+				return n, err
+			}
 		}
 	}
 }
