@@ -77,7 +77,7 @@ func (e *ackEcho) Receive(ctx *netio.Context, msg any) {
 		return
 	}
 	if r, ok := msg.(*tcp.Received); ok {
-		if err := e.w.Write(ctx, r.Data); err != nil {
+		if err := e.w.WriteReceived(ctx, r.Data); err != nil {
 			overrun(ctx, e.conn)
 		}
 		return
@@ -134,7 +134,7 @@ func (e *pullEcho) Receive(ctx *netio.Context, msg any) {
 		return
 	}
 	if r, ok := msg.(*tcp.Received); ok {
-		e.w.Write(ctx, r.Data) // one chunk at a time: never above the maximum
+		e.w.WriteReceived(ctx, r.Data) // one chunk at a time: never above the maximum
 		return
 	}
 	e.handleClose(ctx, msg, e.w.Idle())

@@ -60,7 +60,9 @@ func (g *readGate) Suspended() bool { return g.suspended }
 type AckWriter struct {
 	readGate
 	buf      []byte // waiting
-	inflight []byte // owned by the connection until the ack
+	spare    []byte // the buffer in flight (owned by the connection until the ack), then free
+	inflight int    // bytes in flight
+	busy     bool   // a write is in flight
 	cmd      tcp.Write
 	written  int64
 }
@@ -82,9 +84,24 @@ func (w *AckWriter) Write(ctx *netio.Context, data []byte) error {
 		return ErrOverflow
 	}
 	w.buf = append(w.buf, data...)
-	if w.inflight == nil {
+	if !w.busy {
 		w.send(ctx)
 	}
+	w.check(ctx, w.Buffered())
+	return nil
+}
+
+// WriteReceived is Write for the Data of a *tcp.Received from a connection
+// on this actor's loop: when nothing is in flight it goes to the connection
+// as a transient write, without a copy (the connection copies only what the
+// kernel does not take at once). Otherwise it is queued like Write.
+func (w *AckWriter) WriteReceived(ctx *netio.Context, data []byte) error {
+	if w.busy || len(w.buf) > 0 || ctx.Loop() == nil || ctx.Loop() != w.conn.Loop() {
+		return w.Write(ctx, data)
+	}
+	w.cmd.Data, w.cmd.Transient = data, true
+	w.busy, w.inflight = true, len(data)
+	ctx.Tell(w.conn, &w.cmd)
 	w.check(ctx, w.Buffered())
 	return nil
 }
@@ -93,8 +110,9 @@ func (w *AckWriter) send(ctx *netio.Context) {
 	if len(w.buf) == 0 {
 		return
 	}
-	w.inflight, w.buf = w.buf, w.inflight[:0]
-	w.cmd.Data = w.inflight
+	w.spare, w.buf = w.buf, w.spare[:0]
+	w.cmd.Data, w.cmd.Transient = w.spare, false
+	w.busy, w.inflight = true, len(w.spare)
 	ctx.Tell(w.conn, &w.cmd)
 }
 
@@ -104,26 +122,19 @@ func (w *AckWriter) Handle(ctx *netio.Context, msg any) bool {
 	if !ok || a.w != w {
 		return false
 	}
-	w.written += int64(len(w.inflight))
-	// Keep the buffer for reuse; nil marks "nothing in flight".
-	spare := w.inflight[:0]
-	w.inflight = nil
-	if len(w.buf) > 0 {
-		w.inflight, w.buf = w.buf, spare
-		w.cmd.Data = w.inflight
-		ctx.Tell(w.conn, &w.cmd)
-	} else {
-		w.buf = spare
-	}
+	w.written += int64(w.inflight)
+	w.busy, w.inflight = false, 0
+	w.cmd.Data = nil
+	w.send(ctx)
 	w.check(ctx, w.Buffered())
 	return true
 }
 
 // Buffered is the number of bytes queued or in flight.
-func (w *AckWriter) Buffered() int { return len(w.buf) + len(w.inflight) }
+func (w *AckWriter) Buffered() int { return len(w.buf) + w.inflight }
 
 // Idle reports whether every byte written has been acknowledged.
-func (w *AckWriter) Idle() bool { return w.inflight == nil && len(w.buf) == 0 }
+func (w *AckWriter) Idle() bool { return !w.busy && len(w.buf) == 0 }
 
 // Written is the number of bytes acknowledged so far.
 func (w *AckWriter) Written() int64 { return w.written }

@@ -59,6 +59,7 @@ type segment struct {
 	file      *os.File
 	off, left int64
 	ack       any
+	transient bool // data must be copied if not written during this drain
 }
 
 type registerTimeout struct{}
@@ -97,6 +98,8 @@ type conn struct {
 	writeSuspend  bool // useResumeWriting: a write failed, waiting for ResumeWriting
 	resumeWaiters []netio.Ref
 	iov           []unix.Iovec
+	spill         []byte // holds the unwritten rest of transient writes
+	spillBig      bool   // spill grew past maxSpillKept: drop it once idle
 
 	// Closing.
 	closing     closeKind
@@ -289,9 +292,9 @@ func (c *conn) onPeerFIN(ctx *netio.Context) {
 func (c *conn) Receive(ctx *netio.Context, msg any) {
 	switch m := msg.(type) {
 	case Write:
-		c.write(ctx, msg, segment{data: m.Data, ack: m.Ack})
+		c.write(ctx, msg, segment{data: m.Data, ack: m.Ack, transient: m.Transient})
 	case *Write:
-		c.write(ctx, msg, segment{data: m.Data, ack: m.Ack})
+		c.write(ctx, msg, segment{data: m.Data, ack: m.Ack, transient: m.Transient})
 	case WriteFile, *WriteFile, CompoundWrite:
 		c.writeCompound(ctx, msg)
 	case Register:
@@ -416,9 +419,9 @@ func (c *conn) writeCompound(ctx *netio.Context, cmd any) {
 func (c *conn) addSegments(cmd any) error {
 	switch m := cmd.(type) {
 	case Write:
-		c.segs = append(c.segs, segment{data: m.Data, ack: m.Ack})
+		c.segs = append(c.segs, segment{data: m.Data, ack: m.Ack, transient: m.Transient})
 	case *Write:
-		c.segs = append(c.segs, segment{data: m.Data, ack: m.Ack})
+		c.segs = append(c.segs, segment{data: m.Data, ack: m.Ack, transient: m.Transient})
 	case WriteFile:
 		return c.addFile(&m)
 	case *WriteFile:
@@ -470,6 +473,25 @@ func (c *conn) start(ctx *netio.Context) {
 	c.ackTo = replyTo(ctx, c.handler)
 	if c.writable {
 		c.flush(ctx)
+	}
+	if c.pending {
+		c.spillTransient()
+	}
+}
+
+// spillTransient copies the unwritten part of transient writes into the
+// connection's own buffer, before the loop reuses the memory they point to.
+func (c *conn) spillTransient() {
+	c.spill = c.spill[:0]
+	for i := c.segi; i < len(c.segs); i++ {
+		if s := &c.segs[i]; s.transient {
+			off := len(c.spill)
+			c.spill = append(c.spill, s.data...)
+			s.data, s.transient = c.spill[off:len(c.spill):len(c.spill)], false
+		}
+	}
+	if cap(c.spill) > maxSpillKept {
+		c.spillBig = true
 	}
 }
 
@@ -591,8 +613,14 @@ func (c *conn) sendFile(s *segment) error {
 	return nil
 }
 
+// maxSpillKept bounds the spill buffer an idle connection keeps.
+const maxSpillKept = 64 << 10
+
 // afterWrite runs when no write is pending any more.
 func (c *conn) afterWrite(ctx *netio.Context) {
+	if c.spillBig {
+		c.spill, c.spillBig = nil, false
+	}
 	if len(c.resumeWaiters) > 0 {
 		c.writeSuspend = false
 		for _, w := range c.resumeWaiters {

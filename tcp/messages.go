@@ -100,6 +100,12 @@ type WriteCommand interface{ writeCommand() }
 type Write struct {
 	Data []byte
 	Ack  any
+	// Transient says Data stays valid only until the loop finishes its
+	// current queue drain, as Received.Data of a connection on the same loop
+	// does: the connection writes at once what the kernel takes and copies
+	// the rest, so echoing received bytes needs no copy in the common case.
+	// Send a Transient write only from an actor on the connection's loop.
+	Transient bool
 }
 
 // WriteFile sends Count bytes of the file at Path from Offset with sendfile(2);

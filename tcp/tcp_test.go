@@ -855,3 +855,47 @@ func TestDataAndFINTogether(t *testing.T) {
 		peer.Close()
 	}
 }
+
+// transientWriter sends a transient write, then scribbles over its buffer
+// in a later loop turn, as the loop does with its read buffer.
+type transientWriter struct {
+	conn netio.Ref
+	buf  []byte
+	acks chan any
+}
+
+type scribble struct{}
+
+func (w *transientWriter) Receive(ctx *netio.Context, msg any) {
+	switch msg.(type) {
+	case string:
+		ctx.Tell(w.conn, &tcp.Write{Data: w.buf, Ack: "ack", Transient: true})
+		ctx.After(0, scribble{})
+	case scribble:
+		clear(w.buf)
+	default:
+		w.acks <- msg
+	}
+}
+
+func TestTransientWriteCopiesWhatTheKernelRefuses(t *testing.T) {
+	sys := newSystem(t)
+	p := newProbe(sys)
+	peer, conn := serverConn(t, sys, p, tcp.Register{})
+	want := make([]byte, 16<<20) // far more than the socket buffers take at once
+	rand.Read(want)
+	w := &transientWriter{conn: conn, buf: bytes.Clone(want), acks: make(chan any, 1)}
+	ref := sys.SpawnOn(conn.Loop(), w)
+	ref.Tell("go")
+	time.Sleep(50 * time.Millisecond) // the scribble has happened
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(peer, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("the peer received bytes overwritten after the write was accepted")
+	}
+	if a := <-w.acks; a != "ack" {
+		t.Fatalf("got %v", a)
+	}
+}
