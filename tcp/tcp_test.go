@@ -865,10 +865,11 @@ type transientWriter struct {
 }
 
 type scribble struct{}
+type startWriting struct{}
 
 func (w *transientWriter) Receive(ctx *netio.Context, msg any) {
 	switch msg.(type) {
-	case string:
+	case startWriting:
 		ctx.Tell(w.conn, &tcp.Write{Data: w.buf, Ack: "ack", Transient: true})
 		ctx.After(0, scribble{})
 	case scribble:
@@ -886,7 +887,7 @@ func TestTransientWriteCopiesWhatTheKernelRefuses(t *testing.T) {
 	rand.Read(want)
 	w := &transientWriter{conn: conn, buf: bytes.Clone(want), acks: make(chan any, 1)}
 	ref := sys.SpawnOn(conn.Loop(), w)
-	ref.Tell("go")
+	ref.Tell(startWriting{})
 	time.Sleep(50 * time.Millisecond) // the scribble has happened
 	got := make([]byte, len(want))
 	if _, err := io.ReadFull(peer, got); err != nil {
