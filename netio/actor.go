@@ -61,7 +61,34 @@ func (r Ref) Stop() {
 
 // Done returns a channel that is closed once the actor has stopped and its
 // PostStop has returned.
-func (r Ref) Done() <-chan struct{} { return r.a.done }
+func (r Ref) Done() <-chan struct{} { return r.a.doneChan() }
+
+// closedDone is the Done channel of actors that stopped before anyone asked.
+var closedDone = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
+
+// doneChan makes the Done channel on first use: most actors are never
+// asked, and a channel per connection is memory an idle server keeps.
+func (a *actor) doneChan() chan struct{} {
+	if p := a.done.Load(); p != nil {
+		return *p
+	}
+	ch := make(chan struct{})
+	if a.done.CompareAndSwap(nil, &ch) {
+		return ch
+	}
+	return *a.done.Load()
+}
+
+// closeDone marks the actor stopped for Done's waiters.
+func (a *actor) closeDone() {
+	if p := a.done.Swap(&closedDone); p != nil && p != &closedDone {
+		close(*p)
+	}
+}
 
 // Loop returns the loop the actor is pinned to, or nil for a blocking actor.
 func (r Ref) Loop() *Loop { return r.a.loop }
@@ -89,7 +116,7 @@ type actor struct {
 	g     *goMailbox // non-nil for a blocking actor
 	impl  Actor
 	ctx   Context
-	done  chan struct{}
+	done  atomic.Pointer[chan struct{}] // made lazily by Done
 	state actorState // owned by the actor's goroutine
 
 	behaviors []ReceiveFunc // become stack; empty means impl.Receive
@@ -102,7 +129,7 @@ type actor struct {
 var actorIDs atomic.Uint64
 
 func newActor(sys *System, l *Loop, impl Actor) *actor {
-	a := &actor{id: actorIDs.Add(1), sys: sys, loop: l, impl: impl, done: make(chan struct{})}
+	a := &actor{id: actorIDs.Add(1), sys: sys, loop: l, impl: impl}
 	a.ctx.a = a
 	return a
 }
@@ -248,7 +275,7 @@ func (a *actor) stop() {
 	if a.loop != nil {
 		delete(a.loop.actors, a)
 	}
-	close(a.done)
+	a.closeDone()
 }
 
 // discard stops an actor that never started because its loop had shut down:
@@ -261,7 +288,7 @@ func (a *actor) discard() {
 	}
 	a.state = stateStopped
 	a.dead.Store(true)
-	close(a.done)
+	a.closeDone()
 }
 
 // Context is an actor's handle on the runtime. It is valid only on the actor's

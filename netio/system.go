@@ -129,7 +129,7 @@ func (s *System) SpawnBlocking(impl Actor) Ref {
 	s.mu.Lock()
 	if s.down {
 		s.mu.Unlock()
-		close(a.done)
+		a.closeDone()
 		a.state = stateStopped
 		a.g.closed = true
 		return Ref{a}
