@@ -117,7 +117,7 @@ type actor struct {
 	impl  Actor
 	ctx   Context
 	done  atomic.Pointer[chan struct{}] // made lazily by Done
-	state actorState // owned by the actor's goroutine
+	state actorState                    // owned by the actor's goroutine
 
 	behaviors []ReceiveFunc // become stack; empty means impl.Receive
 	stopReq   bool
