@@ -1,0 +1,421 @@
+package raft
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	hraft "github.com/hashicorp/raft"
+
+	"github.com/ioactor/ioactor/netio"
+	"github.com/ioactor/ioactor/tcp"
+)
+
+// connRole is what an outgoing connection carries.
+type connRole uint8
+
+const (
+	roleRPC       connRole = iota // votes, synchronous appends, TimeoutNow
+	roleHeartbeat                 // heartbeats only: never behind an append
+	rolePipeline                  // one append pipeline
+	roleSnapshot                  // one InstallSnapshot, then closed
+)
+
+// call is one outstanding RPC of a client connection. Synchronous calls come
+// from a pool and their caller waits on done; a pipelined append's call is
+// embedded in its future. Either way the call is completed exactly once: by
+// its answer, by the connection's timeout sweep, or by the connection's end,
+// always by whoever removed it from the connection's pending list under the
+// writer's lock. That is what makes pooling safe: a caller never abandons a
+// call it could later see written to.
+type call struct {
+	id       uint64
+	kind     rpcKind
+	start    time.Time
+	deadline time.Time
+
+	// Synchronous calls.
+	buf  []byte // the answer's body
+	err  error
+	done chan struct{}
+
+	// Pipelined appends.
+	fut *appendFuture
+}
+
+var callPool = sync.Pool{New: func() any { return &call{done: make(chan struct{}, 1)} }}
+
+func getCall(kind rpcKind, timeout time.Duration) *call {
+	c := callPool.Get().(*call)
+	c.kind = kind
+	c.start = time.Now()
+	c.deadline = c.start.Add(timeout)
+	return c
+}
+
+func putCall(c *call) {
+	if cap(c.buf) > 64<<10 {
+		c.buf = nil
+	}
+	c.buf = c.buf[:0]
+	c.err = nil
+	c.fut = nil
+	callPool.Put(c)
+}
+
+// clientConn is the actor of one outgoing connection, and the state it
+// shares with the goroutines that send RPCs on it (under w.mu).
+type clientConn struct {
+	t      *Transport
+	peer   *peer
+	role   connRole
+	remote netip.AddrPort
+	ref    netio.Ref
+
+	w      writer  // w.mu also guards the fields below it
+	pend   []*call // FIFO: answers come back in request order
+	phead  int
+	nextID uint64
+
+	npend    atomic.Int32 // len(pend), for picking the least busy connection
+	isClosed atomic.Bool
+
+	// Owned by the actor.
+	conn      netio.Ref // the tcp connection, once connected
+	connected bool
+	dialing   bool // Connect sent, no answer yet
+	woke      bool // this read completed a call
+	ending    bool // stop once the dial is answered (a Connect cannot be cancelled)
+	rd        frameReader
+	sweep     *netio.Timer
+}
+
+type sweepTick struct{}
+
+// closeReq asks a connection actor to close its socket and stop; abort
+// resets the connection (RST) so the peer sees an error, not a clean end.
+type closeReq struct{ abort bool }
+
+func newClientConn(t *Transport, p *peer, role connRole, remote netip.AddrPort) *clientConn {
+	c := &clientConn{t: t, peer: p, role: role, remote: remote}
+	c.rd.max = t.cfg.MaxFrameSize
+	c.w.out = append(make([]byte, 0, 4096), preamble[:]...)
+	c.w.kicked = true // the preamble waits for the connection
+	return c
+}
+
+// sweepInterval is how often a connection looks for timed-out calls.
+func sweepInterval(timeout time.Duration) time.Duration {
+	return min(max(timeout/10, time.Millisecond), 100*time.Millisecond)
+}
+
+func (c *clientConn) PreStart(ctx *netio.Context) {
+	c.dialing = true
+	ctx.Tell(tcp.Manager(ctx.System()), tcp.Connect{Handler: ctx.Self(), Remote: c.remote, Timeout: c.t.cfg.Timeout})
+	c.sweep = ctx.Every(sweepInterval(c.t.cfg.Timeout), sweepTick{})
+}
+
+func (c *clientConn) Receive(ctx *netio.Context, msg any) {
+	switch m := msg.(type) {
+	case *tcp.Received:
+		c.t.m.bytesIn.Add(uint64(len(m.Data)))
+		c.woke = false
+		if _, err := c.rd.feed(m.Data, c.onFrame); err != nil {
+			c.t.m.rejected.Add(1)
+			c.t.log.Warn("raft transport: bad answer; closing the connection", "peer", c.remote, "err", err)
+			c.end(ctx, err, true)
+		}
+		if c.woke {
+		}
+	case writeAck:
+		raw := c.w.wraw != nil
+		c.w.acked()
+		c.w.pump(ctx, c.conn, c.t.m)
+		if raw {
+		}
+	case kickMsg:
+		c.w.pump(ctx, c.conn, c.t.m)
+	case sweepTick:
+		c.expire(ctx.Now())
+	case tcp.Connected:
+		c.dialing = false
+		if c.ending {
+			ctx.Tell(m.Conn, tcp.Abort{})
+			ctx.Stop()
+			return
+		}
+		c.conn, c.connected = m.Conn, true
+		ctx.Tell(m.Conn, tcp.Register{Handler: ctx.Self()})
+		ctx.Watch(m.Conn)
+		c.t.trackConn(m.Conn)
+		c.peer.dialed(c, nil)
+		c.w.pump(ctx, c.conn, c.t.m)
+	case tcp.CommandFailed:
+		if _, ok := m.Cmd.(tcp.Connect); ok {
+			c.dialing = false
+			if c.ending {
+				ctx.Stop()
+				return
+			}
+			err := fmt.Errorf("dial: %w", m.Cause)
+			c.peer.dialed(c, err)
+			c.end(ctx, err, false)
+			return
+		}
+		c.end(ctx, fmt.Errorf("write refused: %w", m.Cause), true)
+	case tcp.ConnectionClosed:
+		c.t.untrackConn(c.conn)
+		c.conn = netio.Ref{}
+		var cause error = errPeerClosed
+		if e, ok := m.(tcp.ErrorClosed); ok {
+			cause = e.Cause
+		}
+		c.end(ctx, cause, false)
+	case netio.Terminated:
+		if m.Ref == c.conn {
+			c.t.untrackConn(c.conn)
+			c.conn = netio.Ref{}
+			c.end(ctx, errPeerClosed, false)
+		}
+	case closeReq:
+		c.end(ctx, nil, m.abort)
+	}
+}
+
+var errPeerClosed = errors.New("closed by the peer")
+
+// onFrame handles one answer.
+func (c *clientConn) onFrame(f frame, _ bool) (bool, error) {
+	if f.kind != kindResponse {
+		return false, fmt.Errorf("%w: unexpected frame kind %v from a server", ErrMalformed, f.kind)
+	}
+	c.w.mu.Lock()
+	cl := c.takeLocked(f.id)
+	if cl != nil {
+		c.completeLocked(cl, f.body)
+		c.woke = true
+	}
+	c.w.mu.Unlock()
+	return false, nil
+}
+
+// takeLocked removes the pending call with id, nil if there is none (it
+// timed out).
+func (c *clientConn) takeLocked(id uint64) *call {
+	for i := c.phead; i < len(c.pend); i++ {
+		cl := c.pend[i]
+		if cl.id != id {
+			continue
+		}
+		if i == c.phead {
+			c.pend[i] = nil
+			c.phead++
+		} else {
+			copy(c.pend[i:], c.pend[i+1:])
+			c.pend[len(c.pend)-1] = nil
+			c.pend = c.pend[:len(c.pend)-1]
+		}
+		if c.phead == len(c.pend) {
+			c.pend, c.phead = c.pend[:0], 0
+		}
+		c.npend.Add(-1)
+		return cl
+	}
+	return nil
+}
+
+// completeLocked finishes a call with its answer's body.
+func (c *clientConn) completeLocked(cl *call, body []byte) {
+	if cl.fut != nil {
+		cl.fut.answer(body)
+		return
+	}
+	cl.buf = append(cl.buf[:0], body...)
+	cl.err = nil
+	cl.done <- struct{}{}
+}
+
+func failCall(cl *call, err error) {
+	if cl.fut != nil {
+		cl.fut.fail(err)
+		return
+	}
+	cl.err = err
+	cl.done <- struct{}{}
+}
+
+// expire fails the calls whose deadline passed (actor only).
+func (c *clientConn) expire(now time.Time) {
+	c.w.mu.Lock()
+	for c.phead < len(c.pend) && now.After(c.pend[c.phead].deadline) {
+		cl := c.takeLocked(c.pend[c.phead].id)
+		failCall(cl, fmt.Errorf("%w after %v", ErrTimeout, now.Sub(cl.start).Round(time.Millisecond)))
+	}
+	c.w.mu.Unlock()
+}
+
+// enqueue registers cl and queues its request frame.
+func (c *clientConn) enqueue(cl *call, kind rpcKind, args any) error {
+	c.w.mu.Lock()
+	if c.w.closed != nil {
+		err := c.w.closed
+		c.w.mu.Unlock()
+		return err
+	}
+	c.nextID++
+	cl.id = c.nextID
+	b, start := beginFrame(c.w.out, kind, cl.id)
+	b = appendRequest(b, args)
+	b, err := endFrame(b, start, c.t.cfg.MaxFrameSize)
+	c.w.out = b
+	if err != nil {
+		c.w.mu.Unlock()
+		return err
+	}
+	c.pend = append(c.pend, cl)
+	c.npend.Add(1)
+	kick := c.w.kickLocked()
+	c.w.mu.Unlock()
+	if kick {
+		c.ref.Tell(kickMsg{})
+	}
+	return nil
+}
+
+// setDeadline moves a pending call's deadline.
+func (c *clientConn) setDeadline(cl *call, d time.Time) {
+	c.w.mu.Lock()
+	cl.deadline = d
+	c.w.mu.Unlock()
+}
+
+// shutdown closes the connection's bridge: every pending call and queued
+// chunk fails with err, later enqueues fail with it. Safe from any
+// goroutine; only the first call has an effect.
+func (c *clientConn) shutdown(err error) {
+	c.w.mu.Lock()
+	if c.w.closed != nil {
+		c.w.mu.Unlock()
+		return
+	}
+	c.isClosed.Store(true)
+	raws := c.w.closeLocked(err)
+	for i := c.phead; i < len(c.pend); i++ {
+		failCall(c.pend[i], err)
+		c.pend[i] = nil
+	}
+	c.pend, c.phead = nil, 0
+	c.npend.Store(0)
+	c.w.mu.Unlock()
+	for _, r := range raws {
+		r.done <- err
+	}
+	c.peer.forget(c)
+}
+
+// close shuts the connection down from outside the actor.
+func (c *clientConn) close(err error, abort bool) {
+	c.shutdown(err)
+	c.ref.Tell(closeReq{abort: abort})
+}
+
+// end shuts down and stops the actor; cause nil means a local close.
+func (c *clientConn) end(ctx *netio.Context, cause error, abort bool) {
+	err := error(ErrTransportShutdown)
+	if cause != nil {
+		err = fmt.Errorf("%w: %w", ErrConnectionClosed, cause)
+	}
+	c.shutdown(err)
+	switch {
+	case !c.conn.IsZero():
+		if abort {
+			ctx.Tell(c.conn, tcp.Abort{})
+		} else {
+			ctx.Tell(c.conn, tcp.Close{})
+		}
+	case c.dialing:
+		// A Connect cannot be cancelled: wait for its answer (bounded by
+		// the connect timeout), then close what it brings.
+		c.ending = true
+		return
+	}
+	ctx.Stop()
+}
+
+func (c *clientConn) PostStop(ctx *netio.Context) {
+	c.shutdown(fmt.Errorf("%w: connection actor stopped", ErrConnectionClosed))
+	if c.sweep != nil {
+		c.sweep.Stop()
+	}
+	c.w.release(ErrConnectionClosed)
+	if !c.connected {
+		c.peer.dialed(c, ErrTransportShutdown)
+	}
+	if !c.conn.IsZero() {
+		c.t.forgetConnUnlessClosing(c.conn)
+	}
+	c.t.untrackActor(ctx.Self())
+}
+
+// appendRequest encodes a request body.
+func appendRequest(b []byte, args any) []byte {
+	switch a := args.(type) {
+	case *hraft.AppendEntriesRequest:
+		return appendAppendEntriesRequest(b, a)
+	case *hraft.RequestVoteRequest:
+		return appendRequestVoteRequest(b, a)
+	case *hraft.RequestPreVoteRequest:
+		return appendRequestPreVoteRequest(b, a)
+	case *hraft.InstallSnapshotRequest:
+		return appendInstallSnapshotRequest(b, a)
+	case *hraft.TimeoutNowRequest:
+		return appendTimeoutNowRequest(b, a)
+	}
+	panic(fmt.Sprintf("raft transport: no encoding for %T", args))
+}
+
+// decodeAnswer splits an answer body and decodes its payload into resp.
+func decodeAnswer(body []byte, resp any) error {
+	d := decoder{b: body}
+	flags := d.flags("answer flags", respError|respPayload)
+	var remote error
+	if flags&respError != 0 {
+		msg := d.bytes("answer error")
+		remote = &RemoteError{Msg: string(msg)}
+	}
+	if d.err != nil {
+		return d.err
+	}
+	if flags&respPayload == 0 {
+		if err := d.end(); err != nil {
+			return err
+		}
+		if remote == nil {
+			return fmt.Errorf("%w: answer without payload or error", ErrMalformed)
+		}
+		return remote
+	}
+	p := body[d.off:]
+	var err error
+	switch r := resp.(type) {
+	case *hraft.AppendEntriesResponse:
+		err = decodeAppendEntriesResponse(p, r)
+	case *hraft.RequestVoteResponse:
+		err = decodeRequestVoteResponse(p, r)
+	case *hraft.RequestPreVoteResponse:
+		err = decodeRequestPreVoteResponse(p, r)
+	case *hraft.InstallSnapshotResponse:
+		err = decodeInstallSnapshotResponse(p, r)
+	case *hraft.TimeoutNowResponse:
+		err = decodeTimeoutNowResponse(p, r)
+	default:
+		err = fmt.Errorf("raft transport: no decoding for %T", resp)
+	}
+	if err != nil {
+		return err
+	}
+	return remote
+}

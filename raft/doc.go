@@ -1,0 +1,108 @@
+// Package raft is a network transport for github.com/hashicorp/raft built on
+// this module's tcp package: a [Transport] implements raft.Transport and its
+// optional extensions raft.WithClose, raft.WithPreVote and raft.WithPeers,
+// with pipelined AppendEntries.
+//
+// # Usage
+//
+//	trans, err := raft.New(raft.Config{
+//		BindAddr:   "127.0.0.1:7000",
+//		Logger:     logger,   // *slog.Logger; nil means slog.Default()
+//		Registerer: registry, // prometheus.Registerer; nil means no metrics
+//	})
+//	if err != nil { … }
+//	r, err := hraft.NewRaft(conf, fsm, logs, stable, snaps, trans)
+//	…
+//	r.Shutdown().Error()
+//	trans.Close()
+//
+// (hraft is github.com/hashicorp/raft.) The zero Config listens on a free
+// loopback port; peers are addressed by "ip:port" strings, names are
+// resolved at dial time. Every method is safe from any goroutine.
+//
+// Transports created without a Config.System share one netio.System (one
+// event loop by default), started by the first and shut down when the last
+// closes: several transports in one process (tests, benchmarks) then talk
+// through one loop, as net users share the runtime's poller, and a closed
+// transport leaves no goroutine behind.
+//
+// # Design
+//
+// Sockets belong to netio actors: one actor per connection, pinned to an
+// event loop, talking to its tcp connection with messages; raft's API is
+// blocking calls on raft's goroutines. The bridge between the two is a small
+// lock-guarded writer per connection: callers encode their request frame
+// straight into the connection's output buffer and wake the actor only when
+// it is idle; the actor hands the whole batch to the socket as one ack-paced
+// write, while the next batch accumulates in a second buffer. Answers are
+// matched to calls by id, on the loop, and a caller waits on its call's
+// channel. On the receiving side each connection has one dispatcher
+// goroutine that hands requests to raft in order and, while raft works on
+// one, already offers the next on the Consumer channel.
+//
+// Per peer there is one connection for heartbeats (so they never queue
+// behind an append or a slow disk on either side: the receiver hands them to
+// the heartbeat handler on its own goroutine), up to Config.MaxPool
+// connections for the other RPCs (which are multiplexed by id), one per
+// append pipeline, and one per InstallSnapshot.
+//
+// The wire format is a hand-written binary encoding (see codec.go and
+// frame.go): varints, nil-aware byte slices, delta-encoded log indexes,
+// terms and timestamps, and no reflection. Decoded log entries alias the
+// frame they arrived in, so a request costs a few allocations whatever its
+// size.
+//
+// Flow control: a pipeline has at most Config.MaxInFlight appends
+// outstanding and blocks the sender beyond that, but never longer than
+// Config.Timeout (ErrPipelineFull), so a pipeline whose futures nobody
+// reads cannot hang raft (hashicorp/raft#612). Snapshot data is written in
+// chunks, each only after the kernel took the one before the previous; the
+// receiver buffers at most Config.SnapshotReadAhead of it before it stops
+// reading the socket, so a receiver that does not read holds the sender
+// through the TCP window. A connection stops reading, the same way, when
+// raft falls behind on its requests.
+//
+// # Errors and timeouts
+//
+// Every RPC fails within Config.Timeout (plus a sweep interval of at most a
+// tenth of it) when the peer is gone, refuses, or does not answer. Failed
+// calls return an [*OpError] naming the RPC and the peer; test its cause
+// with errors.Is against [ErrTimeout], [ErrConnectionClosed],
+// [ErrPeerUnavailable], [ErrTransportShutdown], [ErrFrameTooLarge],
+// [ErrMalformed]; an error raft answered with is a [*RemoteError]. After a
+// failed dial the peer is not dialed again for Config.ReconnectBackoff,
+// doubling up to Config.MaxReconnectBackoff; calls fail at once meanwhile.
+// A connection that receives an oversized or malformed frame is logged and
+// closed; the others are untouched. Close fails the RPCs in flight, and
+// every later call, with ErrTransportShutdown.
+//
+// # Metrics
+//
+// With Config.Registerer set the transport registers
+// ioactor_raft_transport_rpc_duration_seconds{rpc},
+// ioactor_raft_transport_rpc_errors_total{rpc},
+// ioactor_raft_transport_requests_served_total{rpc},
+// ioactor_raft_transport_bytes_total{direction},
+// ioactor_raft_transport_snapshot_sent_bytes_total,
+// ioactor_raft_transport_pipeline_inflight,
+// ioactor_raft_transport_reconnects_total,
+// ioactor_raft_transport_dial_failures_total and
+// ioactor_raft_transport_rejected_connections_total. The hot path only
+// increments atomics; the collector reads them at scrape time. Two
+// transports need two registries (or wrap one with prometheus.WrapRegistererWith).
+//
+// # Limitations
+//
+// Linux only, like package tcp. No TLS. The wire format is this package's
+// own: it does not interoperate with raft.NetworkTransport. A Connect in
+// progress cannot be cancelled (package tcp has no way to), so Close may
+// wait up to Config.Timeout for a dial to a black-holed address to end.
+// Frames are limited to Config.MaxFrameSize (64 MiB by default): a raft log
+// entry larger than that cannot be replicated. raft's own go-metrics are not
+// bridged to Prometheus. A System passed in Config must be shut down only
+// after Close. Every hand-off between a raft goroutine and an event loop
+// costs a thread wake-up (the loop yields its P before it blocks in
+// epoll_wait, so a goroutine it woke runs at once), so small synchronous
+// RPCs are about as fast as raft.NetworkTransport's, not faster (see
+// README.md).
+package raft

@@ -1,0 +1,197 @@
+package raft
+
+import (
+	"encoding/binary"
+	"fmt"
+)
+
+// Framing. A connection starts with the client's 8-byte preamble; after it
+// both directions carry frames:
+//
+//	uint32 big-endian N   length of what follows, 2 ≤ N ≤ MaxFrameSize
+//	byte   kind           an RPC kind, or kindResponse
+//	uvarint id            the request's id, echoed by its response
+//	body                  the codec encoding of the message
+//
+// A response body starts with a flags byte (respError: an error string
+// follows; respPayload: the response message follows, after the error if
+// both). An InstallSnapshot request frame is followed by exactly Size raw
+// bytes of snapshot data; its connection carries nothing else.
+
+// rpcKind names an RPC on the wire and in metrics.
+type rpcKind uint8
+
+const (
+	kindAppendEntries rpcKind = iota + 1
+	kindRequestVote
+	kindInstallSnapshot
+	kindTimeoutNow
+	kindRequestPreVote
+	kindHeartbeat         // an AppendEntries sent as a heartbeat (metrics only; AppendEntries on the wire)
+	kindResponse  rpcKind = 0x80
+)
+
+const numKinds = int(kindHeartbeat) + 1
+
+var kindNames = [numKinds]string{
+	kindAppendEntries:   "append_entries",
+	kindRequestVote:     "request_vote",
+	kindInstallSnapshot: "install_snapshot",
+	kindTimeoutNow:      "timeout_now",
+	kindRequestPreVote:  "request_pre_vote",
+	kindHeartbeat:       "heartbeat",
+}
+
+func (k rpcKind) String() string {
+	if int(k) < numKinds && kindNames[k] != "" {
+		return kindNames[k]
+	}
+	if k == kindResponse {
+		return "response"
+	}
+	return fmt.Sprintf("kind(%d)", uint8(k))
+}
+
+const (
+	respError   = 1
+	respPayload = 2
+)
+
+// preamble opens every connection: a magic and a version byte.
+var preamble = [8]byte{'i', 'o', 'r', 'a', 'f', 't', 0, 1}
+
+const frameHeaderLen = 4
+
+// beginFrame appends a frame header with a placeholder length and returns
+// the buffer and the frame's start offset.
+func beginFrame(b []byte, kind rpcKind, id uint64) ([]byte, int) {
+	start := len(b)
+	b = append(b, 0, 0, 0, 0, byte(kind))
+	return binary.AppendUvarint(b, id), start
+}
+
+// endFrame patches the length of the frame that starts at start. A frame
+// longer than max is cut off again and reported.
+func endFrame(b []byte, start, max int) ([]byte, error) {
+	n := len(b) - start - frameHeaderLen
+	if n > max {
+		return b[:start], fmt.Errorf("%w: %d bytes, the maximum is %d", ErrFrameTooLarge, n, max)
+	}
+	binary.BigEndian.PutUint32(b[start:], uint32(n))
+	return b, nil
+}
+
+// frameReader reassembles frames from a byte stream. Frames that arrive
+// whole in one read are handed out in place (valid only until the next
+// feed); a frame split across reads is assembled in buf, a fresh buffer when
+// fresh is set (so that the frame may be kept), else a reused one.
+type frameReader struct {
+	max   int
+	fresh bool
+
+	hdr  [frameHeaderLen]byte
+	hdrN int
+	buf  []byte // the frame body being assembled
+	need int    // bytes of body still missing; 0 when reading a header
+}
+
+// frame is one frame's content after the length: kind, id, body.
+type frame struct {
+	kind  rpcKind
+	id    uint64
+	body  []byte
+	whole []byte // kind+id+body, the storage the body aliases
+}
+
+// feed consumes p and calls fn for each complete frame; it returns the
+// number of bytes of p consumed, which is less than len(p) only when fn
+// returns stop (the rest is for the caller, e.g. raw snapshot data), and the
+// first framing error.
+func (r *frameReader) feed(p []byte, fn func(f frame, owned bool) (stop bool, err error)) (int, error) {
+	used := 0
+	for used < len(p) {
+		if r.need == 0 {
+			// Reading a header: fast path when all four bytes are here.
+			var n uint32
+			if r.hdrN == 0 && len(p)-used >= frameHeaderLen {
+				n = binary.BigEndian.Uint32(p[used:])
+				used += frameHeaderLen
+			} else {
+				k := copy(r.hdr[r.hdrN:], p[used:])
+				r.hdrN += k
+				used += k
+				if r.hdrN < frameHeaderLen {
+					return used, nil
+				}
+				r.hdrN = 0
+				n = binary.BigEndian.Uint32(r.hdr[:])
+			}
+			if n < 2 {
+				return used, fmt.Errorf("%w: frame length %d", ErrMalformed, n)
+			}
+			if uint64(n) > uint64(r.max) {
+				return used, fmt.Errorf("%w: frame length %d, the maximum is %d", ErrFrameTooLarge, n, r.max)
+			}
+			if len(p)-used >= int(n) {
+				// Whole frame in this read.
+				body := p[used : used+int(n) : used+int(n)]
+				used += int(n)
+				owned := false
+				if r.fresh {
+					body = append(make([]byte, 0, len(body)), body...)
+					owned = true
+				}
+				f, err := parseFrame(body)
+				if err != nil {
+					return used, err
+				}
+				stop, err := fn(f, owned)
+				if err != nil || stop {
+					return used, err
+				}
+				continue
+			}
+			if r.fresh || cap(r.buf) < int(n) {
+				r.buf = make([]byte, 0, int(n))
+			}
+			r.buf = r.buf[:0]
+			r.need = int(n)
+		}
+		k := min(r.need, len(p)-used)
+		r.buf = append(r.buf, p[used:used+k]...)
+		used += k
+		r.need -= k
+		if r.need > 0 {
+			return used, nil
+		}
+		body := r.buf
+		if r.fresh {
+			r.buf = nil
+		}
+		f, err := parseFrame(body)
+		if err != nil {
+			return used, err
+		}
+		stop, err := fn(f, r.fresh)
+		if err != nil || stop {
+			return used, err
+		}
+	}
+	return used, nil
+}
+
+// shrink drops a large reassembly buffer between frames.
+func (r *frameReader) shrink() {
+	if r.need == 0 && cap(r.buf) > 1<<20 {
+		r.buf = nil
+	}
+}
+
+func parseFrame(b []byte) (frame, error) {
+	kind := rpcKind(b[0])
+	id, n := binary.Uvarint(b[1:])
+	if n <= 0 {
+		return frame{}, fmt.Errorf("%w: bad frame id", ErrMalformed)
+	}
+	return frame{kind: kind, id: id, body: b[1+n:], whole: b}, nil
+}

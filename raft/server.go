@@ -1,0 +1,506 @@
+package raft
+
+import (
+	"bytes"
+	"fmt"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+
+	hraft "github.com/hashicorp/raft"
+
+	"github.com/ioactor/ioactor/netio"
+	"github.com/ioactor/ioactor/tcp"
+)
+
+type heartbeatFn struct {
+	mu sync.RWMutex
+	fn func(hraft.RPC)
+}
+
+func (h *heartbeatFn) set(fn func(hraft.RPC)) {
+	h.mu.Lock()
+	h.fn = fn
+	h.mu.Unlock()
+}
+
+func (h *heartbeatFn) get() func(hraft.RPC) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.fn
+}
+
+// listener is the actor that owns the transport's listening socket: it
+// binds, and gives each accepted connection to a new serverConn.
+type listener struct {
+	t      *Transport
+	addr   netip.AddrPort
+	result chan<- error
+	bound  netip.AddrPort // written before result is sent
+}
+
+func (l *listener) PreStart(ctx *netio.Context) {
+	ctx.Tell(tcp.Manager(ctx.System()), tcp.Bind{Handler: ctx.Self(), Addr: l.addr})
+}
+
+func (l *listener) Receive(ctx *netio.Context, msg any) {
+	switch m := msg.(type) {
+	case tcp.Bound:
+		l.bound = m.LocalAddr
+		l.t.mu.Lock()
+		l.t.tcpLn = m.Listener
+		l.t.mu.Unlock()
+		l.result <- nil
+	case tcp.CommandFailed:
+		l.result <- m.Cause
+		ctx.Stop()
+	case tcp.Connected:
+		s := &serverConn{t: l.t, conn: m.Conn, connRef: m.Conn, remote: m.Remote}
+		s.rd.max = l.t.cfg.MaxFrameSize
+		s.rd.fresh = true
+		// On the connection's loop, so its reads reach us without a copy.
+		l.t.mu.Lock()
+		if l.t.closed {
+			l.t.mu.Unlock()
+			m.Conn.Tell(tcp.Abort{})
+			return
+		}
+		ref := ctx.SpawnOn(m.Conn.Loop(), s)
+		s.ref = ref
+		l.t.actors[ref] = struct{}{}
+		l.t.servers[s] = struct{}{}
+		l.t.tcpConns[m.Conn] = struct{}{}
+		l.t.mu.Unlock()
+		ctx.Tell(m.Conn, tcp.Register{Handler: ref})
+	case closeReq:
+		ctx.Stop() // the tcp listener watches us: it closes the socket
+	}
+}
+
+func (l *listener) PostStop(ctx *netio.Context) {
+	l.t.untrackActor(ctx.Self())
+}
+
+// serverConn is the actor of one accepted connection. It reassembles
+// request frames and queues them for its dispatcher goroutine, which hands
+// them to raft and writes the answers back through the writer. Snapshot
+// data goes to a snapPipe instead, read by raft.
+type serverConn struct {
+	t       *Transport
+	conn    netio.Ref // zero once closed
+	connRef netio.Ref
+	remote  netip.AddrPort
+	ref     netio.Ref // for other goroutines: set by the listener before it publishes s
+
+	w writer // answers, from the dispatcher
+
+	// Queue to the dispatcher.
+	qmu     sync.Mutex
+	q       []inbound
+	qsignal chan struct{}
+	resume  atomic.Bool // the dispatcher must ask for ResumeReading
+
+	// Owned by the actor.
+	pre        int // preamble bytes checked
+	rd         frameReader
+	snap       *snapPipe
+	suspended  bool // reading suspended because the queue was full
+	closeAfter bool // close once the answer is written (after a snapshot)
+	stopCh     chan struct{}
+	closing    bool
+	self       netio.Ref
+	woke       bool // this read queued a request for the dispatcher
+}
+
+// inbound is a request for the dispatcher.
+type inbound struct {
+	kind rpcKind
+	id   uint64
+	body []byte // owned: decoded messages alias it
+	cmd  any    // already decoded (InstallSnapshot)
+	pipe *snapPipe
+}
+
+type resumeReading struct{}
+
+type closeAfterAnswer struct{}
+
+type protocolError struct{ err error }
+
+func (s *serverConn) PreStart(ctx *netio.Context) {
+	s.self = ctx.Self()
+	s.qsignal = make(chan struct{}, 1)
+	s.stopCh = make(chan struct{})
+	ctx.Watch(s.conn)
+	d := &dispatcher{s: s, t: s.t, self: ctx.Self()}
+	s.t.wg.Add(1)
+	go d.run()
+}
+
+// stop asks the actor to close the connection and stop (any goroutine).
+func (s *serverConn) stop() { s.ref.Tell(closeReq{abort: false}) }
+
+func (s *serverConn) Receive(ctx *netio.Context, msg any) {
+	switch m := msg.(type) {
+	case *tcp.Received:
+		s.t.m.bytesIn.Add(uint64(len(m.Data)))
+		s.woke = false
+		if err := s.onData(ctx, m.Data); err != nil {
+			s.reject(ctx, err)
+		}
+		if s.woke {
+		}
+	case writeAck:
+		s.w.acked()
+		s.pump(ctx)
+	case kickMsg:
+		s.pump(ctx)
+	case resumeReading:
+		if s.suspended && !s.closing {
+			s.suspended = false
+			ctx.Tell(s.conn, tcp.ResumeReading{})
+		}
+	case closeAfterAnswer:
+		s.closeAfter = true
+		s.pump(ctx)
+	case protocolError:
+		s.reject(ctx, m.err)
+	case tcp.ConnectionClosed:
+		s.conn = netio.Ref{}
+		ctx.Stop()
+	case netio.Terminated:
+		if m.Ref == s.conn {
+			s.conn = netio.Ref{}
+			ctx.Stop()
+		}
+	case closeReq:
+		s.closing = true
+		ctx.Tell(s.conn, tcp.Close{})
+		ctx.Stop()
+	}
+}
+
+func (s *serverConn) pump(ctx *netio.Context) {
+	if !s.w.pump(ctx, s.conn, s.t.m) && s.closeAfter && !s.closing && s.w.idle() {
+		s.closing = true
+		ctx.Tell(s.conn, tcp.Close{})
+	}
+}
+
+// reject closes this connection (only this one) over bad input.
+func (s *serverConn) reject(ctx *netio.Context, err error) {
+	if s.closing {
+		return
+	}
+	s.closing = true
+	s.t.m.rejected.Add(1)
+	s.t.log.Warn("raft transport: closing a connection that sent bad data", "remote", s.remote, "err", err)
+	ctx.Tell(s.conn, tcp.Abort{})
+	ctx.Stop()
+}
+
+// onData consumes bytes read from the socket.
+func (s *serverConn) onData(ctx *netio.Context, p []byte) error {
+	if s.closing {
+		return nil
+	}
+	if s.pre < len(preamble) {
+		k := min(len(preamble)-s.pre, len(p))
+		if !bytes.Equal(p[:k], preamble[s.pre:s.pre+k]) {
+			return fmt.Errorf("%w: not a raft transport client (bad preamble)", ErrMalformed)
+		}
+		s.pre += k
+		p = p[k:]
+	}
+	for len(p) > 0 {
+		if s.snap != nil {
+			n, done := s.snap.write(p)
+			s.woke = true // the snapshot reader
+			p = p[n:]
+			if s.snap.full() && !s.suspended {
+				s.suspended = true
+				ctx.Tell(s.conn, tcp.SuspendReading{})
+			}
+			if done {
+				s.snap = nil
+			}
+			continue
+		}
+		n, err := s.rd.feed(p, s.onFrame)
+		if err != nil {
+			return err
+		}
+		p = p[n:]
+	}
+	s.rd.shrink()
+	if !s.suspended && s.queueLen() >= serverQueueFrames {
+		// Raft is behind: stop reading until the dispatcher drained half
+		// the queue. The flag is set before the second look, so either the
+		// dispatcher sees it when it pops, or we see its pops here.
+		s.resume.Store(true)
+		if s.queueLen() <= serverQueueFrames/2 && s.resume.CompareAndSwap(true, false) {
+			return nil
+		}
+		s.suspended = true
+		ctx.Tell(s.conn, tcp.SuspendReading{})
+	}
+	return nil
+}
+
+// onFrame queues one request for the dispatcher; an InstallSnapshot switches
+// the connection to reading snapshot data.
+func (s *serverConn) onFrame(f frame, _ bool) (bool, error) {
+	switch f.kind {
+	case kindAppendEntries, kindRequestVote, kindRequestPreVote, kindTimeoutNow:
+		s.push(inbound{kind: f.kind, id: f.id, body: f.body})
+		return false, nil
+	case kindInstallSnapshot:
+		req := new(hraft.InstallSnapshotRequest)
+		if err := decodeInstallSnapshotRequest(f.body, req, true); err != nil {
+			return false, err
+		}
+		pipe := newSnapPipe(s.t, s.self, req.Size)
+		s.push(inbound{kind: f.kind, id: f.id, cmd: req, pipe: pipe})
+		if req.Size > 0 {
+			s.snap = pipe
+			return true, nil // the rest of the read is snapshot data
+		}
+		return false, nil
+	default:
+		return false, fmt.Errorf("%w: unknown request kind %v", ErrMalformed, f.kind)
+	}
+}
+
+func (s *serverConn) push(in inbound) {
+	s.woke = true
+	s.qmu.Lock()
+	s.q = append(s.q, in)
+	s.qmu.Unlock()
+	select {
+	case s.qsignal <- struct{}{}:
+	default:
+	}
+}
+
+func (s *serverConn) queueLen() int {
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	return len(s.q)
+}
+
+// pop takes the next request (dispatcher), asking the actor to read again
+// once the queue is half empty.
+func (s *serverConn) pop(self netio.Ref) (inbound, bool) {
+	s.qmu.Lock()
+	if len(s.q) == 0 {
+		s.qmu.Unlock()
+		return inbound{}, false
+	}
+	in := s.q[0]
+	s.q[0] = inbound{}
+	s.q = s.q[1:]
+	if len(s.q) == 0 {
+		s.q = nil
+	}
+	n := len(s.q)
+	s.qmu.Unlock()
+	if n <= serverQueueFrames/2 && s.resume.CompareAndSwap(true, false) {
+		self.Tell(resumeReading{})
+	}
+	return in, true
+}
+
+func (s *serverConn) PostStop(ctx *netio.Context) {
+	close(s.stopCh)
+	s.w.mu.Lock()
+	raws := s.w.closeLocked(ErrConnectionClosed)
+	s.w.mu.Unlock()
+	for _, r := range raws {
+		r.done <- ErrConnectionClosed
+	}
+	s.w.release(ErrConnectionClosed)
+	if s.snap != nil {
+		s.snap.finish(fmt.Errorf("%w: before all snapshot data arrived", ErrConnectionClosed))
+	}
+	s.t.mu.Lock()
+	delete(s.t.servers, s)
+	delete(s.t.actors, ctx.Self())
+	if s.conn.IsZero() || !s.t.closed {
+		// Closed, or closing by the death pact with nobody to wait for it:
+		// only Close waits for sockets.
+		delete(s.t.tcpConns, s.connRef)
+	}
+	s.t.mu.Unlock()
+}
+
+// dispatcher is a server connection's goroutine: it hands requests to raft
+// in order (the heartbeat handler or the Consumer channel), waits for their
+// answers in the same order, and queues each answer for writing. While
+// raft works on one request, the next is already offered on the channel.
+type dispatcher struct {
+	s    *serverConn
+	t    *Transport
+	self netio.Ref // the serverConn actor
+
+	inflight []pending
+	free     []chan hraft.RPCResponse
+	buf      []byte
+}
+
+type pending struct {
+	id   uint64
+	kind rpcKind
+	ch   chan hraft.RPCResponse
+}
+
+func (d *dispatcher) run() {
+	defer d.t.wg.Done()
+	var next hraft.RPC
+	var nextCh chan hraft.RPCResponse
+	var nextKind rpcKind
+	var nextID uint64
+	has := false
+	for {
+		if !has && len(d.inflight) < serverInFlight {
+			if in, ok := d.s.pop(d.self); ok {
+				rpc, ch, kind, err := d.decode(in)
+				if err != nil {
+					d.self.Tell(protocolError{err: err})
+					return
+				}
+				next, nextCh, nextKind, nextID, has = rpc, ch, kind, in.id, true
+				if kind == kindHeartbeat {
+					if fn := d.t.heartbeat.get(); fn != nil {
+						d.t.m.served[kindHeartbeat].Add(1)
+						fn(next)
+						d.inflight = append(d.inflight, pending{id: nextID, kind: kindHeartbeat, ch: nextCh})
+						has = false
+						continue
+					}
+				}
+				continue
+			}
+		}
+		var sendCh chan hraft.RPC
+		if has {
+			sendCh = d.t.consumeCh
+		}
+		var respCh chan hraft.RPCResponse
+		if len(d.inflight) > 0 {
+			respCh = d.inflight[0].ch
+		}
+		select {
+		case <-d.s.qsignal:
+		case sendCh <- next:
+			d.t.m.served[nextKind].Add(1)
+			d.inflight = append(d.inflight, pending{id: nextID, kind: nextKind, ch: nextCh})
+			next, has = hraft.RPC{}, false
+		case r := <-respCh:
+			p := d.inflight[0]
+			d.inflight[0] = pending{}
+			d.inflight = d.inflight[1:]
+			if len(d.inflight) == 0 {
+				d.inflight = d.inflight[:0:0]
+			}
+			d.free = append(d.free, p.ch)
+			d.answer(p, r)
+		case <-d.s.stopCh:
+			return
+		case <-d.t.shutdownCh:
+			return
+		}
+	}
+}
+
+// decode turns an inbound request into an RPC for raft.
+func (d *dispatcher) decode(in inbound) (hraft.RPC, chan hraft.RPCResponse, rpcKind, error) {
+	var ch chan hraft.RPCResponse
+	if n := len(d.free); n > 0 {
+		ch = d.free[n-1]
+		d.free = d.free[:n-1]
+	} else {
+		ch = make(chan hraft.RPCResponse, 1)
+	}
+	rpc := hraft.RPC{RespChan: ch}
+	kind := in.kind
+	var err error
+	switch in.kind {
+	case kindAppendEntries:
+		req := new(hraft.AppendEntriesRequest)
+		err = decodeAppendEntriesRequest(in.body, req, true)
+		rpc.Command = req
+		if err == nil && isHeartbeat(req) {
+			kind = kindHeartbeat
+		}
+	case kindRequestVote:
+		req := new(hraft.RequestVoteRequest)
+		err = decodeRequestVoteRequest(in.body, req, true)
+		rpc.Command = req
+	case kindRequestPreVote:
+		req := new(hraft.RequestPreVoteRequest)
+		err = decodeRequestPreVoteRequest(in.body, req, true)
+		rpc.Command = req
+	case kindTimeoutNow:
+		req := new(hraft.TimeoutNowRequest)
+		err = decodeTimeoutNowRequest(in.body, req, true)
+		rpc.Command = req
+	case kindInstallSnapshot:
+		rpc.Command = in.cmd
+		rpc.Reader = in.pipe
+	}
+	return rpc, ch, kind, err
+}
+
+// answer encodes raft's answer and queues it for writing.
+func (d *dispatcher) answer(p pending, r hraft.RPCResponse) {
+	s := d.s
+	s.w.mu.Lock()
+	if s.w.closed != nil {
+		s.w.mu.Unlock()
+		return
+	}
+	b, start := beginFrame(s.w.out, kindResponse, p.id)
+	flagAt := len(b)
+	b = append(b, 0)
+	var flags byte
+	if r.Error != nil {
+		flags |= respError
+		b = putBytes(b, []byte(r.Error.Error()))
+	}
+	switch resp := r.Response.(type) {
+	case *hraft.AppendEntriesResponse:
+		flags |= respPayload
+		b = appendAppendEntriesResponse(b, resp)
+	case *hraft.RequestVoteResponse:
+		flags |= respPayload
+		b = appendRequestVoteResponse(b, resp)
+	case *hraft.RequestPreVoteResponse:
+		flags |= respPayload
+		b = appendRequestPreVoteResponse(b, resp)
+	case *hraft.InstallSnapshotResponse:
+		flags |= respPayload
+		b = appendInstallSnapshotResponse(b, resp)
+	case *hraft.TimeoutNowResponse:
+		flags |= respPayload
+		b = appendTimeoutNowResponse(b, resp)
+	default:
+		if r.Error == nil {
+			flags |= respError
+			b = putBytes(b, fmt.Appendf(nil, "raft transport: raft answered %T", r.Response))
+		}
+	}
+	b[flagAt] = flags
+	b, err := endFrame(b, start, d.t.cfg.MaxFrameSize)
+	s.w.out = b
+	kick := err == nil && s.w.kickLocked()
+	s.w.mu.Unlock()
+	if err != nil {
+		d.t.log.Error("raft transport: answer too large", "err", err)
+	}
+	if kick {
+		d.self.Tell(kickMsg{})
+	}
+	if p.kind == kindInstallSnapshot {
+		d.self.Tell(closeAfterAnswer{})
+	}
+}

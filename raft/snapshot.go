@@ -1,0 +1,171 @@
+package raft
+
+import (
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ioactor/ioactor/netio"
+)
+
+// snapPipe carries a snapshot's data from a server connection's actor to
+// raft, which reads it as RPC.Reader. The actor copies each read into the
+// pipe; once SnapshotReadAhead bytes wait unread it suspends reading at the
+// socket, and the reader resumes it when half of them are consumed. So the
+// receiver holds at most read-ahead + one socket read of data, and a stalled
+// reader stalls the sender through the TCP window.
+type snapPipe struct {
+	t     *Transport
+	actor netio.Ref
+
+	remaining int64 // bytes still to come from the network (actor only)
+
+	mu       sync.Mutex
+	chunks   [][]byte
+	off      int // read offset in chunks[0]
+	buffered int
+	err      error // once buffered data is consumed: io.EOF or the failure
+	free     [][]byte
+
+	signal     chan struct{}
+	wantResume atomic.Bool
+	timer      *time.Timer // reader only
+}
+
+const pipeChunk = 64 << 10
+
+func newSnapPipe(t *Transport, actor netio.Ref, size int64) *snapPipe {
+	p := &snapPipe{t: t, actor: actor, remaining: size, signal: make(chan struct{}, 1)}
+	if size == 0 {
+		p.err = io.EOF
+	}
+	return p
+}
+
+// write copies up to the remaining snapshot bytes of b (actor). done
+// reports that the snapshot's data is complete.
+func (p *snapPipe) write(b []byte) (n int, done bool) {
+	n = int(min(int64(len(b)), p.remaining))
+	b = b[:n]
+	p.remaining -= int64(n)
+	p.mu.Lock()
+	for len(b) > 0 {
+		var last []byte
+		if k := len(p.chunks); k > 0 {
+			last = p.chunks[k-1]
+		}
+		if last == nil || len(last) == cap(last) {
+			if k := len(p.free); k > 0 {
+				last = p.free[k-1][:0]
+				p.free = p.free[:k-1]
+			} else {
+				last = make([]byte, 0, pipeChunk)
+			}
+			p.chunks = append(p.chunks, last)
+		}
+		c := copy(last[len(last):cap(last)], b)
+		p.chunks[len(p.chunks)-1] = last[:len(last)+c]
+		b = b[c:]
+		p.buffered += c
+	}
+	if p.remaining == 0 {
+		p.err = io.EOF
+	}
+	p.mu.Unlock()
+	p.notify()
+	return n, p.remaining == 0
+}
+
+// full reports whether the read-ahead is used up (actor); the reader will
+// then ask for reading to resume.
+func (p *snapPipe) full() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.buffered >= p.t.cfg.SnapshotReadAhead && p.err == nil {
+		p.wantResume.Store(true)
+		return true
+	}
+	return false
+}
+
+// finish ends the data with err unless it is complete already.
+func (p *snapPipe) finish(err error) {
+	p.mu.Lock()
+	if p.err == nil {
+		p.err = err
+	}
+	p.mu.Unlock()
+	p.notify()
+}
+
+func (p *snapPipe) notify() {
+	select {
+	case p.signal <- struct{}{}:
+	default:
+	}
+}
+
+// Read implements io.Reader for raft. It returns io.EOF after exactly Size
+// bytes, or the error that cut the data short; it fails with ErrTimeout
+// when no data arrives for Config.Timeout.
+func (p *snapPipe) Read(b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	p.mu.Lock()
+	for p.buffered == 0 {
+		if p.err != nil {
+			err := p.err
+			p.mu.Unlock()
+			return 0, err
+		}
+		p.mu.Unlock()
+		if err := p.wait(); err != nil {
+			p.finish(err)
+		}
+		p.mu.Lock()
+	}
+	n := 0
+	for n < len(b) && len(p.chunks) > 0 {
+		c := p.chunks[0]
+		k := copy(b[n:], c[p.off:])
+		n += k
+		p.off += k
+		if p.off == len(c) {
+			p.chunks[0] = nil
+			p.chunks = p.chunks[1:]
+			p.off = 0
+			if len(p.free) < 4 {
+				p.free = append(p.free, c[:0])
+			}
+		}
+	}
+	p.buffered -= n
+	resume := p.buffered <= p.t.cfg.SnapshotReadAhead/2
+	p.mu.Unlock()
+	if resume && p.wantResume.CompareAndSwap(true, false) {
+		p.actor.Tell(resumeReading{})
+	}
+	return n, nil
+}
+
+// wait blocks until the actor signals, the transport closes or Timeout.
+func (p *snapPipe) wait() error {
+	if p.timer == nil {
+		p.timer = time.NewTimer(p.t.cfg.Timeout)
+	} else {
+		p.timer.Reset(p.t.cfg.Timeout)
+	}
+	select {
+	case <-p.signal:
+		p.timer.Stop()
+		return nil
+	case <-p.t.shutdownCh:
+		p.timer.Stop()
+		return ErrTransportShutdown
+	case <-p.timer.C:
+		return fmt.Errorf("%w: no snapshot data for %v", ErrTimeout, p.t.cfg.Timeout)
+	}
+}

@@ -1,0 +1,155 @@
+package raft
+
+import (
+	"sync"
+
+	"github.com/ioactor/ioactor/netio"
+	"github.com/ioactor/ioactor/tcp"
+)
+
+// writer is the bridge from goroutines that produce frames (raft's callers,
+// a server connection's dispatcher) to the connection actor that owns the
+// socket. Producers append encoded frames to out under mu and kick the
+// actor only when it is idle; the actor swaps out for its spare buffer and
+// hands it to the tcp connection as one Write, ack-paced: while that write
+// is in the kernel's hands the next batch accumulates. Two buffers, no
+// allocation in steady state, one actor message per batch.
+//
+// Raw chunks (snapshot data) are queued behind the frames and written from
+// the producer's own buffer, without a copy; the producer learns through
+// chunk.done that the buffer is free again.
+type writer struct {
+	mu     sync.Mutex
+	out    []byte      // frames waiting for the next write
+	raws   []*rawChunk // raw data waiting, after out
+	kicked bool        // a kick is queued, or the actor is busy writing
+	closed error       // set once: every later enqueue fails with it
+
+	// Owned by the actor.
+	spare  []byte    // the other buffer, free
+	wbuf   []byte    // the buffer being written
+	wraw   *rawChunk // the raw chunk being written
+	cmd    tcp.Write // reused: one write is pending at a time
+	nbytes int
+}
+
+// rawChunk is a buffer of raw bytes to write; done receives nil once the
+// bytes are in the kernel, or the error that ended the connection.
+type rawChunk struct {
+	data []byte
+	done chan error
+}
+
+type kickMsg struct{}
+
+type writeAck struct{}
+
+// maxSpare bounds the buffer kept between batches.
+const maxSpare = 4 << 20
+
+// kickLocked marks the writer busy and reports whether the caller must
+// tell the actor (mu held).
+func (w *writer) kickLocked() bool {
+	if w.kicked {
+		return false
+	}
+	w.kicked = true
+	return true
+}
+
+// enqueueRaw queues a raw chunk.
+func (w *writer) enqueueRaw(ref netio.Ref, r *rawChunk) error {
+	w.mu.Lock()
+	if w.closed != nil {
+		err := w.closed
+		w.mu.Unlock()
+		return err
+	}
+	w.raws = append(w.raws, r)
+	kick := w.kickLocked()
+	w.mu.Unlock()
+	if kick {
+		ref.Tell(kickMsg{})
+	}
+	return nil
+}
+
+// pump starts the next write if none is pending (actor only). It reports
+// whether a write was started.
+func (w *writer) pump(ctx *netio.Context, conn netio.Ref, m *metrics) bool {
+	if conn.IsZero() || w.wbuf != nil || w.wraw != nil {
+		return false
+	}
+	w.mu.Lock()
+	switch {
+	case len(w.out) > 0:
+		w.wbuf = w.out
+		w.out = w.spare[:0]
+		w.spare = nil
+	case len(w.raws) > 0:
+		w.wraw = w.raws[0]
+		w.raws[0] = nil
+		w.raws = w.raws[1:]
+		if len(w.raws) == 0 {
+			w.raws = nil
+		}
+	default:
+		w.kicked = false
+		w.mu.Unlock()
+		return false
+	}
+	w.mu.Unlock()
+	if w.wbuf != nil {
+		w.cmd = tcp.Write{Data: w.wbuf, Ack: writeAck{}}
+	} else {
+		w.cmd = tcp.Write{Data: w.wraw.data, Ack: writeAck{}}
+	}
+	m.bytesOut.Add(uint64(len(w.cmd.Data)))
+	ctx.Tell(conn, &w.cmd)
+	return true
+}
+
+// acked frees what the pending write held (actor only).
+func (w *writer) acked() {
+	w.cmd = tcp.Write{}
+	if w.wbuf != nil {
+		if cap(w.wbuf) <= maxSpare {
+			w.spare = w.wbuf[:0]
+		}
+		w.wbuf = nil
+	}
+	if w.wraw != nil {
+		w.wraw.done <- nil
+		w.wraw = nil
+	}
+}
+
+// idle reports whether nothing is being written or waiting (actor only).
+func (w *writer) idle() bool {
+	if w.wbuf != nil || w.wraw != nil {
+		return false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.out) == 0 && len(w.raws) == 0
+}
+
+// closeLocked marks the writer closed and returns the raw chunks that will
+// never be written (mu held).
+func (w *writer) closeLocked(err error) []*rawChunk {
+	w.closed = err
+	raws := w.raws
+	w.raws = nil
+	w.out = nil
+	return raws
+}
+
+// release fails the chunk being written, after the actor stopped.
+func (w *writer) release(err error) {
+	if w.wraw != nil {
+		w.wraw.done <- err
+		w.wraw = nil
+	}
+	w.wbuf = nil
+	w.cmd = tcp.Write{}
+}
