@@ -19,6 +19,7 @@ import (
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 
+	iraft "github.com/ioactor/ioactor/raft"
 	"github.com/ioactor/ioactor/tftp"
 )
 
@@ -45,8 +46,8 @@ type NodeConfig struct {
 	// FS is this node's root: completed uploads are renamed into it on
 	// every node. Nil refuses replicated uploads.
 	FS *tftp.FS
-	// NewTransport builds the raft transport; nil uses raft's
-	// NetworkTransport.
+	// NewTransport builds the raft transport; nil uses this module's
+	// transport (package raft of ioactor) on its own event loop.
 	NewTransport func(bind string) (raft.Transport, error)
 	Logger       *slog.Logger
 }
@@ -103,7 +104,7 @@ func (n *Node) start(ctx context.Context) error {
 	newTransport := cfg.NewTransport
 	if newTransport == nil {
 		newTransport = func(bind string) (raft.Transport, error) {
-			return raft.NewTCPTransport(bind, nil, 4, 5*time.Second, io.Discard)
+			return iraft.New(iraft.Config{BindAddr: bind, Timeout: 2 * time.Second, Logger: n.log})
 		}
 	}
 	if n.trans, err = newTransport(cfg.RaftAddr); err != nil {
