@@ -1,59 +1,133 @@
-// Package tftp implements the Trivial File Transfer Protocol: a packet
-// codec, option negotiation, netascii conversion and a sandboxed file
-// tree, the parts of a TFTP server and client that need no socket.
+// Package tftp implements the Trivial File Transfer Protocol: a server on
+// ioactor's event loops, a client, a packet codec, option negotiation,
+// netascii conversion and a sandboxed file tree.
 //
-// It covers RFC 1350 (the protocol), RFC 2347 (option extension),
-// RFC 2348 (blksize), RFC 2349 (timeout and tsize) and RFC 7440
-// (windowsize).
+// It covers RFC 1350 (the protocol, octet and netascii), RFC 1123 (the
+// Sorcerer's Apprentice fix), RFC 2347 (option extension), RFC 2348
+// (blksize), RFC 2349 (timeout and tsize, for uploads too) and RFC 7440
+// (windowsize), with block numbers that roll over past 65535.
 //
-// # Packets
+// # Usage
+//
+// A server serves one directory; it needs a [netio.System]:
+//
+//	sys, err := netio.NewSystem(netio.Config{})
+//	...
+//	srv, err := tftp.NewServer(sys, tftp.ServerConfig{
+//		Root:   "/srv/tftp",
+//		Listen: netip.MustParseAddrPort("0.0.0.0:69"),
+//	})
+//	...
+//	defer srv.Shutdown(ctx) // drains: running transfers finish
+//
+// A client needs nothing but the standard library's sockets:
+//
+//	c := &tftp.Client{BlockSize: 1428, WindowSize: 16, TSize: true}
+//	stats, err := c.Get(ctx, "192.0.2.10:69", "boot/pxelinux.0", file)
+//	stats, err = c.Put(ctx, "192.0.2.10:69", "logs/today.txt", r, size)
+//
+// cmd/tftpd and cmd/tftp are the server and the client as commands.
+//
+// # Server
+//
+// The server is a listener actor on the server port, which parses requests
+// and starts one transfer actor per transfer, with a UDP socket of its own
+// bound to a fresh port: the server's transfer ID (TID) of RFC 1350. A
+// datagram from another address to that port gets ERROR 5 and leaves the
+// transfer alone. Transfers are spread over the system's loops. In
+// single-port mode ([ServerConfig.SinglePort]) every reply comes from the
+// server port instead, and the listener tells transfers apart by the
+// client's address; this suits NAT and containers, and a replicated server
+// whose next leader takes every transfer over by binding one port.
+//
+// Each transfer runs a small state machine (a sender for a download, a
+// receiver for an upload) fed by packets and timers. A download keeps its
+// window of DATA packets ready (read with one preadv(2) per window, the
+// next window read ahead while the client answers) and sends it with one
+// batched system call (UDP GSO where the kernel has it). Steady state
+// allocates nothing per packet. Retransmission follows the round-trip time
+// (RFC 6298, within [ServerConfig.MinTimeout] and [ServerConfig.Timeout])
+// unless the client negotiated a timeout, backs off exponentially, and
+// gives up after [ServerConfig.Retries]; a duplicate ACK never triggers a
+// retransmission in lock-step (RFC 1123), and only once per window with a
+// window (the receiver saw a gap, RFC 7440).
+//
+// What PXE firmware and real clients need: the file is opened and checked
+// before an OACK, so no ERROR follows an OACK but for a failure mid-way;
+// only requested options are acknowledged, bogus values ignored; a client's
+// ERROR after an OACK (the UEFI tsize probe) ends the transfer at once and
+// silently, and the firmware's new request works even if it comes before
+// the ERROR is seen; [ServerConfig.MaxBlockSize] caps blksize for clients
+// that ask for more than they can reassemble, and
+// [ServerConfig.ClampBlockSize] caps it to the route's MTU.
+//
+// Uploads are off unless allowed. They are written to a temporary file,
+// synced and renamed into place before the last ACK, so a client that
+// sees its upload acknowledged finds it complete, and an interrupted
+// upload leaves nothing under the target name.
+//
+// # Client
+//
+// [Client] runs one transfer per call on a UDP socket of its own: it sends
+// the request, pins the server's TID from the first answer, answers
+// strangers with ERROR 5, checks the OACK against what it asked, and
+// retransmits with back-off. With a window it reads a window of datagrams
+// per system call (recvmmsg). Downloads are buffered and flushed before
+// the last ACK.
+//
+// # Packets, options, netascii, files
 //
 // [PacketOpcode] tells the kind of a received packet; ParseX parses one
-// kind and AppendX appends one to a buffer. The DATA and ACK functions,
-// which carry every block of a transfer, do not allocate: [ParseData]
-// returns a payload that aliases the packet, and [AppendData] and
-// [AppendAck] write into the caller's buffer.
+// kind and AppendX appends one to a buffer; DATA and ACK do not allocate.
+// [Negotiate] is the server side of option negotiation, [ParseOACKReply]
+// the client side. [NetasciiEncoder] and [NetasciiDecoder] convert one
+// buffer at a time, so a sender fills every block exactly. [FS] serves one
+// directory tree through [os.Root]: names that leave it, through ".." or
+// symbolic links, are refused. [ErrorCodeOf] maps errors to ERROR codes.
 //
-//	buf := make([]byte, 0, 4+tftp.MaxBlockSize)
-//	pkt := tftp.AppendData(buf, 1, payload)
-//	block, data, err := tftp.ParseData(pkt)
+// # Replication
 //
-// Parse errors wrap [ErrMalformed] or [ErrUnknownOpcode]. A received ERROR
-// packet becomes an [*Error], which [errors.As] finds.
+// [TransferState] is a transfer's identity and progress (client, TID,
+// file, mode, negotiated options, last block acknowledged counting past
+// 65535, file offset, netascii state) in a few dozen bytes, with
+// MarshalBinary; [Server.Transfers] lists the live ones.
 //
-// # Options
+// # Cancellation
 //
-// [Negotiate] is the server side of option negotiation: it turns the
-// options of a request into transfer parameters and the options to echo in
-// an OACK, within [Limits]. [ParseOACKReply] is the client side: it checks
-// a server's OACK against the request.
+// [Client.Get] and [Client.Put] stop when their context ends, telling the
+// server with an ERROR. [Server.Shutdown] stops taking requests and waits
+// for the running transfers until its context ends, then cancels the rest;
+// [Server.Close] cancels at once. Both release every socket and file.
 //
-// # Netascii
+// # Metrics and logs
 //
-// [NetasciiEncoder] and [NetasciiDecoder] convert between local text and
-// netascii one buffer at a time, so that a sender can fill every DATA
-// block exactly. Their state is a small plain value that can be
-// checkpointed between blocks. [NewNetasciiReader] and [NewNetasciiWriter]
-// wrap them as streams.
-//
-// # File system
-//
-// [FS] serves one directory tree through [os.Root]: names that leave it,
-// through ".." or symbolic links, are refused, and uploads are written to
-// a temporary file that [Upload.Commit] moves into place. [ErrorCodeOf]
-// maps the errors of this package and of the file system to the codes of
-// ERROR packets.
+// With [ServerConfig.Registerer] the server exports
+// ioactor_tftp_transfers_total{op,result}, ioactor_tftp_bytes_total{op},
+// ioactor_tftp_retransmits_total, ioactor_tftp_active_transfers,
+// ioactor_tftp_transfer_duration_seconds{op} and
+// ioactor_tftp_stray_packets_total{kind}, read from per-loop counters at
+// scrape time. Logs carry the transfer's id as "xfer".
 //
 // # Concurrency
 //
 // The codec and negotiation functions are pure and may be called from any
-// goroutine. An [FS] may be shared; encoders, decoders and uploads belong
-// to one transfer and must not be used concurrently.
+// goroutine. A Server's and a Client's methods are safe from any
+// goroutine; an [FS] may be shared; encoders, decoders and uploads belong
+// to one transfer.
 //
 // # Limitations
 //
-// The obsolete mail mode is parsed, so that a server can refuse it with a
-// proper error, but nothing else supports it. [FS] inherits the limits of
-// [os.Root]: it does not stop bind mounts, hard links or device files
-// placed inside the root.
+//   - Linux only, like netio.
+//   - A server bound to a wildcard address answers from the address the
+//     kernel's route picks, which on a multi-homed host may not be the one
+//     the request went to (the udp package does not report a datagram's
+//     destination address yet).
+//   - The client does not linger after the last ACK of a download: if that
+//     ACK is lost, the server retransmits into the void and records a
+//     timeout, though the file arrived.
+//   - tsize is not offered for netascii downloads (the size on the wire is
+//     not the file's).
+//   - The obsolete mail mode is refused with ERROR 4.
+//   - [FS] inherits the limits of [os.Root]: it does not stop bind mounts,
+//     hard links or device files placed inside the root.
 package tftp

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io/fs"
 	"strconv"
+	"strings"
 	"syscall"
 )
 
@@ -47,7 +48,7 @@ type Error struct {
 
 func (e *Error) Error() string {
 	s := "tftp: error " + strconv.Itoa(int(e.Code)) + " (" + e.Code.String() + ")"
-	if e.Message != "" {
+	if e.Message != "" && !strings.EqualFold(e.Message, e.Code.String()) {
 		s += ": " + e.Message
 	}
 	return s

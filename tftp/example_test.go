@@ -1,12 +1,66 @@
 package tftp_test
 
 import (
+	"bytes"
+	"context"
 	"fmt"
 	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 
+	"github.com/ioactor/ioactor/netio"
 	"github.com/ioactor/ioactor/tftp"
 )
+
+// A server serves a directory on an event loop; a client fetches a file
+// from it with options.
+func ExampleNewServer() {
+	dir, err := os.MkdirTemp("", "tftp-example")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer os.RemoveAll(dir)
+	os.WriteFile(filepath.Join(dir, "hello.txt"), []byte("hello, world\n"), 0o644)
+
+	quiet := slog.New(slog.DiscardHandler)
+	sys, err := netio.NewSystem(netio.Config{Loops: 1, Logger: quiet})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer sys.Shutdown(context.Background())
+	srv, err := tftp.NewServer(sys, tftp.ServerConfig{
+		Root:   dir,
+		Listen: netip.MustParseAddrPort("127.0.0.1:0"), // a free port
+		Logger: quiet,
+	})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer srv.Close()
+
+	var buf bytes.Buffer
+	c := &tftp.Client{BlockSize: 1428, TSize: true}
+	stats, err := c.Get(context.Background(), srv.Addr().String(), "/hello.txt", &buf)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Print(buf.String())
+	fmt.Println("blksize", stats.Negotiated.BlockSize, "tsize", stats.Negotiated.TSize)
+
+	_, err = c.Get(context.Background(), srv.Addr().String(), "../etc/passwd", &buf)
+	fmt.Println(err)
+	// Output:
+	// hello, world
+	// blksize 1428 tsize 13
+	// tftp: error 2 (access violation): access violation: outside the root
+}
 
 // A server parses a read request and answers its options.
 func ExampleNegotiate() {

@@ -2,10 +2,17 @@ package tftp
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -201,6 +208,170 @@ func FuzzNetascii(f *testing.F) {
 		out = append(out, dst[:d.Flush(dst)]...)
 		if !bytes.Equal(out, data) {
 			t.Fatalf("decode(encode(%q)) = %q", data, out)
+		}
+	})
+}
+
+// FuzzParseOACKReply checks the client's side of negotiation: whatever the
+// server's OACK, the result is an error or parameters within the RFC
+// ranges that do not exceed what was asked.
+func FuzzParseOACKReply(f *testing.F) {
+	f.Fuzz(func(t *testing.T, reqRaw, oackRaw []byte) {
+		split := func(raw []byte) []Option {
+			var opts []Option
+			fields := strings.Split(string(raw), "\x00")
+			for i := 0; i+1 < len(fields); i += 2 {
+				opts = append(opts, Option{Name: fields[i], Value: fields[i+1]})
+			}
+			return opts
+		}
+		req, oack := split(reqRaw), split(oackRaw)
+		n, err := ParseOACKReply(req, oack)
+		if err != nil {
+			if !errors.Is(err, ErrBadOACK) {
+				t.Fatalf("error %v does not wrap ErrBadOACK", err)
+			}
+			return
+		}
+		if n.BlockSize < MinBlockSize || n.BlockSize > MaxBlockSize || n.WindowSize < 1 || n.WindowSize > 65535 ||
+			n.Timeout < 0 || n.Timeout > 255*time.Second {
+			t.Fatalf("out of range: %+v", n)
+		}
+		if n.BlockSize != DefaultBlockSize {
+			r, _ := findOption(req, OptBlockSize)
+			if v, ok := parseDecimal(r.Value); !ok || int64(n.BlockSize) > v {
+				t.Fatalf("blksize %d for a request of %q", n.BlockSize, r.Value)
+			}
+		}
+	})
+}
+
+// FuzzTransferState: decoding never panics, and what decodes re-encodes to
+// the same state.
+func FuzzTransferState(f *testing.F) {
+	st := TransferState{ID: 1, Op: OpRRQ, Client: netip.MustParseAddrPort("127.0.0.1:1000"), Filename: "f", Mode: ModeOctet,
+		Negotiated: Negotiated{BlockSize: 512, WindowSize: 1, TSize: -1}, Block: 70000, Offset: 70000 * 512}
+	b, _ := st.MarshalBinary()
+	f.Add(b)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var st TransferState
+		if err := st.UnmarshalBinary(b); err != nil {
+			return
+		}
+		b2, err := st.MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st2 TransferState
+		if err := st2.UnmarshalBinary(b2); err != nil || fmt.Sprint(st2) != fmt.Sprint(st) {
+			t.Fatalf("round trip: %+v, %v; want %+v", st2, err, st)
+		}
+	})
+}
+
+// fuzzIO is an xferIO that records what a transfer sends.
+type fuzzIO struct {
+	sent    [][]byte // to the client
+	errs    []netip.AddrPort
+	pending bool
+	commits []*Upload
+	done    bool
+}
+
+func (f *fuzzIO) send(x *xfer, dgs [][]byte) {
+	for _, d := range dgs {
+		f.sent = append(f.sent, bytes.Clone(d))
+	}
+	f.pending = true
+}
+func (f *fuzzIO) sendError(x *xfer, to netip.AddrPort, pkt []byte) {
+	if to == x.client {
+		f.sent = append(f.sent, bytes.Clone(pkt))
+	} else {
+		f.errs = append(f.errs, to)
+	}
+}
+func (f *fuzzIO) resumeWriting(x *xfer)          {}
+func (f *fuzzIO) setTimer(x *xfer, at time.Time) {}
+func (f *fuzzIO) commit(x *xfer, u *Upload)      { f.commits = append(f.commits, u) }
+func (f *fuzzIO) finish(x *xfer)                 { f.done = true }
+
+// FuzzServerTransfer feeds a server transfer a request and then a script of
+// events: packets from the client or from a stranger, timer ticks, send
+// completions. The transfer must not panic, must answer strangers with
+// ERROR 5 only, must never send a DATA longer than the block size, and
+// must release everything when cancelled.
+func FuzzServerTransfer(f *testing.F) {
+	dir := f.TempDir()
+	os.WriteFile(filepath.Join(dir, "f"), patternBytes(3000), 0o644)
+	os.WriteFile(filepath.Join(dir, "t"), []byte("a\nb\rc\r\n"), 0o644)
+	cfg := ServerConfig{Root: dir, AllowWrite: true, AllowOverwrite: true, MaxUploadSize: 1 << 20, Logger: slog.New(slog.DiscardHandler)}
+	srv, err := newServerState(cfg.withDefaults(), 1)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(srv.release)
+	client := netip.MustParseAddrPort("192.0.2.1:1000")
+	stranger := netip.MustParseAddrPort("192.0.2.2:1000")
+	f.Fuzz(func(t *testing.T, req, script []byte) {
+		r, err := ParseRequest(req)
+		if err != nil {
+			return
+		}
+		io := &fuzzIO{}
+		var stage atomic.Uint32
+		var peer atomic.Bool
+		x := srv.newXfer(io, r, client, &stage, &peer, srv.m.shard(0))
+		now := time.Unix(1000, 0)
+		x.start(now, netip.MustParseAddrPort("192.0.2.9:2000"))
+		for len(script) >= 2 && !io.done {
+			kind, n := script[0], int(script[1])
+			script = script[2:]
+			p := script[:min(n, len(script))]
+			script = script[len(p):]
+			switch kind % 5 {
+			case 0:
+				x.packet(now, client, p)
+			case 1:
+				x.packet(now, stranger, p)
+			case 2:
+				now = now.Add(time.Duration(n) * 50 * time.Millisecond)
+				x.timer(now)
+			case 3:
+				if io.pending {
+					io.pending = false
+					x.sendDone(now)
+				}
+			case 4:
+				if len(io.commits) > 0 {
+					u := io.commits[0]
+					io.commits = io.commits[1:]
+					x.committed(now, u.Commit())
+				}
+			}
+		}
+		x.cancel("end of the script")
+		for _, u := range io.commits {
+			u.Abort()
+		}
+		if !io.done || x.file != nil || x.up != nil {
+			t.Fatalf("not released: done %v, file %v, upload %v", io.done, x.file != nil, x.up != nil)
+		}
+		for _, to := range io.errs {
+			if to != stranger {
+				t.Fatalf("ERROR to %v", to)
+			}
+		}
+		for _, pkt := range io.sent {
+			if _, payload, err := ParseData(pkt); err == nil && len(payload) > x.neg.BlockSize {
+				t.Fatalf("DATA of %d bytes, block size %d", len(payload), x.neg.BlockSize)
+			}
+			if op, err := PacketOpcode(pkt); err != nil || op == OpRRQ || op == OpWRQ {
+				t.Fatalf("sent %q", pkt)
+			}
+		}
+		if srv.m.shard(0).active.Load() != 0 {
+			t.Fatalf("%d transfers still counted active", srv.m.shard(0).active.Load())
 		}
 	})
 }

@@ -1,0 +1,222 @@
+// Command tftpd is a TFTP server (RFC 1350, with the option extensions of
+// RFC 2347, 2348, 2349 and 7440) on ioactor's event loops.
+//
+//	tftpd -root /srv/tftp                      # read-only, 127.0.0.1:6969
+//	tftpd -root /srv/tftp -listen 0.0.0.0:69 -allow-write -metrics-listen 127.0.0.1:9169
+//
+// It serves -root (the current directory by default) and nothing outside
+// it: ".." and symbolic links that leave the root are refused. Uploads are
+// off unless -allow-write; they are written to a temporary file and renamed
+// into place only when complete. SIGINT or SIGTERM drains: no new
+// transfers, the running ones get -drain-timeout to finish; a second signal
+// stops at once.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/ioactor/ioactor/internal/buildinfo"
+	"github.com/ioactor/ioactor/netio"
+	"github.com/ioactor/ioactor/tftp"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-ctx.Done()
+		stop() // a second signal kills the process
+	}()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "tftpd:", err)
+		}
+		os.Exit(2)
+	}
+}
+
+type options struct {
+	root, listen, metrics        string
+	write, overwrite, singlePort bool
+	maxBlksize, maxWindow        int
+	clamp                        bool
+	timeout, minTimeout          time.Duration
+	retries, maxTransfers, loops int
+	deadline, drain              time.Duration
+	maxUpload                    int64
+	rollover                     string
+	logLevel, logFormat          string
+	version                      bool
+}
+
+func parse(args []string, stderr io.Writer) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("tftpd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: tftpd [flags]\n\nServes the files under -root over TFTP.\n\nFlags:")
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&o.root, "root", ".", "directory to serve; nothing outside it is reachable")
+	fs.StringVar(&o.listen, "listen", "127.0.0.1:6969", "UDP address of the server port ([::]:69 for every address)")
+	fs.BoolVar(&o.write, "allow-write", false, "allow uploads (WRQ)")
+	fs.BoolVar(&o.overwrite, "allow-overwrite", false, "let uploads replace existing files")
+	fs.BoolVar(&o.singlePort, "single-port", false, "answer every transfer from the server port (for NAT and containers)")
+	fs.IntVar(&o.maxBlksize, "max-blksize", 0, "largest blksize granted (0: 65464; 1468 suits embedded clients); negative refuses the option")
+	fs.BoolVar(&o.clamp, "clamp-blksize", false, "grant no blksize larger than the route's MTU carries unfragmented")
+	fs.IntVar(&o.maxWindow, "max-windowsize", 0, "largest windowsize granted (0: 16; at most 1024); negative refuses the option")
+	fs.StringVar(&o.rollover, "rollover", "zero", "block number after 65535: zero, one, or refuse (no transfer past 65535 blocks)")
+	fs.DurationVar(&o.timeout, "timeout", time.Second, "retransmission timeout, when the client negotiates none (the initial and largest value)")
+	fs.DurationVar(&o.minTimeout, "min-timeout", 50*time.Millisecond, "floor of the adaptive retransmission timeout; negative: a fixed -timeout")
+	fs.IntVar(&o.retries, "retries", 5, "retransmissions of one packet before a transfer is abandoned")
+	fs.DurationVar(&o.deadline, "transfer-deadline", time.Hour, "longest duration of one transfer; negative: none")
+	fs.IntVar(&o.maxTransfers, "max-transfers", 4096, "transfers at once; negative: no limit")
+	fs.Int64Var(&o.maxUpload, "max-upload-size", 0, "largest upload in bytes (0: no limit)")
+	fs.IntVar(&o.loops, "loops", 0, "event loops (0: one per core)")
+	fs.StringVar(&o.metrics, "metrics-listen", "", "HTTP address for Prometheus /metrics (empty: off)")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	fs.DurationVar(&o.drain, "drain-timeout", 30*time.Second, "on SIGTERM, how long running transfers get to finish")
+	fs.BoolVar(&o.version, "version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	return o, nil
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("-log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch strings.ToLower(format) {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("-log-format: %q is neither text nor json", format)
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o, err := parse(args, stderr)
+	if err != nil {
+		return err
+	}
+	if o.version {
+		fmt.Fprintln(stdout, "tftpd", buildinfo.Version())
+		return nil
+	}
+	logger, err := newLogger(stderr, o.logLevel, o.logFormat)
+	if err != nil {
+		return err
+	}
+	listen, err := netip.ParseAddrPort(o.listen)
+	if err != nil {
+		return fmt.Errorf("-listen: %w", err)
+	}
+	roll, err := tftp.ParseRollover(o.rollover)
+	if err != nil {
+		return fmt.Errorf("-rollover: %w", err)
+	}
+	root, err := filepath.Abs(o.root)
+	if err != nil {
+		return fmt.Errorf("-root: %w", err)
+	}
+	if !listen.Addr().IsLoopback() {
+		logger.Warn("tftpd: serving beyond loopback: TFTP has no authentication; every host that reaches this address can read the root"+
+			map[bool]string{true: " and write to it", false: ""}[o.write], "addr", listen.String())
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	sys, err := netio.NewSystem(netio.Config{Loops: o.loops, Logger: logger, Registerer: reg})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		sys.Shutdown(sctx)
+	}()
+	srv, err := tftp.NewServer(sys, tftp.ServerConfig{
+		Root: root, AllowWrite: o.write, AllowOverwrite: o.overwrite,
+		Listen: listen, SinglePort: o.singlePort,
+		MaxBlockSize: o.maxBlksize, ClampBlockSize: o.clamp, MaxWindowSize: o.maxWindow, Rollover: roll,
+		Timeout: o.timeout, MinTimeout: o.minTimeout, Retries: retries(o.retries),
+		TransferDeadline: o.deadline, MaxTransfers: o.maxTransfers, MaxUploadSize: o.maxUpload,
+		Logger: logger, Registerer: reg,
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "tftpd serving %s on %v\n", root, srv.Addr())
+
+	var httpSrv *http.Server
+	httpErr := make(chan error, 1)
+	if o.metrics != "" {
+		ln, err := net.Listen("tcp", o.metrics)
+		if err != nil {
+			srv.Close()
+			return fmt.Errorf("-metrics-listen: %w", err)
+		}
+		if ap, err := netip.ParseAddrPort(ln.Addr().String()); err == nil && !ap.Addr().IsLoopback() {
+			logger.Warn("tftpd: metrics served beyond loopback", "addr", ln.Addr().String())
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+		httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		fmt.Fprintf(stdout, "tftpd metrics on http://%s/metrics\n", ln.Addr())
+		go func() { httpErr <- httpSrv.Serve(ln) }()
+	}
+
+	select {
+	case <-ctx.Done():
+	case err = <-httpErr:
+		err = fmt.Errorf("metrics server: %w", err)
+	}
+	logger.Info("tftpd: draining", "timeout", o.drain)
+	dctx, cancel := context.WithTimeout(context.Background(), o.drain)
+	defer cancel()
+	if derr := srv.Shutdown(dctx); derr != nil {
+		logger.Warn("tftpd: transfers cancelled at the drain deadline", "err", derr)
+	}
+	if httpSrv != nil {
+		hctx, hcancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer hcancel()
+		httpSrv.Shutdown(hctx)
+	}
+	logger.Info("tftpd: stopped")
+	return err
+}
+
+// retries maps the flag, where 0 means none, to the config, where 0 means
+// the default.
+func retries(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
+}

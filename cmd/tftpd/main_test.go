@@ -1,0 +1,186 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ioactor/ioactor/internal/leakcheck"
+	"github.com/ioactor/ioactor/tftp"
+)
+
+// syncBuffer is a bytes.Buffer safe for the server goroutine and the test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// start runs tftpd with args until the test ends and returns its stdout
+// and stderr, once it serves.
+func start(t *testing.T, args ...string) (stdout, stderr *syncBuffer, stop func() error) {
+	t.Helper()
+	stdout, stderr = &syncBuffer{}, &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, args, stdout, stderr) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(stdout.String(), "serving") {
+		select {
+		case err := <-done:
+			cancel()
+			t.Fatalf("tftpd stopped: %v\n%s", err, stderr)
+		default:
+		}
+		if time.Now().After(deadline) {
+			cancel()
+			t.Fatalf("tftpd did not start: %s", stderr)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	var once sync.Once
+	var err error
+	stop = func() error {
+		once.Do(func() {
+			cancel()
+			err = <-done
+		})
+		return err
+	}
+	t.Cleanup(func() { stop() })
+	return stdout, stderr, stop
+}
+
+var addrRE = regexp.MustCompile(`on (\S+)\n`)
+var metricsRE = regexp.MustCompile(`metrics on (http://\S+)`)
+
+func TestServeGetPutMetricsDrain(t *testing.T) {
+	leakcheck.Check(t)
+	dir := t.TempDir()
+	content := bytes.Repeat([]byte("0123456789abcdef"), 10000)
+	os.WriteFile(filepath.Join(dir, "f.bin"), content, 0o644)
+	stdout, stderr, stop := start(t, "-root", dir, "-listen", "127.0.0.1:0", "-allow-write", "-metrics-listen", "127.0.0.1:0", "-log-format", "json", "-loops", "2")
+	addr := addrRE.FindStringSubmatch(stdout.String())[1]
+
+	var buf bytes.Buffer
+	if _, err := (&tftp.Client{BlockSize: 1428, WindowSize: 8}).Get(context.Background(), addr, "f.bin", &buf); err != nil || !bytes.Equal(buf.Bytes(), content) {
+		t.Fatalf("get: %v", err)
+	}
+	if _, err := (&tftp.Client{}).Put(context.Background(), addr, "up.bin", bytes.NewReader(content), -1); err != nil {
+		t.Fatalf("put: %v", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "up.bin")); !bytes.Equal(b, content) {
+		t.Fatal("upload differs")
+	}
+
+	url := metricsRE.FindStringSubmatch(stdout.String())[1]
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`ioactor_tftp_transfers_total{op="read",result="ok"} 1`,
+		`ioactor_tftp_transfers_total{op="write",result="ok"} 1`,
+		`ioactor_tftp_bytes_total{op="read"} 160000`,
+		"ioactor_tftp_transfer_duration_seconds_bucket",
+		"ioactor_udp_datagrams_sent_total",
+		"ioactor_loop_messages_total",
+		"go_goroutines",
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	// JSON logs, one transfer id per transfer.
+	var sawDone bool
+	sc := bufio.NewScanner(strings.NewReader(stderr.String()))
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "{") {
+			t.Fatalf("not JSON: %q", line)
+		}
+		if strings.Contains(line, "transfer complete") && strings.Contains(line, `"xfer":`) {
+			sawDone = true
+		}
+	}
+	if !sawDone || !strings.Contains(stderr.String(), "draining") {
+		t.Fatalf("logs: %s", stderr)
+	}
+	if strings.Contains(stderr.String(), "beyond loopback") {
+		t.Fatal("warned about a loopback address")
+	}
+}
+
+func TestServeCurrentDirectoryByDefault(t *testing.T) {
+	leakcheck.Check(t)
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "here.txt"), []byte("here"), 0o644)
+	t.Chdir(dir)
+	stdout, _, _ := start(t, "-listen", "127.0.0.1:0")
+	if !strings.Contains(stdout.String(), dir) {
+		t.Fatalf("stdout %q does not name %s", stdout, dir)
+	}
+	addr := addrRE.FindStringSubmatch(stdout.String())[1]
+	var buf bytes.Buffer
+	if _, err := (&tftp.Client{}).Get(context.Background(), addr, "here.txt", &buf); err != nil || buf.String() != "here" {
+		t.Fatalf("get: %v %q", err, buf.String())
+	}
+	// Read-only by default.
+	if _, err := (&tftp.Client{}).Put(context.Background(), addr, "x", strings.NewReader("x"), 1); err == nil {
+		t.Fatal("upload accepted without -allow-write")
+	}
+}
+
+func TestWarnBeyondLoopback(t *testing.T) {
+	leakcheck.Check(t)
+	_, stderr, stop := start(t, "-root", t.TempDir(), "-listen", "0.0.0.0:0")
+	stop()
+	if !strings.Contains(stderr.String(), "beyond loopback") {
+		t.Fatalf("no warning: %s", stderr)
+	}
+}
+
+func TestFlags(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if err := run(context.Background(), []string{"-version"}, &out, &errOut); err != nil || !strings.HasPrefix(out.String(), "tftpd ") {
+		t.Fatalf("-version: %v %q", err, out.String())
+	}
+	for _, args := range [][]string{
+		{"-listen", "nonsense"},
+		{"-rollover", "sideways"},
+		{"-log-level", "chatty"},
+		{"-log-format", "xml"},
+		{"-root", "/nonexistent/dir", "-listen", "127.0.0.1:0"},
+		{"extra"},
+		{"-no-such-flag"},
+	} {
+		if err := run(context.Background(), args, &out, &errOut); err == nil {
+			t.Errorf("%q: no error", args)
+		}
+	}
+}

@@ -1,0 +1,412 @@
+package tftp
+
+import (
+	"bytes"
+	"errors"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/ioactor/ioactor/netio"
+	"github.com/ioactor/ioactor/udp"
+)
+
+// Messages to the listener.
+type (
+	drainMsg     struct{} // stop taking requests
+	closeMsg     struct{} // cancel every transfer and stop
+	drainPoll    struct{}
+	committedMsg struct {
+		x   *xfer
+		err error
+	}
+)
+
+// entry is the listener's record of a client address with a transfer.
+type entry struct {
+	client netip.AddrPort
+	req    []byte // the request's bytes, to recognise a retransmission
+	stage  atomic.Uint32
+	// peerEnded is set when the client ended the transfer with an ERROR.
+	peerEnded atomic.Bool
+	// queued is a request identical to req that came while the client
+	// had not answered yet: a retransmission, or, after the client's
+	// ERROR (the UEFI probe), a new request. It starts when the transfer
+	// ends by the client's ERROR.
+	queued bool
+
+	ref   netio.Ref      // multi-port: the transfer actor
+	actor *transferActor // its state, touched only on its loop
+	x     *xfer          // single-port: the transfer
+
+	// The single-port driver's per-transfer state.
+	sm    udp.SendMany
+	timer *netio.Timer
+	armed time.Time
+}
+
+// listener is the actor on the server port. It parses requests and starts
+// transfers: as actors with sockets of their own, or, in single-port mode,
+// as state machines it drives itself, with the client's address as the key
+// (it is then their xferIO).
+//
+// A request from a client address that already has a transfer is
+//   - ignored if it repeats the request and the client has answered (a
+//     late duplicate);
+//   - held if it repeats it and the client has not answered yet: it starts
+//     if the transfer then ends by the client's ERROR (the UEFI firmware
+//     probe: OACK, ERROR 8, the same request again), and is dropped
+//     otherwise (it was a retransmission, which the transfer's own
+//     retransmission answers);
+//   - otherwise, a new request: the old transfer is cancelled, the new one
+//     started.
+//
+// So a stray packet from the client's address can end its own transfer
+// only by being a well-formed ERROR or a new request, which only the
+// client itself would send.
+type listener struct {
+	srv   *Server
+	ctx   *netio.Context
+	bound chan error
+	sock  netio.Ref
+	local netip.AddrPort
+	shard *shard
+	bind  udp.Bind
+
+	entries map[netip.AddrPort]*entry
+	byRef   map[netio.Ref]*entry // multi-port transfers, until Terminated
+	blocked []*xfer              // single-port: waiting for WritingResumed
+
+	draining, closing bool
+	poll              *netio.Timer
+	errBuf            []byte
+}
+
+func (l *listener) PreStart(ctx *netio.Context) {
+	l.ctx = ctx
+	l.shard = l.srv.m.shard(ctx.Loop().ID())
+	l.entries = make(map[netip.AddrPort]*entry)
+	l.byRef = make(map[netio.Ref]*entry)
+	l.bind = udp.Bind{
+		Handler: ctx.Self(), LocalAddr: l.srv.cfg.Listen,
+		Options: []netio.SocketOption{netio.ReceiveBufferSize(4 << 20), netio.SendBufferSize(4 << 20)},
+	}
+	ctx.Tell(udp.Manager(ctx.System()), &l.bind)
+}
+
+func (l *listener) PostStop(ctx *netio.Context) {
+	for _, e := range l.entries {
+		if e.x != nil {
+			e.x.cancel("server stopped")
+		}
+	}
+	if l.bound != nil {
+		l.bound <- netio.ErrShutdown
+		l.bound = nil
+	}
+}
+
+func (l *listener) Receive(ctx *netio.Context, msg any) {
+	now := ctx.Now()
+	switch m := msg.(type) {
+	case *udp.Received:
+		l.datagram(now, m.Sender, m.Data)
+	case *sentToken:
+		m.x.sendDone(now)
+	case *timerToken:
+		if e := m.x.ent; e != nil {
+			e.armed = time.Time{}
+		}
+		m.x.timer(now)
+	case committedMsg:
+		m.x.committed(now, m.err)
+	case udp.Bound:
+		l.sock, l.local = m.Socket, m.LocalAddr
+		l.srv.log.Info("tftp: serving", "addr", m.LocalAddr.String(), "single_port", l.srv.cfg.SinglePort)
+		l.bound <- nil
+		l.bound = nil
+	case udp.CommandFailed:
+		l.commandFailed(ctx, now, m)
+	case udp.WritingResumed:
+		b := l.blocked
+		l.blocked = nil
+		for _, x := range b {
+			x.writable(now)
+		}
+	case netio.Terminated:
+		l.terminated(now, m.Ref)
+	case drainMsg:
+		l.draining = true
+		if !l.srv.cfg.SinglePort && !l.sock.IsZero() {
+			ctx.Tell(l.sock, udp.Unbind{}) // the kernel refuses new requests
+			l.sock = netio.Ref{}
+		}
+		l.poll = ctx.Every(20*time.Millisecond, drainPoll{})
+		l.checkDrained()
+	case drainPoll:
+		l.checkDrained()
+	case closeMsg:
+		l.closing = true
+		for _, e := range l.entries {
+			l.cancel(e, "server stopped")
+		}
+		for ref := range l.byRef {
+			ctx.StopActor(ref)
+		}
+		l.checkClosed()
+	}
+}
+
+func (l *listener) commandFailed(ctx *netio.Context, now time.Time, m udp.CommandFailed) {
+	switch c := m.Cmd.(type) {
+	case *udp.Bind:
+		if l.bound != nil {
+			l.bound <- m.Cause
+			l.bound = nil
+		}
+		ctx.Stop()
+	case *udp.SendMany:
+		if t, ok := c.Ack.(*sentToken); ok {
+			t.x.sendFailed(now, sendCause(m.Cause))
+		}
+	}
+}
+
+// sendCause maps a socket's send error for xfer.sendFailed.
+func sendCause(err error) error {
+	if errors.Is(err, udp.ErrWouldBlock) {
+		return errWouldBlock
+	}
+	return err
+}
+
+// active counts the transfers in progress.
+func (l *listener) active() int {
+	if l.srv.cfg.SinglePort {
+		return len(l.entries)
+	}
+	return len(l.byRef)
+}
+
+func (l *listener) checkDrained() {
+	for _, e := range l.entries {
+		if e.stage.Load() != stageDally {
+			return
+		}
+	}
+	if l.srv.cfg.SinglePort || len(l.entries) == len(l.byRef) {
+		select {
+		case <-l.srv.drained:
+		default:
+			close(l.srv.drained)
+		}
+		if l.poll != nil {
+			l.poll.Stop()
+		}
+	}
+}
+
+func (l *listener) checkClosed() {
+	if l.closing && l.active() == 0 {
+		l.ctx.Stop()
+	}
+}
+
+// datagram handles a datagram to the server port.
+func (l *listener) datagram(now time.Time, from netip.AddrPort, b []byte) {
+	op, err := PacketOpcode(b)
+	if l.srv.cfg.SinglePort && op != OpRRQ && op != OpWRQ {
+		if e := l.entries[from]; e != nil && e.x != nil {
+			e.x.packet(now, from, b)
+			return
+		}
+	}
+	switch {
+	case err != nil:
+		l.shard.badRequests.Add(1)
+		if len(b) >= 2 {
+			l.reply(from, ErrIllegalOperation, "illegal TFTP operation")
+		}
+	case op == OpRRQ || op == OpWRQ:
+		l.request(now, from, b)
+	case op == OpERROR:
+		// Never answer an ERROR.
+	default:
+		l.shard.foreign.Add(1)
+		l.reply(from, ErrUnknownTID, "unknown transfer ID")
+	}
+}
+
+// reply sends an ERROR from the server port.
+func (l *listener) reply(to netip.AddrPort, code ErrorCode, msg string) {
+	if l.sock.IsZero() {
+		return
+	}
+	// Errors are rare: a fresh command and buffer each, so that several in
+	// one loop turn do not overwrite each other.
+	l.ctx.Tell(l.sock, udp.Send{Data: AppendError(nil, code, msg), Target: to})
+}
+
+func (l *listener) request(now time.Time, from netip.AddrPort, b []byte) {
+	req, err := ParseRequest(b)
+	if err != nil {
+		l.shard.badRequests.Add(1)
+		msg := "malformed request"
+		if errors.Is(err, ErrMalformed) && bytes.Contains([]byte(err.Error()), []byte("unknown mode")) {
+			msg = "unknown transfer mode"
+		}
+		l.reply(from, ErrIllegalOperation, msg)
+		return
+	}
+	if l.draining || l.closing {
+		l.reply(from, ErrUndefined, "server is shutting down")
+		return
+	}
+	if e := l.entries[from]; e != nil {
+		same := bytes.Equal(e.req, b)
+		switch stage := e.stage.Load(); {
+		case same && stage == stagePinned:
+			return // a late duplicate
+		case same && stage == stageNew:
+			e.queued = true
+			return
+		}
+		l.cancel(e, "superseded by a new request from the client")
+	}
+	if max := l.srv.cfg.MaxTransfers; max > 0 && l.active() >= max {
+		l.srv.log.Warn("tftp: too many transfers; request refused", "client", from.String(), "max", max)
+		l.reply(from, ErrUndefined, "server busy, try again later")
+		return
+	}
+	l.start(now, from, req, b)
+}
+
+func (l *listener) start(now time.Time, from netip.AddrPort, req Request, b []byte) {
+	e := &entry{client: from, req: append([]byte(nil), b...)}
+	l.entries[from] = e
+	if l.srv.cfg.SinglePort {
+		x := l.srv.newXfer(l, req, from, &e.stage, &e.peerEnded, l.shard)
+		x.ent = e
+		e.x = x
+		e.sm = udp.SendMany{Target: from, Ack: &x.sentTok}
+		x.start(now, l.local)
+		return
+	}
+	a := &transferActor{srv: l.srv, req: req, client: from, ent: e, listen: l.srv.cfg.Listen.Addr()}
+	ref := l.ctx.SpawnOn(l.ctx.System().NextLoop(), a)
+	e.ref, e.actor = ref, a
+	l.byRef[ref] = e
+	l.ctx.Watch(ref)
+}
+
+// cancel ends the transfer of e early.
+func (l *listener) cancel(e *entry, why string) {
+	if l.entries[e.client] == e {
+		delete(l.entries, e.client)
+	}
+	if e.x != nil {
+		e.x.cancel(why)
+		return
+	}
+	if !e.ref.IsZero() {
+		l.ctx.StopActor(e.ref)
+	}
+}
+
+// ended runs when the transfer of e is over.
+func (l *listener) ended(now time.Time, e *entry) {
+	if l.entries[e.client] == e {
+		delete(l.entries, e.client)
+		if e.queued && e.peerEnded.Load() && !l.draining && !l.closing {
+			req, err := ParseRequest(e.req)
+			if err == nil {
+				l.start(now, e.client, req, e.req)
+			}
+		}
+	}
+	if l.draining {
+		l.checkDrained()
+	}
+	l.checkClosed()
+}
+
+func (l *listener) terminated(now time.Time, ref netio.Ref) {
+	e := l.byRef[ref]
+	if e == nil {
+		return
+	}
+	delete(l.byRef, ref)
+	l.ended(now, e)
+}
+
+// The single-port driver: the listener is the xferIO of its transfers.
+
+func (l *listener) send(x *xfer, dgs [][]byte) {
+	e := x.ent
+	e.sm.Datagrams = dgs
+	l.ctx.Tell(l.sock, &e.sm)
+}
+
+func (l *listener) sendError(x *xfer, to netip.AddrPort, pkt []byte) {
+	if !l.sock.IsZero() {
+		l.ctx.Tell(l.sock, udp.Send{Data: append([]byte(nil), pkt...), Target: to})
+	}
+}
+
+func (l *listener) resumeWriting(x *xfer) {
+	l.blocked = append(l.blocked, x)
+	if len(l.blocked) == 1 {
+		l.ctx.Tell(l.sock, udp.ResumeWriting{})
+	}
+}
+
+func (l *listener) setTimer(x *xfer, at time.Time) {
+	armTimer(l.ctx, &x.ent.timer, &x.ent.armed, at, &x.timerTok)
+}
+
+func (l *listener) commit(x *xfer, u *Upload) {
+	l.srv.commit(l.ctx.Self(), x, u)
+}
+
+func (l *listener) finish(x *xfer) {
+	e := x.ent
+	if e.timer != nil {
+		e.timer.Stop()
+	}
+	for i, b := range l.blocked {
+		if b == x {
+			l.blocked = append(l.blocked[:i], l.blocked[i+1:]...)
+			break
+		}
+	}
+	l.ended(l.ctx.Now(), e)
+}
+
+// armTimer makes *t fire at or before at, moving it only to an earlier
+// time: a later deadline (the usual case, as a transfer progresses) costs
+// nothing until the timer fires and the transfer re-arms it.
+func armTimer(ctx *netio.Context, t **netio.Timer, armed *time.Time, at time.Time, tok *timerToken) {
+	if at.IsZero() {
+		return
+	}
+	if !armed.IsZero() && !at.Before(*armed) {
+		return
+	}
+	d := max(at.Sub(ctx.Now()), 0)
+	if *t == nil {
+		*t = ctx.After(d, tok)
+	} else {
+		(*t).Reset(d)
+	}
+	*armed = at
+}
+
+// commit runs u.Commit (which syncs to disk) on a goroutine the server
+// waits for at shutdown, and tells to the outcome.
+func (s *Server) commit(to netio.Ref, x *xfer, u *Upload) {
+	s.commits.Add(1)
+	go func() {
+		defer s.commits.Done()
+		to.Tell(committedMsg{x: x, err: u.Commit()})
+	}()
+}

@@ -1,0 +1,101 @@
+package tftp
+
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// shard holds the counters of the transfers of one event loop: written by
+// that loop with atomic adds, read by the collector at scrape time, so the
+// hot path never calls Prometheus.
+type shard struct {
+	active      atomic.Int64
+	bytes       [2]atomic.Uint64 // by op: read, write
+	retransmits atomic.Uint64
+	results     [2][len(results)]atomic.Uint64
+	foreign     atomic.Uint64 // datagrams from an unknown TID
+	ignored     atomic.Uint64 // datagrams ignored by a transfer
+	badRequests atomic.Uint64 // datagrams to the server port that are no request
+	_           [64]byte      // keep shards on separate cache lines
+}
+
+var opLabels = [2]string{"read", "write"}
+
+type metrics struct {
+	shards   []shard
+	duration *prometheus.HistogramVec
+}
+
+func newMetrics(loops int) *metrics {
+	return &metrics{
+		shards: make([]shard, loops+1), // the last one for drivers without a loop
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "ioactor_tftp_transfer_duration_seconds",
+			Help:    "Duration of TFTP transfers that started, from the request to the end, by operation.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 11),
+		}, []string{"op"}),
+	}
+}
+
+func (m *metrics) shard(loop int) *shard {
+	if loop < 0 || loop >= len(m.shards)-1 {
+		return &m.shards[len(m.shards)-1]
+	}
+	return &m.shards[loop]
+}
+
+func (m *metrics) observe(op int, d time.Duration) {
+	m.duration.WithLabelValues(opLabels[op]).Observe(d.Seconds())
+}
+
+var (
+	descTransfers = prometheus.NewDesc("ioactor_tftp_transfers_total", "TFTP transfers ended, by operation and result.", []string{"op", "result"}, nil)
+	descBytes     = prometheus.NewDesc("ioactor_tftp_bytes_total", "File bytes transferred (acknowledged downloads, received uploads), by operation.", []string{"op"}, nil)
+	descRetrans   = prometheus.NewDesc("ioactor_tftp_retransmits_total", "DATA, OACK and ACK packets the server sent again.", nil, nil)
+	descActive    = prometheus.NewDesc("ioactor_tftp_active_transfers", "TFTP transfers in progress.", nil, nil)
+	descStray     = prometheus.NewDesc("ioactor_tftp_stray_packets_total", "Datagrams that were not part of a transfer, by kind: foreign_tid (answered with ERROR 5), ignored (malformed or unexpected, from the client), bad_request (to the server port).", []string{"kind"}, nil)
+)
+
+type collector struct{ m *metrics }
+
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descTransfers
+	ch <- descBytes
+	ch <- descRetrans
+	ch <- descActive
+	ch <- descStray
+}
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	var res [2][len(results)]uint64
+	var bytes [2]uint64
+	var re, foreign, ignored, bad uint64
+	var active int64
+	for i := range c.m.shards {
+		s := &c.m.shards[i]
+		for op := range 2 {
+			bytes[op] += s.bytes[op].Load()
+			for r := range results {
+				res[op][r] += s.results[op][r].Load()
+			}
+		}
+		re += s.retransmits.Load()
+		active += s.active.Load()
+		foreign += s.foreign.Load()
+		ignored += s.ignored.Load()
+		bad += s.badRequests.Load()
+	}
+	for op, l := range opLabels {
+		for r, rl := range results {
+			ch <- prometheus.MustNewConstMetric(descTransfers, prometheus.CounterValue, float64(res[op][r]), l, rl)
+		}
+		ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(bytes[op]), l)
+	}
+	ch <- prometheus.MustNewConstMetric(descRetrans, prometheus.CounterValue, float64(re))
+	ch <- prometheus.MustNewConstMetric(descActive, prometheus.GaugeValue, float64(active))
+	ch <- prometheus.MustNewConstMetric(descStray, prometheus.CounterValue, float64(foreign), "foreign_tid")
+	ch <- prometheus.MustNewConstMetric(descStray, prometheus.CounterValue, float64(ignored), "ignored")
+	ch <- prometheus.MustNewConstMetric(descStray, prometheus.CounterValue, float64(bad), "bad_request")
+}

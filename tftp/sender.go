@@ -1,0 +1,400 @@
+package tftp
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// sourcePos is where a block source stands in its file: the offset of the
+// next byte to read and the netascii encoder's state. With the block index
+// it is all a download needs to resume.
+type sourcePos struct {
+	Offset int64
+	Enc    NetasciiEncoder
+}
+
+// blockSource produces the payloads of a transfer's DATA blocks in order.
+type blockSource interface {
+	// readBlock fills p, or fills fewer bytes at the end of the input; err
+	// reports a failure to read.
+	readBlock(p []byte) (int, error)
+	// pos returns the position after the bytes read so far.
+	pos() sourcePos
+}
+
+// event is what a state machine reports after an input.
+type event uint8
+
+const (
+	evNone     event = iota // nothing changed (an ignored packet, a stale timer)
+	evProgress              // the state moved; something may be ready to emit
+	evDone                  // the transfer completed
+	evFailed                // the transfer failed; see err
+)
+
+// phase is the life of a transfer's state machine.
+//
+//	running ──► done (the sender got the last ACK; the receiver got the
+//	   │              last block and dallies, re-acknowledging it)
+//	   └──────► failed (retries exhausted, deadline, bad packet, I/O error)
+type phase uint8
+
+const (
+	phaseRunning phase = iota
+	phaseDone
+	phaseFailed
+)
+
+// sender is the sending side of a transfer, the server of an RRQ or the
+// client of a WRQ, as a pure state machine: packets and timeouts go in,
+// with the time; datagrams to send come out of emit. It keeps the current
+// window's DATA packets, so retransmitting costs no read, and it reads each
+// block from its source exactly once.
+//
+// Windows follow RFC 7440: after an ACK of block k the sender sends blocks
+// k+1 to k+windowsize, resending any of them already sent (an ACK short of
+// the window's end means the receiver lost the block after it), then waits.
+// A duplicate ACK never triggers a retransmission in lock-step (RFC 1123's
+// cure for the Sorcerer's Apprentice); with a window, the first duplicate
+// ACK for a window resends it once (the receiver saw a gap), later ones are
+// ignored. Timeouts resend the window with exponential back-off, until the
+// retries run out.
+//
+// Block indexes count from 1 and do not wrap; block 0 is the OACK when
+// the transfer starts with one.
+type sender struct {
+	bs, window int
+	roll       Rollover
+	src        blockSource
+
+	oack        []byte    // block 0, while base == 0
+	oackSentAt  time.Time //
+	oackResent  bool      //
+	slots       []sendSlot
+	base        uint64 // first block not acknowledged
+	next        uint64 // first block never sent
+	produced    uint64 // first block not yet read from the source
+	final       uint64 // the last block, once haveFinal
+	haveFinal   bool
+	basePos     sourcePos // source position after block base-1
+	acked       int64     // payload bytes acknowledged
+	retransmits uint64    // DATA (and OACK) packets sent more than once
+
+	rto        rto
+	retries    int
+	maxRetries int
+	fast       bool // a duplicate ACK has resent the window of this base
+	pending    bool // the window must be (re)sent: call emit
+	deadline   time.Time
+	expires    time.Time // the transfer's deadline; zero: none
+
+	phase phase
+	err   error
+	out   [][]byte
+	bufs  [][]byte // scratch for batch reads
+	ns    []int
+}
+
+type sendSlot struct {
+	buf    []byte // DATA header and payload; allocated on first use
+	n      int    // payload bytes
+	sentAt time.Time
+	resent bool
+	pos    sourcePos // source position after this block
+}
+
+type senderConfig struct {
+	blockSize, window int
+	roll              Rollover
+	src               blockSource
+	// oack, when not nil, is sent first as block 0 and must be
+	// acknowledged with ACK 0. Otherwise the transfer starts at block
+	// first (1, or a checkpoint's block + 1 on resume).
+	oack       []byte
+	first      uint64
+	rto        rto
+	maxRetries int
+	expires    time.Time
+	// prefetch keeps room for a second window, read ahead by prefetch
+	// while the first is in flight.
+	prefetch bool
+}
+
+// prefetchMax bounds the memory of the read-ahead window, beyond the first
+// window; prefetchBlocks the blocks read ahead at most.
+const (
+	prefetchMax    = 256 << 10
+	prefetchBlocks = 64
+)
+
+func newSender(c senderConfig) *sender {
+	s := &sender{
+		bs: c.blockSize, window: max(c.window, 1), roll: c.roll, src: c.src,
+		oack: c.oack, rto: c.rto, maxRetries: c.maxRetries, expires: c.expires,
+		basePos: c.src.pos(),
+	}
+	n := s.window
+	if c.prefetch {
+		// Room for the window in flight and at least one more; small
+		// blocks read further ahead, so that a lock-step transfer reads
+		// its file with one preadv per many blocks.
+		n = max(2*s.window, min(prefetchBlocks, prefetchMax/(4+s.bs)))
+	}
+	s.slots = make([]sendSlot, n)
+	s.out = make([][]byte, 0, s.window)
+	first := c.first
+	if c.oack == nil {
+		first = max(first, 1)
+	} else {
+		first = 0
+	}
+	s.base, s.next, s.produced = first, first, max(first, 1)
+	s.pending = true
+	return s
+}
+
+// Errors that end a transfer.
+var (
+	// ErrTimeout reports a transfer abandoned after its retransmissions
+	// went unanswered.
+	ErrTimeout = errors.New("tftp: timed out")
+	// errTransferDeadline reports a transfer that ran past its deadline.
+	errTransferDeadline = errors.New("tftp: transfer deadline exceeded")
+	// errTooManyBlocks reports a transfer that needs more blocks than the
+	// rollover policy allows.
+	errTooManyBlocks = &Error{Code: ErrDiskFull, Message: "file too large for 65535 blocks"}
+)
+
+func (s *sender) slot(i uint64) *sendSlot { return &s.slots[(i-1)%uint64(len(s.slots))] }
+
+func (s *sender) fail(err error) event {
+	s.phase, s.err, s.pending = phaseFailed, err, false
+	return evFailed
+}
+
+func (s *sender) expired(now time.Time) bool {
+	return !s.expires.IsZero() && !now.Before(s.expires)
+}
+
+// ack handles an ACK with wire block number w.
+func (s *sender) ack(now time.Time, w uint16) event {
+	if s.phase != phaseRunning {
+		return evNone
+	}
+	if s.expired(now) {
+		return s.fail(errTransferDeadline)
+	}
+	if s.base == 0 {
+		if w != 0 || s.next == 0 {
+			return evNone
+		}
+		if !s.oackResent {
+			s.rto.sample(now.Sub(s.oackSentAt))
+		}
+		s.base, s.next = 1, 1
+		s.advanced()
+		return evProgress
+	}
+	k, ok := s.roll.index(w, s.base-1, s.next-s.base+1)
+	if !ok {
+		return evNone // not for a block in flight: stray, or very late
+	}
+	if k == s.base-1 {
+		if s.window > 1 && !s.fast && s.next > s.base {
+			s.fast, s.pending = true, true
+			return evProgress
+		}
+		return evNone
+	}
+	sl := s.slot(k)
+	if !sl.resent {
+		s.rto.sample(now.Sub(sl.sentAt))
+	}
+	for i := s.base; i <= k; i++ {
+		s.acked += int64(s.slot(i).n)
+	}
+	s.basePos = sl.pos
+	s.base = k + 1
+	if s.haveFinal && k == s.final {
+		s.phase, s.pending = phaseDone, false
+		return evDone
+	}
+	s.advanced()
+	return evProgress
+}
+
+func (s *sender) advanced() {
+	s.retries = 0
+	s.rto.progress()
+	s.fast = false
+	s.pending = true
+}
+
+// timeout handles the retransmission timer; a call before the deadline is
+// ignored, so a stale timer is harmless.
+func (s *sender) timeout(now time.Time) event {
+	if s.phase != phaseRunning {
+		return evNone
+	}
+	if s.expired(now) {
+		return s.fail(errTransferDeadline)
+	}
+	if now.Before(s.deadline) || s.pending {
+		return evNone
+	}
+	s.retries++
+	if s.retries > s.maxRetries {
+		return s.fail(fmt.Errorf("%w after %d retransmissions", ErrTimeout, s.maxRetries))
+	}
+	s.rto.expired()
+	s.pending = true
+	return evProgress
+}
+
+// resend asks for the window to be sent again without counting a retry,
+// after the socket dropped it (a full send buffer).
+func (s *sender) resend() {
+	if s.phase == phaseRunning {
+		s.pending = true
+	}
+}
+
+// emit returns the datagrams to send now, or nil. They stay valid until the
+// next call of emit, whatever ack and timeout do meanwhile (only emit
+// writes the window's buffers), so a driver may hand them to a socket that
+// sends them later. emit reads new blocks from the source; a read error
+// fails the transfer (emit then returns nil).
+func (s *sender) emit(now time.Time) [][]byte {
+	if !s.pending || s.phase != phaseRunning {
+		return nil
+	}
+	s.pending = false
+	s.out = s.out[:0]
+	if s.base == 0 {
+		if s.next == 0 {
+			s.next, s.oackSentAt = 1, now
+		} else {
+			s.oackResent = true
+			s.retransmits++
+		}
+		s.out = append(s.out, s.oack)
+		s.deadline = now.Add(s.rto.wait())
+		return s.out
+	}
+	end := s.base + uint64(s.window)
+	if !s.haveFinal && s.produced < end {
+		if err := s.produce(end); err != nil {
+			s.fail(err)
+			return nil
+		}
+	}
+	for i := s.base; i < end && i < s.produced; i++ {
+		sl := s.slot(i)
+		if i >= s.next {
+			sl.sentAt, sl.resent = now, false
+			s.next = i + 1
+		} else {
+			sl.resent = true
+			s.retransmits++
+		}
+		s.out = append(s.out, sl.buf[:4+sl.n])
+	}
+	s.deadline = now.Add(s.rto.wait())
+	return s.out
+}
+
+// produce reads the blocks from s.produced up to end (exclusive), or to
+// the last block, into their slots: with one call for a batch source.
+func (s *sender) produce(end uint64) error {
+	if s.roll == RolloverRefuse && end > maxBlocksNoRollover+1 {
+		if s.produced > maxBlocksNoRollover {
+			return errTooManyBlocks
+		}
+		end = maxBlocksNoRollover + 1
+	}
+	if bs, ok := s.src.(batchSource); ok && end-s.produced > 1 {
+		s.bufs, s.ns = s.bufs[:0], s.ns[:0]
+		for i := s.produced; i < end; i++ {
+			s.bufs = append(s.bufs, s.payload(i))
+			s.ns = append(s.ns, 0)
+		}
+		pos := s.src.pos()
+		err := bs.readBlocks(s.bufs, s.ns)
+		clear(s.bufs)
+		if err != nil {
+			return err
+		}
+		for _, n := range s.ns {
+			pos.Offset += int64(n)
+			s.setBlock(s.produced, n, pos)
+			if s.haveFinal {
+				break
+			}
+		}
+		return nil
+	}
+	for i := s.produced; i < end && !s.haveFinal; i++ {
+		n, err := s.src.readBlock(s.payload(i))
+		if err != nil {
+			return err
+		}
+		s.setBlock(i, n, s.src.pos())
+	}
+	return nil
+}
+
+// payload returns block i's payload buffer in its slot.
+func (s *sender) payload(i uint64) []byte {
+	sl := s.slot(i)
+	if sl.buf == nil {
+		sl.buf = make([]byte, 4+s.bs)
+	}
+	return sl.buf[4 : 4+s.bs]
+}
+
+// setBlock records that block i's slot holds n payload bytes.
+func (s *sender) setBlock(i uint64, n int, pos sourcePos) {
+	sl := s.slot(i)
+	w := s.roll.wire(i)
+	sl.buf[0], sl.buf[1], sl.buf[2], sl.buf[3] = 0, byte(OpDATA), byte(w>>8), byte(w)
+	sl.n, sl.pos = n, pos
+	s.produced = i + 1
+	if n < s.bs {
+		s.final, s.haveFinal = i, true
+	}
+}
+
+// prefetch reads ahead the window after the one in flight, when the
+// sender has room for it, so that the next ACK finds its blocks ready: the
+// read leaves the round trip's critical path. A read error is kept for
+// emit to report.
+func (s *sender) prefetch() {
+	if s.phase != phaseRunning || s.haveFinal || len(s.slots) == s.window || s.pending {
+		return
+	}
+	end := max(s.base, 1) + uint64(len(s.slots))
+	if s.produced >= end {
+		return
+	}
+	if err := s.produce(end); err != nil {
+		s.fail(err)
+	}
+}
+
+// nextDeadline returns when timeout should be called next.
+func (s *sender) nextDeadline() time.Time {
+	if !s.expires.IsZero() && (s.deadline.IsZero() || s.expires.Before(s.deadline)) {
+		return s.expires
+	}
+	return s.deadline
+}
+
+// checkpoint returns the last block acknowledged and the source position
+// after it: resuming there (first = block+1) loses nothing.
+func (s *sender) checkpoint() (block uint64, pos sourcePos) {
+	if s.base == 0 {
+		return 0, s.basePos
+	}
+	return s.base - 1, s.basePos
+}

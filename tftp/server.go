@@ -1,0 +1,321 @@
+package tftp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ioactor/ioactor/netio"
+)
+
+// ServerConfig configures a [Server]. The zero value, with Root (or FS)
+// set, is a read-only server on 127.0.0.1:6969 with the defaults below.
+// Zero means the default; where noted, negative turns a feature off. A
+// config must not be modified once passed to NewServer.
+type ServerConfig struct {
+	// FS is the file tree served. When nil, the server opens Root with
+	// AllowWrite and AllowOverwrite, and closes it when it stops.
+	FS *FS
+	// Root is the directory served when FS is nil.
+	Root string
+	// AllowWrite allows uploads (WRQ); AllowOverwrite lets an upload
+	// replace an existing file. Used only when FS is nil.
+	AllowWrite, AllowOverwrite bool
+
+	// Listen is the server port's address; zero means 127.0.0.1:6969.
+	// Port 0 picks a free port: see [Server.Addr]. An IPv6 wildcard
+	// ([::]) serves IPv4 too.
+	Listen netip.AddrPort
+	// SinglePort answers every transfer from the server port, telling
+	// transfers apart by the client's address, instead of from a fresh
+	// port per transfer (RFC 1350's TIDs). It suits NAT and containers,
+	// which forward one port, and a replicated server, whose next leader
+	// owns every transfer by binding that one port.
+	SinglePort bool
+
+	// MaxBlockSize caps the blksize option; 0 means 65464, negative
+	// refuses the option (512-byte blocks). Embedded clients sometimes ask
+	// for more than they can reassemble: cap it at 1468 for them.
+	MaxBlockSize int
+	// ClampBlockSize caps blksize further, per client, to what the route's
+	// MTU carries without IP fragmentation.
+	ClampBlockSize bool
+	// MaxWindowSize caps the windowsize option; 0 means 16, negative
+	// refuses the option (lock-step). A download keeps a window of blocks
+	// in memory, so the cap is also a memory bound: at most 1024.
+	MaxWindowSize int
+	// Rollover is what follows block 65535; the default wraps to 0.
+	Rollover Rollover
+
+	// Timeout is how long to wait for the client before sending again,
+	// when the client did not negotiate the timeout option: the initial
+	// value, and the cap of the adaptive one; 0 means 1 s.
+	Timeout time.Duration
+	// MinTimeout is the floor of the adaptive retransmission timeout,
+	// which follows the measured round-trip time of downloads (RFC 6298);
+	// 0 means 50 ms, negative turns adaptation off (Timeout is used as
+	// is).
+	MinTimeout time.Duration
+	// Retries is how many times one packet is sent again before the
+	// transfer is abandoned; 0 means 5, negative means none. Each retry
+	// doubles the wait, up to 8 times the timeout.
+	Retries int
+	// TransferDeadline bounds the duration of one transfer; 0 means one
+	// hour, negative means none.
+	TransferDeadline time.Duration
+	// MaxTransfers bounds the transfers in progress; a request beyond it
+	// is refused with ERROR 0. 0 means 4096, negative means no bound.
+	MaxTransfers int
+	// MaxUploadSize bounds the size of an upload in bytes (a WRQ whose
+	// tsize is larger is refused at once); 0 means no bound.
+	MaxUploadSize int64
+
+	// Logger receives the server's logs, each transfer's with its id;
+	// nil means the netio system's.
+	Logger *slog.Logger
+	// Registerer, when not nil, receives the server's metrics:
+	// ioactor_tftp_transfers_total{op,result}, ioactor_tftp_bytes_total{op},
+	// ioactor_tftp_retransmits_total, ioactor_tftp_active_transfers,
+	// ioactor_tftp_transfer_duration_seconds{op} and
+	// ioactor_tftp_stray_packets_total{kind}.
+	Registerer prometheus.Registerer
+}
+
+// DefaultListen is the server address of a zero ServerConfig: loopback,
+// on an unprivileged port.
+var DefaultListen = netip.MustParseAddrPort("127.0.0.1:6969")
+
+const maxServerWindow = 1024
+
+func (c ServerConfig) withDefaults() ServerConfig {
+	if !c.Listen.IsValid() {
+		c.Listen = DefaultListen
+	}
+	if c.MaxWindowSize > maxServerWindow {
+		c.MaxWindowSize = maxServerWindow
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = time.Second
+	}
+	if c.MinTimeout == 0 {
+		c.MinTimeout = 50 * time.Millisecond
+	}
+	if c.MinTimeout > c.Timeout {
+		c.MinTimeout = c.Timeout
+	}
+	switch {
+	case c.Retries == 0:
+		c.Retries = 5
+	case c.Retries < 0:
+		c.Retries = 0
+	}
+	if c.TransferDeadline == 0 {
+		c.TransferDeadline = time.Hour
+	}
+	if c.MaxTransfers == 0 {
+		c.MaxTransfers = 4096
+	}
+	return c
+}
+
+// Server is a TFTP server on a netio system: a listener actor on the server
+// port, and one transfer actor per transfer, with a UDP socket of its own
+// (or, in single-port mode, transfers multiplexed on the listener's
+// socket). Its methods are safe from any goroutine.
+type Server struct {
+	cfg    ServerConfig
+	sys    *netio.System
+	fs     *FS
+	ownFS  bool
+	limits Limits
+	log    *slog.Logger
+	m      *metrics
+	ids    atomic.Uint64
+
+	lis      netio.Ref
+	lisImpl  *listener // touched only on the listener's loop
+	addr     netip.AddrPort
+	drained  chan struct{}
+	commits  sync.WaitGroup // uploads being synced to disk
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// NewServer starts a server on sys and returns once its port is bound.
+func NewServer(sys *netio.System, cfg ServerConfig) (*Server, error) {
+	cfg = cfg.withDefaults()
+	if cfg.Logger == nil {
+		cfg.Logger = sys.Logger()
+	}
+	s, err := newServerState(cfg, len(sys.Loops()))
+	if err != nil {
+		return nil, err
+	}
+	s.sys = sys
+	bound := make(chan error, 1)
+	l := &listener{srv: s, bound: bound}
+	s.lisImpl = l
+	s.lis = sys.Spawn(l)
+	select {
+	case err = <-bound:
+	case <-s.lis.Done():
+		err = netio.ErrShutdown
+	}
+	if err != nil {
+		s.lis.Stop()
+		<-s.lis.Done()
+		s.release()
+		return nil, err
+	}
+	s.addr = l.local
+	return s, nil
+}
+
+// newServerState opens the file system and registers the metrics: all of
+// a server but its actors.
+func newServerState(cfg ServerConfig, loops int) (*Server, error) {
+	s := &Server{
+		cfg: cfg, fs: cfg.FS, log: cfg.Logger,
+		limits:  Limits{MaxBlockSize: cfg.MaxBlockSize, MaxWindowSize: cfg.MaxWindowSize},
+		m:       newMetrics(loops),
+		drained: make(chan struct{}),
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.fs == nil {
+		if cfg.Root == "" {
+			return nil, errors.New("tftp: ServerConfig needs a Root or an FS")
+		}
+		fsys, err := NewFS(FSConfig{Root: cfg.Root, AllowWrite: cfg.AllowWrite, AllowOverwrite: cfg.AllowOverwrite})
+		if err != nil {
+			return nil, err
+		}
+		s.fs, s.ownFS = fsys, true
+	}
+	if reg := cfg.Registerer; reg != nil {
+		if err := reg.Register(collector{s.m}); err != nil {
+			s.closeFS()
+			return nil, fmt.Errorf("tftp: register metrics: %w", err)
+		}
+		if err := reg.Register(s.m.duration); err != nil {
+			reg.Unregister(collector{s.m})
+			s.closeFS()
+			return nil, fmt.Errorf("tftp: register metrics: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// Addr returns the address the server port is bound to.
+func (s *Server) Addr() netip.AddrPort { return s.addr }
+
+// Shutdown stops the server gracefully: it stops taking requests (in
+// single-port mode, new requests are refused with an ERROR), waits for the
+// transfers in progress to end, or for ctx to end, then cancels what is
+// left, closes every socket and file, and returns. It returns ctx's error
+// if transfers had to be cancelled. Shutdown is idempotent.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.stopOnce.Do(func() {
+		s.lis.Tell(drainMsg{})
+		select {
+		case <-s.drained:
+		case <-ctx.Done():
+			s.stopErr = fmt.Errorf("tftp: shutdown: %w", ctx.Err())
+		case <-s.lis.Done():
+		}
+		s.lis.Tell(closeMsg{})
+		<-s.lis.Done()
+		s.commits.Wait()
+		s.release()
+	})
+	return s.stopErr
+}
+
+// Close stops the server at once, cancelling the transfers in progress.
+func (s *Server) Close() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	s.Shutdown(ctx) // only reports that transfers were cancelled
+	return nil
+}
+
+// Transfers returns the state of the transfers in progress (uploads that
+// completed and linger to re-acknowledge excluded), as seen by each
+// transfer on its loop.
+func (s *Server) Transfers(ctx context.Context) ([]TransferState, error) {
+	asked := make(chan []stateQuery, 1)
+	s.lis.Run(func(*netio.Context) {
+		l := s.lisImpl
+		var qs []stateQuery
+		for _, e := range l.entries {
+			if e.x != nil {
+				q := stateQuery{ch: make(chan TransferState, 1)}
+				if st, ok := e.x.liveState(); ok {
+					q.ch <- st
+				}
+				close(q.ch)
+				qs = append(qs, q)
+				continue
+			}
+			if a := e.actor; a != nil {
+				q := stateQuery{ch: make(chan TransferState, 1), done: e.ref.Done()}
+				e.ref.Run(func(*netio.Context) {
+					if st, ok := a.x.liveState(); ok {
+						q.ch <- st
+					}
+					close(q.ch)
+				})
+				qs = append(qs, q)
+			}
+		}
+		asked <- qs
+	})
+	var qs []stateQuery
+	select {
+	case qs = <-asked:
+	case <-s.lis.Done():
+		return nil, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	var out []TransferState
+	for _, q := range qs {
+		select {
+		case st, ok := <-q.ch:
+			if ok {
+				out = append(out, st)
+			}
+		case <-q.done:
+		case <-ctx.Done():
+			return out, ctx.Err()
+		}
+	}
+	return out, nil
+}
+
+type stateQuery struct {
+	ch   chan TransferState
+	done <-chan struct{}
+}
+
+func (s *Server) release() {
+	if reg := s.cfg.Registerer; reg != nil {
+		reg.Unregister(collector{s.m})
+		reg.Unregister(s.m.duration)
+	}
+	s.closeFS()
+}
+
+func (s *Server) closeFS() {
+	if s.ownFS {
+		s.fs.Close()
+	}
+}

@@ -1,0 +1,88 @@
+package tftp
+
+import (
+	"errors"
+	"io"
+)
+
+// octetSource reads a file's blocks with pread: the position is just the
+// offset, so a transfer can resume anywhere.
+type octetSource struct {
+	f   io.ReaderAt
+	off int64
+}
+
+func (s *octetSource) readBlock(p []byte) (int, error) {
+	n, err := s.f.ReadAt(p, s.off)
+	s.off += int64(n)
+	if err == io.EOF {
+		err = nil
+	}
+	return n, err
+}
+
+func (s *octetSource) pos() sourcePos { return sourcePos{Offset: s.off} }
+
+// netasciiSource reads a file's blocks converted to netascii. Its position
+// is the offset of the next byte to convert and the encoder's state (a CR
+// whose LF or NUL did not fit the previous block).
+type netasciiSource struct {
+	f          io.ReaderAt
+	enc        NetasciiEncoder
+	bufOff     int64 // file offset of buf[0]
+	buf        []byte
+	start, end int // unconverted bytes are buf[start:end]
+	eof        bool
+}
+
+func newNetasciiSource(f io.ReaderAt, at sourcePos) *netasciiSource {
+	return &netasciiSource{f: f, enc: at.Enc, bufOff: at.Offset, buf: make([]byte, 4096)}
+}
+
+func (s *netasciiSource) readBlock(p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		if s.start == s.end {
+			if s.eof {
+				m, _ := s.enc.Encode(p[n:], nil) // a byte still owed
+				n += m
+				break
+			}
+			s.bufOff += int64(s.end)
+			m, err := s.f.ReadAt(s.buf, s.bufOff)
+			s.start, s.end = 0, m
+			switch {
+			case errors.Is(err, io.EOF), err == nil && m == 0:
+				s.eof = true
+			case err != nil:
+				return n, err
+			}
+			continue
+		}
+		d, c := s.enc.Encode(p[n:], s.buf[s.start:s.end])
+		n += d
+		s.start += c
+	}
+	return n, nil
+}
+
+func (s *netasciiSource) pos() sourcePos {
+	return sourcePos{Offset: s.bufOff + int64(s.start), Enc: s.enc}
+}
+
+// readerSource reads blocks from a stream (a client's upload).
+type readerSource struct {
+	r io.Reader
+	n int64
+}
+
+func (s *readerSource) readBlock(p []byte) (int, error) {
+	n, err := io.ReadFull(s.r, p)
+	s.n += int64(n)
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		err = nil
+	}
+	return n, err
+}
+
+func (s *readerSource) pos() sourcePos { return sourcePos{Offset: s.n} }

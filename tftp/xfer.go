@@ -1,0 +1,657 @@
+package tftp
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"sync/atomic"
+	"time"
+)
+
+// xferIO is how a server transfer's packets and slow work leave it. The
+// driver (a transfer actor with its own socket, or the single-port
+// listener, or a test's fake network) implements it and feeds the answers
+// back: send → sendDone or sendFailed, resumeWriting → writable, setTimer
+// → timer, commit → committed.
+type xferIO interface {
+	// send sends datagrams to the client. At most one send is in flight:
+	// the transfer waits for sendDone or sendFailed before the next.
+	send(x *xfer, dgs [][]byte)
+	// sendError sends one ERROR packet, outside the flow above.
+	sendError(x *xfer, to netip.AddrPort, pkt []byte)
+	// resumeWriting asks to be told (writable) when the socket takes
+	// datagrams again after a sendFailed with ErrWouldBlock.
+	resumeWriting(x *xfer)
+	// setTimer asks for a call of timer at or after at. A call earlier
+	// than needed is harmless; the transfer asks again.
+	setTimer(x *xfer, at time.Time)
+	// commit runs u.Commit away from the event loop (it syncs to disk)
+	// and reports with committed.
+	commit(x *xfer, u *Upload)
+	// finish releases what the driver keeps for the transfer; no call on
+	// x follows.
+	finish(x *xfer)
+}
+
+// xferStage is how far a transfer got, as the listener sees it when the
+// same client sends another request. It is atomic because the listener
+// and a transfer actor may run on different loops.
+type xferStage = uint32
+
+const (
+	stageNew    xferStage = iota // the client has not answered yet
+	stagePinned                  // the client answered: it uses our TID
+	stageDally                   // complete; lingering to re-acknowledge
+)
+
+// errWouldBlock is what a driver passes to sendFailed when the socket's
+// send buffer was full.
+var errWouldBlock = errors.New("tftp: send buffer full")
+
+// Results of transfers, the closed set of the result label.
+const (
+	resultOK        = "ok"
+	resultRefused   = "refused"    // the server refused the request
+	resultPeerError = "peer_error" // the client sent an ERROR
+	resultTimeout   = "timeout"    // retries exhausted
+	resultDeadline  = "deadline"   // TransferDeadline passed
+	resultError     = "error"      // a local failure or a protocol violation
+	resultCancelled = "cancelled"  // shutdown, or superseded by a new request
+)
+
+var results = [...]string{resultOK, resultRefused, resultPeerError, resultTimeout, resultDeadline, resultError, resultCancelled}
+
+func resultIndex(r string) int {
+	for i, s := range results {
+		if s == r {
+			return i
+		}
+	}
+	return len(results) - 1
+}
+
+// xfer is one server transfer: the request, the negotiated parameters, the
+// file, and the sender (RRQ) or receiver (WRQ) state machine. It runs on
+// one event loop; no method may be called concurrently.
+type xfer struct {
+	srv       *Server
+	io        xferIO
+	id        uint64
+	log       *slog.Logger
+	shard     *shard
+	stage     *atomic.Uint32 // shared with the listener
+	peerEnded *atomic.Bool   // the client ended the transfer with an ERROR
+
+	req    Request
+	client netip.AddrPort
+	local  netip.AddrPort // the TID replies come from
+
+	neg  Negotiated
+	oack []byte
+	snd  *sender
+	rcv  *receiver
+
+	file *os.File
+	size int64
+	up   *Upload
+	dec  NetasciiDecoder
+	dbuf []byte // netascii decoding scratch
+	// bytes is the payload reported to the metrics so far.
+	bytes int64
+	dally time.Duration
+
+	counted    bool // counted in the active gauge
+	busy       bool // a send is in flight
+	committing bool
+	completed  bool // the result is recorded
+	finished   bool
+	started    time.Time
+	one        [1][]byte
+	errBuf     []byte
+
+	ent *entry // the single-port driver's record
+
+	// Tokens the driver passes back as messages without allocating.
+	sentTok  sentToken
+	timerTok timerToken
+}
+
+type sentToken struct{ x *xfer }
+type timerToken struct{ x *xfer }
+
+func (s *Server) newXfer(io xferIO, req Request, client netip.AddrPort, stage *atomic.Uint32, peerEnded *atomic.Bool, sh *shard) *xfer {
+	id := s.ids.Add(1)
+	x := &xfer{
+		srv: s, io: io, id: id, req: req, client: client, stage: stage, peerEnded: peerEnded, shard: sh,
+		log: s.log.With("xfer", id, "client", client.String(), "op", req.Op.String(), "file", req.Filename, "mode", req.Mode),
+	}
+	x.sentTok.x, x.timerTok.x = x, x
+	return x
+}
+
+// opIndex is 0 for reads, 1 for writes, for the op label.
+func (x *xfer) opIndex() int {
+	if x.req.Op == OpWRQ {
+		return 1
+	}
+	return 0
+}
+
+// start checks the request, opens the file and sends the first packet
+// (OACK, DATA 1, or ACK 0), or refuses with an ERROR. local is the TID.
+func (x *xfer) start(now time.Time, local netip.AddrPort) {
+	x.started = now
+	x.local = local
+	x.counted = true
+	x.shard.active.Add(1)
+	x.log.Debug("tftp: request", "options", x.req.Options)
+	if x.req.Mode == ModeMail {
+		x.refuse(&Error{Code: ErrIllegalOperation, Message: "mail mode is not supported"})
+		return
+	}
+	var err error
+	if x.req.Op == OpRRQ {
+		err = x.startRead(now)
+	} else {
+		err = x.startWrite(now)
+	}
+	if err != nil {
+		x.refuse(err)
+		return
+	}
+	x.flush(now)
+}
+
+func (x *xfer) limits() Limits {
+	lim := x.srv.limits
+	if x.srv.cfg.ClampBlockSize {
+		if m := pathBlockSize(x.local, x.client); m > 0 {
+			cur := lim.maxBlockSize()
+			if cur < 0 || m < cur {
+				lim.MaxBlockSize = max(m, MinBlockSize)
+			}
+		}
+	}
+	return lim
+}
+
+func (x *xfer) timing() (r rto, dally time.Duration) {
+	cfg := &x.srv.cfg
+	if x.neg.Timeout > 0 {
+		r = fixedRTO(x.neg.Timeout)
+	} else if cfg.MinTimeout < 0 {
+		r = fixedRTO(cfg.Timeout)
+	} else {
+		r = adaptiveRTO(cfg.Timeout, cfg.MinTimeout, cfg.Timeout)
+	}
+	return r, max(6*time.Second, 2*x.neg.Timeout, 2*cfg.Timeout)
+}
+
+func (x *xfer) expires(now time.Time) time.Time {
+	if d := x.srv.cfg.TransferDeadline; d > 0 {
+		return now.Add(d)
+	}
+	return time.Time{}
+}
+
+func (x *xfer) startRead(now time.Time) error {
+	f, size, err := x.srv.fs.Open(x.req.Filename)
+	if err != nil {
+		return err
+	}
+	x.file, x.size = f, size
+	tsize := size
+	if x.req.Mode == ModeNetascii {
+		tsize = -1 // the size on the wire is not the file's
+	}
+	x.neg, x.oack = x.negotiate(OpRRQ, tsize)
+	if x.srv.cfg.Rollover == RolloverRefuse && size/int64(x.neg.BlockSize) >= maxBlocksNoRollover {
+		return errTooManyBlocks
+	}
+	src := newOctetSource(f, 0)
+	if x.req.Mode == ModeNetascii {
+		src = newNetasciiSource(f, sourcePos{})
+	}
+	r, _ := x.timing()
+	x.snd = newSender(senderConfig{
+		blockSize: x.neg.BlockSize, window: x.neg.WindowSize, roll: x.srv.cfg.Rollover, src: src,
+		oack: x.oack, first: 1, rto: r, maxRetries: x.srv.cfg.Retries, expires: x.expires(now),
+		prefetch: x.neg.WindowSize*(4+x.neg.BlockSize) <= 2*prefetchMax,
+	})
+	return nil
+}
+
+func (x *xfer) negotiate(op Opcode, tsize int64) (Negotiated, []byte) {
+	n, opts := Negotiate(op, x.req.Options, x.limits(), tsize)
+	if opts == nil {
+		return n, nil
+	}
+	return n, AppendOACK(nil, opts)
+}
+
+func (x *xfer) startWrite(now time.Time) error {
+	x.neg, x.oack = x.negotiate(OpWRQ, -1)
+	if max := x.srv.cfg.MaxUploadSize; max > 0 && x.neg.TSize > max {
+		return &Error{Code: ErrDiskFull, Message: fmt.Sprintf("file too large: the limit is %d bytes", max)}
+	}
+	up, err := x.srv.fs.Create(x.req.Filename)
+	if err != nil {
+		return err
+	}
+	x.up = up
+	if x.req.Mode == ModeNetascii {
+		x.dbuf = make([]byte, x.neg.BlockSize)
+	}
+	r, dally := x.timing()
+	x.dally = dally
+	x.rcv = newReceiver(receiverConfig{
+		blockSize: x.neg.BlockSize, window: x.neg.WindowSize, roll: x.srv.cfg.Rollover,
+		first: x.oack, next: 1, rto: r, maxRetries: x.srv.cfg.Retries, expires: x.expires(now), dally: dally,
+	})
+	x.rcv.ackFirst()
+	return nil
+}
+
+// flush sends what the state machine has ready, unless a send is in
+// flight, and re-arms the timer.
+func (x *xfer) flush(now time.Time) {
+	if x.finished || x.committing {
+		return
+	}
+	if !x.busy {
+		var dgs [][]byte
+		switch {
+		case x.snd != nil:
+			dgs = x.snd.emit(now)
+			if x.snd.phase == phaseFailed {
+				x.fail(x.snd.err)
+				return
+			}
+		case x.rcv != nil:
+			if pkt := x.rcv.emit(now); pkt != nil {
+				x.one[0] = pkt
+				dgs = x.one[:]
+			}
+		}
+		if dgs != nil {
+			x.busy = true
+			x.io.send(x, dgs)
+			if x.finished {
+				return
+			}
+		}
+	}
+	x.io.setTimer(x, x.deadline())
+}
+
+func (x *xfer) deadline() time.Time {
+	if x.snd != nil {
+		return x.snd.nextDeadline()
+	}
+	return x.rcv.nextDeadline()
+}
+
+// packet handles a datagram sent to the transfer's TID.
+func (x *xfer) packet(now time.Time, from netip.AddrPort, b []byte) {
+	if x.finished {
+		return
+	}
+	if from != x.client {
+		// RFC 1350: answer a stranger, leave the transfer alone.
+		x.shard.foreign.Add(1)
+		x.errBuf = AppendError(x.errBuf[:0], ErrUnknownTID, "unknown transfer ID")
+		x.io.sendError(x, from, x.errBuf)
+		return
+	}
+	op, err := PacketOpcode(b)
+	if err != nil {
+		x.shard.ignored.Add(1)
+		return
+	}
+	switch op {
+	case OpERROR:
+		code, msg, _ := ParseError(b)
+		x.peerEnded.Store(true)
+		x.log.Debug("tftp: the client ended the transfer", "code", code, "message", msg)
+		if x.completed {
+			x.finish()
+			return
+		}
+		x.end(resultPeerError, &Error{Code: code, Message: msg})
+	case OpACK:
+		block, err := ParseAck(b)
+		if err != nil || x.snd == nil {
+			x.shard.ignored.Add(1)
+			return
+		}
+		x.stage.Store(stagePinned)
+		switch x.snd.ack(now, block) {
+		case evDone:
+			x.reportBytes(x.snd.acked)
+			x.end(resultOK, nil)
+			return
+		case evFailed:
+			x.fail(x.snd.err)
+			return
+		case evProgress:
+			x.reportBytes(x.snd.acked)
+		}
+		x.flush(now)
+	case OpDATA:
+		block, payload, err := ParseData(b)
+		if err != nil || x.rcv == nil {
+			x.shard.ignored.Add(1)
+			return
+		}
+		if x.committing {
+			return // the last ACK goes out once the file is in place
+		}
+		x.stage.CompareAndSwap(stageNew, stagePinned)
+		switch x.rcv.data(now, block, len(payload)) {
+		case recvFailed:
+			x.fail(x.rcv.err)
+			return
+		case recvDeliver:
+			if err := x.write(payload); err != nil {
+				x.fail(err)
+				return
+			}
+		case recvLast:
+			if err := x.write(payload); err != nil {
+				x.fail(err)
+				return
+			}
+			if err := x.lastWrite(); err != nil {
+				x.fail(err)
+				return
+			}
+			u := x.up
+			x.up = nil
+			x.committing = true
+			x.io.commit(x, u)
+			return
+		}
+		x.flush(now)
+	default:
+		x.shard.ignored.Add(1)
+	}
+}
+
+// write stores an upload's payload.
+func (x *xfer) write(p []byte) error {
+	if max := x.srv.cfg.MaxUploadSize; max > 0 && x.rcv.received > max {
+		return &Error{Code: ErrDiskFull, Message: fmt.Sprintf("file too large: the limit is %d bytes", max)}
+	}
+	x.reportBytes(x.rcv.received)
+	if x.dbuf == nil {
+		_, err := x.up.Write(p)
+		return err
+	}
+	for len(p) > 0 {
+		n, m := x.dec.Decode(x.dbuf, p)
+		if _, err := x.up.Write(x.dbuf[:n]); err != nil {
+			return err
+		}
+		p = p[m:]
+	}
+	return nil
+}
+
+// lastWrite writes the CR a netascii upload may end with.
+func (x *xfer) lastWrite() error {
+	if x.dbuf == nil {
+		return nil
+	}
+	n := x.dec.Flush(x.dbuf)
+	_, err := x.up.Write(x.dbuf[:n])
+	return err
+}
+
+func (x *xfer) reportBytes(total int64) {
+	if d := total - x.bytes; d > 0 {
+		x.shard.bytes[x.opIndex()].Add(uint64(d))
+		x.bytes = total
+	}
+}
+
+// committed reports the end of an upload's commit.
+func (x *xfer) committed(now time.Time, err error) {
+	if x.finished {
+		return
+	}
+	x.committing = false
+	if err != nil {
+		x.fail(err)
+		return
+	}
+	x.stage.Store(stageDally)
+	x.complete(resultOK, nil)
+	x.rcv.deadline = now.Add(x.dally)
+	x.flush(now)
+}
+
+// timer handles the driver's timer.
+func (x *xfer) timer(now time.Time) {
+	if x.finished || x.committing {
+		return
+	}
+	if x.snd != nil {
+		if x.snd.timeout(now) == evFailed {
+			x.fail(x.snd.err)
+			return
+		}
+	} else {
+		switch x.rcv.timeout(now) {
+		case evFailed:
+			x.fail(x.rcv.err)
+			return
+		case evDone:
+			x.finish() // the dally is over
+			return
+		}
+	}
+	x.flush(now)
+}
+
+// sendDone reports that the datagrams of the last send are in the kernel.
+// While the client answers, the sender reads the next window ahead.
+func (x *xfer) sendDone(now time.Time) {
+	x.busy = false
+	x.flush(now)
+	if x.snd != nil && !x.busy && !x.finished {
+		x.snd.prefetch()
+		if x.snd.phase == phaseFailed {
+			x.fail(x.snd.err)
+		}
+	}
+}
+
+// sendFailed reports that the last send did not (entirely) reach the
+// kernel.
+func (x *xfer) sendFailed(now time.Time, err error) {
+	if x.finished {
+		return
+	}
+	if errors.Is(err, errWouldBlock) {
+		x.io.resumeWriting(x)
+		return
+	}
+	x.log.Warn("tftp: send failed", "err", err)
+	x.end(resultError, err)
+}
+
+// writable reports that the socket takes datagrams again: resend what it
+// may have dropped.
+func (x *xfer) writable(now time.Time) {
+	x.busy = false
+	if x.snd != nil {
+		x.snd.resend()
+	} else if x.rcv != nil && x.rcv.phase != phaseFailed {
+		x.rcv.pending = true
+	}
+	x.flush(now)
+}
+
+// cancel ends the transfer from outside: shutdown, or a new request from
+// the same client.
+func (x *xfer) cancel(why string) {
+	if x.finished {
+		return
+	}
+	if x.completed {
+		x.finish()
+		return
+	}
+	x.end(resultCancelled, errors.New(why))
+}
+
+// refuse answers the request with an ERROR.
+func (x *xfer) refuse(err error) {
+	x.sendErr(err)
+	x.end(resultRefused, err)
+}
+
+// fail ends the transfer with an ERROR to the client.
+func (x *xfer) fail(err error) {
+	x.sendErr(err)
+	switch {
+	case errors.Is(err, ErrTimeout):
+		x.end(resultTimeout, err)
+	case errors.Is(err, errTransferDeadline):
+		x.end(resultDeadline, err)
+	default:
+		x.end(resultError, err)
+	}
+}
+
+// sendErr sends an ERROR for err: its code, and a message that names no
+// host path.
+func (x *xfer) sendErr(err error) {
+	code := ErrorCodeOf(err)
+	msg := errorMessage(code, err)
+	x.errBuf = AppendError(x.errBuf[:0], code, msg)
+	x.io.sendError(x, x.client, x.errBuf)
+}
+
+func errorMessage(code ErrorCode, err error) string {
+	var te *Error
+	if errors.As(err, &te) && te.Message != "" {
+		return te.Message
+	}
+	switch {
+	case errors.Is(err, ErrTimeout):
+		return "timed out"
+	case errors.Is(err, errTransferDeadline):
+		return "transfer deadline exceeded"
+	case errors.Is(err, ErrMalformed):
+		return "malformed packet"
+	case errors.Is(err, ErrOutsideRoot):
+		return "access violation: outside the root"
+	case errors.Is(err, ErrWriteDisabled):
+		return "access violation: uploads are disabled"
+	case errors.Is(err, ErrInvalidName):
+		return "access violation: invalid file name"
+	case errors.Is(err, ErrNotRegular):
+		return "access violation: not a regular file"
+	}
+	if code == ErrUndefined {
+		return "server error"
+	}
+	return code.String()
+}
+
+// end records the result and releases the transfer.
+func (x *xfer) end(result string, err error) {
+	x.complete(result, err)
+	x.finish()
+}
+
+// complete records the transfer's result once: metrics and the log line.
+func (x *xfer) complete(result string, err error) {
+	if x.completed {
+		return
+	}
+	x.completed = true
+	sh := x.shard
+	sh.results[x.opIndex()][resultIndex(result)].Add(1)
+	var re uint64
+	if x.snd != nil {
+		re = x.snd.retransmits
+	}
+	if x.rcv != nil {
+		re = x.rcv.resends
+	}
+	sh.retransmits.Add(re)
+	var d time.Duration
+	if x.counted {
+		d = time.Since(x.started)
+	}
+	if result != resultRefused && x.counted {
+		x.srv.m.observe(x.opIndex(), d)
+	}
+	attrs := []any{"result", result, "bytes", x.bytes, "duration", d, "retransmits", re}
+	if x.oack != nil {
+		attrs = append(attrs, "blksize", x.neg.BlockSize, "windowsize", x.neg.WindowSize)
+	}
+	switch result {
+	case resultOK:
+		x.log.Info("tftp: transfer complete", attrs...)
+	case resultRefused, resultPeerError, resultCancelled:
+		x.log.Info("tftp: transfer ended", append(attrs, "err", err)...)
+	default:
+		x.log.Warn("tftp: transfer failed", append(attrs, "err", err)...)
+	}
+}
+
+// finish releases the file and tells the driver.
+func (x *xfer) finish() {
+	if x.finished {
+		return
+	}
+	x.finished = true
+	if x.file != nil {
+		x.file.Close()
+		x.file = nil
+	}
+	if x.up != nil {
+		if err := x.up.Abort(); err != nil {
+			x.log.Warn("tftp: discard the partial upload", "err", err)
+		}
+		x.up = nil
+	}
+	if x.counted {
+		x.shard.active.Add(-1)
+	}
+	x.io.finish(x)
+}
+
+// liveState returns the state of a transfer that started and is not
+// complete.
+func (x *xfer) liveState() (TransferState, bool) {
+	if x == nil || !x.counted || x.completed || x.finished {
+		return TransferState{}, false
+	}
+	return x.state(), true
+}
+
+// state returns the transfer's replicable state.
+func (x *xfer) state() TransferState {
+	st := TransferState{
+		ID: x.id, Op: x.req.Op, Client: x.client, Server: x.local,
+		Filename: x.req.Filename, Mode: x.req.Mode, Negotiated: x.neg,
+		Options: x.oack, Rollover: x.srv.cfg.Rollover, Size: x.size, Started: x.started,
+	}
+	switch {
+	case x.snd != nil:
+		b, pos := x.snd.checkpoint()
+		st.Block, st.Offset, st.Netascii = b, pos.Offset, uint8(pos.Enc.owed)
+	case x.rcv != nil:
+		st.Block, st.Offset = x.rcv.checkpoint(), x.rcv.received
+		if x.dec.cr {
+			st.Netascii = 1
+		}
+	}
+	return st
+}
