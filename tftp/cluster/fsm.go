@@ -10,7 +10,6 @@ import (
 	"hash"
 	"io"
 	"log/slog"
-	"net/netip"
 	"sort"
 	"sync"
 	"time"
@@ -20,33 +19,20 @@ import (
 	"github.com/ioactor/ioactor/tftp"
 )
 
-// Record is the replicated identity and progress of one transfer: enough for
-// another node to finish it from the same address and port.
+// Record is the replicated identity and progress of one transfer: enough
+// for another node to finish it from the same address and port. Transfers
+// are keyed by the client's address: in single-port mode it is what tells
+// them apart.
 type Record struct {
-	ID     string         `json:"id"`
-	Client netip.AddrPort `json:"client"`
-	Op     string         `json:"op"` // "read" or "write"
-	File   string         `json:"file"`
-	Mode   string         `json:"mode"`
-	Size   int64          `json:"size"`
-	SHA256 string         `json:"sha256,omitempty"`
-
-	BlockSize  int           `json:"blksize"`
-	WindowSize int           `json:"windowsize"`
-	Timeout    time.Duration `json:"timeout,omitempty"`
-	OACK       bool          `json:"oack,omitempty"` // options were acknowledged
-
-	// Progress: Block is the absolute number of blocks the client has
-	// acknowledged (it does not wrap at 65536, so the rollover epoch is
-	// Block>>16); Offset is the file offset of the next byte to send and
-	// Netascii the encoder state there.
-	Block    uint64 `json:"block"`
-	Offset   int64  `json:"offset"`
-	Netascii []byte `json:"netascii,omitempty"`
-
-	Started time.Time `json:"started"`
+	State tftp.TransferState `json:"state"`
+	// SHA256 is the file's digest when a download started: a node whose
+	// file differs refuses to resume it rather than send mixed bytes.
+	SHA256  string    `json:"sha256,omitempty"`
 	Updated time.Time `json:"updated"`
 }
+
+// Key is the record's key: the client's address.
+func (r *Record) Key() string { return r.State.Client.String() }
 
 // Member is a node's advertised addresses.
 type Member struct {
@@ -125,7 +111,7 @@ func (f *fsm) applyData(b []byte) error {
 			return nil // the upload ended already
 		}
 		st = &staged{sum: sha256.New()}
-		st.up, st.err = f.fs.Create(r.File)
+		st.up, st.err = f.fs.Create(r.State.Filename)
 		f.uploads[id] = st
 	}
 	if st.err != nil {
@@ -147,18 +133,19 @@ func (f *fsm) applyData(b []byte) error {
 // commitUpload renames a fully replicated upload into place on this node,
 // after checking its size and digest against the leader's.
 func (f *fsm) commitUpload(r *Record) error {
-	st := f.uploads[r.ID]
-	delete(f.uploads, r.ID)
-	if st == nil && r.Size == 0 && f.fs != nil {
+	id := r.Key()
+	st := f.uploads[id]
+	delete(f.uploads, id)
+	if st == nil && r.State.Size == 0 && f.fs != nil {
 		st = &staged{sum: sha256.New()}
-		st.up, st.err = f.fs.Create(r.File)
+		st.up, st.err = f.fs.Create(r.State.Filename)
 	}
 	if st == nil {
-		return fmt.Errorf("cluster: commit of upload %s with no data", r.ID)
+		return fmt.Errorf("cluster: commit of upload %s with no data", id)
 	}
 	err := st.err
-	if err == nil && (st.size != r.Size || hex.EncodeToString(st.sum.Sum(nil)) != r.SHA256) {
-		err = fmt.Errorf("cluster: upload %s: replicated %d bytes with another digest than the leader's %d", r.ID, st.size, r.Size)
+	if err == nil && (st.size != r.State.Size || hex.EncodeToString(st.sum.Sum(nil)) != r.SHA256) {
+		err = fmt.Errorf("cluster: upload from %s: replicated %d bytes, digest differs from the leader's (%d bytes)", id, st.size, r.State.Size)
 	}
 	if err == nil {
 		err = st.up.Commit()
@@ -167,7 +154,7 @@ func (f *fsm) commitUpload(r *Record) error {
 		if st.up != nil {
 			st.up.Abort()
 		}
-		f.log.Error("cluster: replicated upload not committed on this node", "file", r.File, "err", err)
+		f.log.Error("cluster: replicated upload not committed on this node", "file", r.State.Filename, "err", err)
 		return err
 	}
 	return nil
@@ -185,11 +172,12 @@ func (f *fsm) Apply(l *raft.Log) any {
 	defer f.mu.Unlock()
 	switch c.Op {
 	case opBegin:
-		f.transfers[c.Record.ID] = *c.Record
+		f.transfers[c.Record.Key()] = *c.Record
 	case opProgress:
-		if r, ok := f.transfers[c.Record.ID]; ok && c.Record.Block >= r.Block {
-			r.Block, r.Offset, r.Netascii, r.Updated = c.Record.Block, c.Record.Offset, c.Record.Netascii, c.Record.Updated
-			f.transfers[r.ID] = r
+		nr := c.Record
+		if r, ok := f.transfers[nr.Key()]; ok && r.State.ID == nr.State.ID && nr.State.Block >= r.State.Block {
+			r.State.Block, r.State.Offset, r.State.Netascii, r.Updated = nr.State.Block, nr.State.Offset, nr.State.Netascii, nr.Updated
+			f.transfers[nr.Key()] = r
 		}
 	case opEnd:
 		delete(f.transfers, c.ID)
@@ -200,7 +188,7 @@ func (f *fsm) Apply(l *raft.Log) any {
 			}
 		}
 	case opCommit:
-		delete(f.transfers, c.Record.ID)
+		delete(f.transfers, c.Record.Key())
 		return f.commitUpload(c.Record)
 	case opMember:
 		f.members[c.Member.ID] = *c.Member
@@ -225,7 +213,7 @@ func (f *fsm) state() snapshot {
 	for _, m := range f.members {
 		s.Members = append(s.Members, m)
 	}
-	sort.Slice(s.Transfers, func(i, j int) bool { return s.Transfers[i].ID < s.Transfers[j].ID })
+	sort.Slice(s.Transfers, func(i, j int) bool { return s.Transfers[i].Key() < s.Transfers[j].Key() })
 	sort.Slice(s.Members, func(i, j int) bool { return s.Members[i].ID < s.Members[j].ID })
 	return s
 }
@@ -250,8 +238,8 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	}
 	f.transfers = make(map[string]Record, len(s.Transfers))
 	for _, r := range s.Transfers {
-		if r.Op != "write" {
-			f.transfers[r.ID] = r
+		if r.State.Op != tftp.OpWRQ {
+			f.transfers[r.Key()] = r
 		}
 	}
 	f.members = make(map[string]Member, len(s.Members))

@@ -351,10 +351,10 @@ func (n *Node) Begin(r Record) error { return n.apply(command{Op: opBegin, Recor
 // Progress commits a checkpoint of a transfer's position.
 func (n *Node) Progress(r Record) error { return n.apply(command{Op: opProgress, Record: &r}) }
 
-// UploadData replicates a chunk of an upload, at offset off of the file;
-// chunks must come in order. It returns once a quorum has it.
-func (n *Node) UploadData(id string, off int64, data []byte) error {
-	return n.applyEntry("upload data", encodeData(id, off, data))
+// UploadData replicates a chunk of the upload keyed key, at offset off of
+// the file; chunks must come in order. It returns once a quorum has it.
+func (n *Node) UploadData(key string, off int64, data []byte) error {
+	return n.applyEntry("upload data", encodeData(key, off, data))
 }
 
 // CommitUpload ends an upload whose every byte has been replicated: each
@@ -362,9 +362,9 @@ func (n *Node) UploadData(id string, off int64, data []byte) error {
 // returns the leader's own commit error.
 func (n *Node) CommitUpload(r Record) error { return n.apply(command{Op: opCommit, Record: &r}) }
 
-// End removes a finished or abandoned transfer (an unfinished upload is
-// discarded on every node).
-func (n *Node) End(id string) error { return n.apply(command{Op: opEnd, ID: id}) }
+// End removes a finished or abandoned transfer, by key (an unfinished
+// upload is discarded on every node).
+func (n *Node) End(key string) error { return n.apply(command{Op: opEnd, ID: key}) }
 
 // Transfers returns the live transfers of the replicated state, for a new
 // leader to resume.

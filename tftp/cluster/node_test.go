@@ -85,11 +85,11 @@ func TestThreeNodesReplicateTransfersAndSurviveTheLeader(t *testing.T) {
 	}()
 	waitFor(t, "three voters", func() bool { return len(a.Status().Voters) == 3 })
 
-	rec := Record{ID: "t1", Client: netip.MustParseAddrPort("127.0.0.1:40000"), Op: "read", File: "f", BlockSize: 512, WindowSize: 1, Started: time.Now()}
+	rec := Record{State: tftp.TransferState{ID: 1, Client: netip.MustParseAddrPort("127.0.0.1:40000"), Op: tftp.OpRRQ, Filename: "f", Started: time.Now()}}
 	if err := a.Begin(rec); err != nil {
 		t.Fatal(err)
 	}
-	rec.Block, rec.Offset = 70000, 70000*512
+	rec.State.Block, rec.State.Offset = 70000, 70000*512
 	if err := a.Progress(rec); err != nil {
 		t.Fatal(err)
 	}
@@ -99,17 +99,17 @@ func TestThreeNodesReplicateTransfersAndSurviveTheLeader(t *testing.T) {
 
 	// An upload replicated in chunks appears, whole, in every node's root.
 	data := bytes.Repeat([]byte("replicated upload "), 100000)
-	up := Record{ID: "u1", Op: "write", File: "up.bin", Started: time.Now()}
+	up := Record{State: tftp.TransferState{ID: 2, Client: netip.MustParseAddrPort("127.0.0.1:40001"), Op: tftp.OpWRQ, Filename: "up.bin", Started: time.Now()}}
 	if err := a.Begin(up); err != nil {
 		t.Fatal(err)
 	}
 	for off := 0; off < len(data); off += 256 << 10 {
-		if err := a.UploadData("u1", int64(off), data[off:min(off+256<<10, len(data))]); err != nil {
+		if err := a.UploadData(up.Key(), int64(off), data[off:min(off+256<<10, len(data))]); err != nil {
 			t.Fatal(err)
 		}
 	}
 	sum := sha256.Sum256(data)
-	up.Size, up.SHA256 = int64(len(data)), hex.EncodeToString(sum[:])
+	up.State.Size, up.SHA256 = int64(len(data)), hex.EncodeToString(sum[:])
 	if err := a.CommitUpload(up); err != nil {
 		t.Fatal(err)
 	}
@@ -121,11 +121,12 @@ func TestThreeNodesReplicateTransfersAndSurviveTheLeader(t *testing.T) {
 		})
 	}
 	// An upload that ends without a commit leaves nothing anywhere.
-	if err := a.Begin(Record{ID: "u2", Op: "write", File: "partial.bin"}); err != nil {
+	partial := Record{State: tftp.TransferState{ID: 3, Client: netip.MustParseAddrPort("127.0.0.1:40002"), Op: tftp.OpWRQ, Filename: "partial.bin"}}
+	if err := a.Begin(partial); err != nil {
 		t.Fatal(err)
 	}
-	a.UploadData("u2", 0, data[:1000])
-	if err := a.End("u2"); err != nil {
+	a.UploadData(partial.Key(), 0, data[:1000])
+	if err := a.End(partial.Key()); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.Barrier(5 * time.Second); err != nil {
@@ -145,10 +146,10 @@ func TestThreeNodesReplicateTransfersAndSurviveTheLeader(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := l.Transfers()
-	if len(got) != 1 || got[0].Block != 70000 || got[0].Offset != 70000*512 || got[0].Client != rec.Client {
+	if len(got) != 1 || got[0].State.Block != 70000 || got[0].State.Offset != 70000*512 || got[0].State.Client != rec.State.Client {
 		t.Fatalf("new leader sees %+v", got)
 	}
-	if err := l.End("t1"); err != nil {
+	if err := l.End(rec.Key()); err != nil {
 		t.Fatal(err)
 	}
 	if n := len(l.Transfers()); n != 0 {
