@@ -120,6 +120,8 @@ func (l *listener) Receive(ctx *netio.Context, msg any) {
 		m.x.timer(now)
 	case committedMsg:
 		m.x.committed(now, m.err)
+	case begunMsg:
+		m.x.begun(now, m.err)
 	case udp.Bound:
 		l.sock, l.local = m.Socket, m.LocalAddr
 		l.srv.log.Info("tftp: serving", "addr", m.LocalAddr.String(), "single_port", l.srv.cfg.SinglePort)
@@ -405,8 +407,39 @@ func armTimer(ctx *netio.Context, t **netio.Timer, armed *time.Time, at time.Tim
 // waits for at shutdown, and tells to the outcome.
 func (s *Server) commit(to netio.Ref, x *xfer, u *Upload) {
 	s.commits.Add(1)
+	rep := s.cfg.Replicator
+	var st TransferState
+	if rep != nil {
+		st = x.state()
+	}
 	go func() {
 		defer s.commits.Done()
-		to.Tell(committedMsg{x: x, err: u.Commit()})
+		if rep == nil {
+			to.Tell(committedMsg{x: x, err: u.Commit()})
+			return
+		}
+		// Replicated: every node (this one too) publishes the file from
+		// the replicated content; the local temporary file goes.
+		content, err := u.content()
+		if err == nil {
+			err = rep.CommitUpload(st, content)
+			content.Close()
+		}
+		u.Abort()
+		to.Tell(committedMsg{x: x, err: err})
 	}()
+}
+
+// begin records a transfer with the replicator, away from the loop.
+func (s *Server) begin(to netio.Ref, x *xfer, st TransferState) {
+	s.commits.Add(1)
+	go func() {
+		defer s.commits.Done()
+		to.Tell(begunMsg{x: x, err: s.cfg.Replicator.Begin(st)})
+	}()
+}
+
+type begunMsg struct {
+	x   *xfer
+	err error
 }

@@ -195,6 +195,22 @@ func (u *Upload) Commit() error {
 	return nil
 }
 
+// content syncs the upload and opens it for reading, for a replicated
+// commit.
+func (u *Upload) content() (*os.File, error) {
+	if u.f == nil {
+		return nil, fs.ErrClosed
+	}
+	if err := u.f.Sync(); err != nil {
+		return nil, fmt.Errorf("tftp: %w", err)
+	}
+	f, err := u.fsys.root.Open(u.tmp)
+	if err != nil {
+		return nil, u.fsys.wrap(err)
+	}
+	return f, nil
+}
+
 // Abort discards the upload. It does nothing after Commit or Abort, so it
 // can be deferred.
 func (u *Upload) Abort() error {

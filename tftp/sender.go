@@ -93,7 +93,10 @@ type sender struct {
 	err   error
 	out   [][]byte
 	bufs  [][]byte // scratch for batch reads
-	ns    []int
+	// restoreWindow, when set, is the window to go back to after the
+	// first acknowledgement of a resumed transfer's wider first window.
+	restoreWindow int
+	ns            []int
 }
 
 type sendSlot struct {
@@ -225,6 +228,9 @@ func (s *sender) ack(now time.Time, w uint16) event {
 }
 
 func (s *sender) advanced() {
+	if s.restoreWindow > 0 {
+		s.window, s.restoreWindow = s.restoreWindow, 0
+	}
 	s.retries = 0
 	s.rto.progress()
 	s.fast = false

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ioactor/ioactor/netio"
+	"github.com/ioactor/ioactor/udp"
 )
 
 // ServerConfig configures a [Server]. The zero value, with Root (or FS)
@@ -77,6 +79,10 @@ type ServerConfig struct {
 	// tsize is larger is refused at once); 0 means no bound.
 	MaxUploadSize int64
 
+	// Replicator, when set, records every transfer so that another server
+	// can finish it (package tftp/cluster). It requires SinglePort.
+	Replicator Replicator
+
 	// Logger receives the server's logs, each transfer's with its id;
 	// nil means the netio system's.
 	Logger *slog.Logger
@@ -87,6 +93,32 @@ type ServerConfig struct {
 	// ioactor_tftp_stray_packets_total{kind}.
 	Registerer prometheus.Registerer
 }
+
+// Replicator is told about a server's transfers, so that another server
+// bound to the same address can resume them ([Server.Resume]). Begin and
+// CommitUpload are called away from the event loop and may block; Progress
+// and End are called on the loop and must not block (they may drop or
+// coalesce).
+type Replicator interface {
+	// Begin records a transfer before its first packet leaves; the
+	// transfer starts only once Begin returned nil, and is refused with an
+	// ERROR otherwise.
+	Begin(st TransferState) error
+	// Progress records how far a transfer got (every checkpointEvery
+	// blocks).
+	Progress(st TransferState)
+	// End removes a transfer that ended (not one cancelled by the server's
+	// own stop: another server may still resume that one).
+	End(st TransferState)
+	// CommitUpload publishes a complete upload's content under
+	// st.Filename, in place of the local commit; the final ACK waits for
+	// it, so the client hears of success only once it is durable.
+	CommitUpload(st TransferState, content io.Reader) error
+}
+
+// checkpointEvery is the number of blocks between two Progress calls: far
+// below 32768, so a checkpoint always fixes the rollover epoch.
+const checkpointEvery = 32
 
 // DefaultListen is the server address of a zero ServerConfig: loopback,
 // on an unprivileged port.
@@ -151,6 +183,9 @@ type Server struct {
 // NewServer starts a server on sys and returns once its port is bound.
 func NewServer(sys *netio.System, cfg ServerConfig) (*Server, error) {
 	cfg = cfg.withDefaults()
+	if cfg.Replicator != nil && !cfg.SinglePort {
+		return nil, errors.New("tftp: a Replicator needs SinglePort")
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = sys.Logger()
 	}
@@ -299,6 +334,34 @@ func (s *Server) Transfers(ctx context.Context) ([]TransferState, error) {
 		}
 	}
 	return out, nil
+}
+
+// Resume takes over transfers that another server (bound to the same
+// address, in single-port mode) started: downloads continue from their
+// checkpoint, sending a window of blocks at once so that the client, which
+// ignores the blocks it has, gets the one it waits for without waiting for
+// its own timer. An upload cannot resume here (its data was on the other
+// server): its record is ended, and the client's next DATA gets an ERROR.
+func (s *Server) Resume(states []TransferState) {
+	s.lis.Run(func(ctx *netio.Context) {
+		l := s.lisImpl
+		for _, st := range states {
+			if _, busy := l.entries[st.Client]; busy || st.Op != OpRRQ {
+				if st.Op != OpRRQ && s.cfg.Replicator != nil {
+					s.cfg.Replicator.End(st)
+				}
+				continue
+			}
+			e := &entry{client: st.Client}
+			e.stage.Store(stagePinned)
+			l.entries[st.Client] = e
+			req := Request{Op: st.Op, Filename: st.Filename, Mode: st.Mode}
+			x := s.newXfer(l, req, st.Client, &e.stage, &e.peerEnded, l.shard)
+			x.ent, e.x = e, x
+			e.sm = udp.SendMany{Target: st.Client, Ack: &x.sentTok}
+			x.resume(ctx.Now(), l.local, st)
+		}
+	})
 }
 
 type stateQuery struct {

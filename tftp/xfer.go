@@ -105,13 +105,17 @@ type xfer struct {
 	counted    bool // counted in the active gauge
 	busy       bool // a send is in flight
 	committing bool
-	completed  bool // the result is recorded
+	completed  bool   // the result is recorded
+	result     string // the result, once completed
 	finished   bool
 	started    time.Time
 	one        [1][]byte
 	errBuf     []byte
 
 	ent *entry // the single-port driver's record
+
+	ckpt    uint64 // the block of the last checkpoint given to the replicator
+	resumed bool   // taken over from another server
 
 	// Tokens the driver passes back as messages without allocating.
 	sentTok  sentToken
@@ -161,7 +165,88 @@ func (x *xfer) start(now time.Time, local netip.AddrPort) {
 		x.refuse(err)
 		return
 	}
+	if x.srv.cfg.Replicator != nil {
+		// Nothing leaves before the transfer's identity is recorded.
+		x.committing = true
+		x.srv.begin(x.srv.lis, x, x.state())
+		return
+	}
 	x.flush(now)
+}
+
+// begun handles the replicator's answer to Begin.
+func (x *xfer) begun(now time.Time, err error) {
+	if x.finished {
+		return
+	}
+	x.committing = false
+	if err != nil {
+		x.refuse(fmt.Errorf("tftp: the transfer could not be recorded: %w", err))
+		return
+	}
+	x.flush(now)
+}
+
+// resume continues a download another server started, from st.
+func (x *xfer) resume(now time.Time, local netip.AddrPort, st TransferState) {
+	x.started = now
+	x.local = local
+	x.counted = true
+	x.shard.active.Add(1)
+	x.resumed = true
+	f, size, err := x.srv.fs.Open(st.Filename)
+	if err == nil && size != st.Size {
+		f.Close()
+		err = &Error{Code: ErrUndefined, Message: "the file changed during the transfer"}
+	}
+	if err != nil {
+		x.fail(err)
+		return
+	}
+	x.file, x.size, x.neg = f, size, st.Negotiated
+	x.ckpt = st.Block
+	var src blockSource = &octetSource{f: f, off: st.Offset}
+	if st.Mode == ModeNetascii {
+		src = newNetasciiSource(f, sourcePos{Offset: st.Offset, Enc: NetasciiEncoder{owed: owedByte(st.Netascii)}})
+	}
+	var oack []byte
+	if st.Block == 0 {
+		oack = st.Options // the client may not have acknowledged it yet
+		x.oack = oack
+	}
+	r, _ := x.timing()
+	// The checkpoint may be behind the client: send a window of the blocks
+	// after it at once (the client ignores those it has and acknowledges
+	// the one it waits for), then go back to the negotiated window.
+	sweep := max(x.neg.WindowSize, min(128, max(1, (96<<10)/x.neg.BlockSize)))
+	x.snd = newSender(senderConfig{
+		blockSize: x.neg.BlockSize, window: sweep, roll: st.Rollover, src: src,
+		oack: oack, first: st.Block + 1, rto: r, maxRetries: x.srv.cfg.Retries, expires: x.expires(now),
+		prefetch: true,
+	})
+	x.snd.restoreWindow = x.neg.WindowSize
+	x.log.Info("tftp: resuming transfer", "block", st.Block, "offset", st.Offset, "sweep", sweep)
+	x.flush(now)
+}
+
+// checkpoint tells the replicator how far the transfer got, every
+// checkpointEvery blocks.
+func (x *xfer) checkpoint() {
+	rep := x.srv.cfg.Replicator
+	if rep == nil || x.completed || x.finished || x.committing {
+		return
+	}
+	var b uint64
+	switch {
+	case x.snd != nil:
+		b, _ = x.snd.checkpoint()
+	case x.rcv != nil:
+		b = x.rcv.checkpoint()
+	}
+	if b >= x.ckpt+checkpointEvery {
+		x.ckpt = b
+		rep.Progress(x.state())
+	}
 }
 
 func (x *xfer) limits() Limits {
@@ -337,6 +422,7 @@ func (x *xfer) packet(now time.Time, from netip.AddrPort, b []byte) {
 			return
 		case evProgress:
 			x.reportBytes(x.snd.acked)
+			x.checkpoint()
 		}
 		x.flush(now)
 	case OpDATA:
@@ -358,6 +444,7 @@ func (x *xfer) packet(now time.Time, from netip.AddrPort, b []byte) {
 				x.fail(err)
 				return
 			}
+			x.checkpoint()
 		case recvLast:
 			if err := x.write(payload); err != nil {
 				x.fail(err)
@@ -574,6 +661,7 @@ func (x *xfer) complete(result string, err error) {
 		return
 	}
 	x.completed = true
+	x.result = result
 	sh := x.shard
 	sh.results[x.opIndex()][resultIndex(result)].Add(1)
 	var re uint64
@@ -609,6 +697,9 @@ func (x *xfer) complete(result string, err error) {
 func (x *xfer) finish() {
 	if x.finished {
 		return
+	}
+	if rep := x.srv.cfg.Replicator; rep != nil && x.counted && x.result != resultCancelled {
+		rep.End(x.state())
 	}
 	x.finished = true
 	if x.file != nil {
