@@ -36,6 +36,7 @@ import (
 	"github.com/ioactor/ioactor/internal/buildinfo"
 	"github.com/ioactor/ioactor/netio"
 	"github.com/ioactor/ioactor/tftp"
+	"github.com/ioactor/ioactor/tftp/cluster"
 )
 
 func main() {
@@ -64,6 +65,10 @@ type options struct {
 	rollover                     string
 	logLevel, logFormat          string
 	version                      bool
+
+	cluster                             bool
+	nodeID, dataDir, raftAddr, httpAddr string
+	join, status                        string
 }
 
 func parse(args []string, stderr io.Writer) (*options, error) {
@@ -95,6 +100,13 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.DurationVar(&o.drain, "drain-timeout", 30*time.Second, "on SIGTERM, how long running transfers get to finish")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
+	fs.BoolVar(&o.cluster, "cluster", false, "run as a member of a replicated cluster: only the raft leader binds -listen, and transfers survive its death")
+	fs.StringVar(&o.nodeID, "node-id", "", "cluster: this node's unique, stable name (default: the -raft address)")
+	fs.StringVar(&o.dataDir, "data", "", "cluster: directory for the raft log and snapshots (required)")
+	fs.StringVar(&o.raftAddr, "raft", "127.0.0.1:7969", "cluster: TCP address of the raft transport")
+	fs.StringVar(&o.httpAddr, "cluster-http", "127.0.0.1:8969", "cluster: HTTP address for /join and /status")
+	fs.StringVar(&o.join, "join", "", "cluster: the -cluster-http address of any member to join (empty: start a new cluster, or restart from -data)")
+	fs.StringVar(&o.status, "status", "", "print the cluster status from this -cluster-http address and exit")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -129,6 +141,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stdout, "tftpd", buildinfo.Version())
 		return nil
 	}
+	if o.status != "" {
+		return printStatus(ctx, o.status, stdout)
+	}
 	logger, err := newLogger(stderr, o.logLevel, o.logFormat)
 	if err != nil {
 		return err
@@ -161,14 +176,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		defer cancel()
 		sys.Shutdown(sctx)
 	}()
-	srv, err := tftp.NewServer(sys, tftp.ServerConfig{
+	tcfg := tftp.ServerConfig{
 		Root: root, AllowWrite: o.write, AllowOverwrite: o.overwrite,
 		Listen: listen, SinglePort: o.singlePort,
 		MaxBlockSize: o.maxBlksize, ClampBlockSize: o.clamp, MaxWindowSize: o.maxWindow, Rollover: roll,
 		Timeout: o.timeout, MinTimeout: o.minTimeout, Retries: retries(o.retries),
 		TransferDeadline: o.deadline, MaxTransfers: o.maxTransfers, MaxUploadSize: o.maxUpload,
 		Logger: logger, Registerer: reg,
-	})
+	}
+	if o.cluster {
+		return runCluster(ctx, o, sys, tcfg, reg, logger, stdout)
+	}
+	srv, err := tftp.NewServer(sys, tcfg)
 	if err != nil {
 		return err
 	}
@@ -209,6 +228,63 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		httpSrv.Shutdown(hctx)
 	}
 	logger.Info("tftpd: stopped")
+	return err
+}
+
+// runCluster runs a cluster member until ctx ends; a leader hands
+// leadership over before it stops.
+func runCluster(ctx context.Context, o *options, sys *netio.System, tcfg tftp.ServerConfig, reg *prometheus.Registry, logger *slog.Logger, stdout io.Writer) error {
+	if o.dataDir == "" {
+		return errors.New("-cluster needs -data")
+	}
+	id := o.nodeID
+	if id == "" {
+		id = o.raftAddr
+	}
+	fsys, err := tftp.NewFS(tftp.FSConfig{Root: tcfg.Root, AllowWrite: tcfg.AllowWrite, AllowOverwrite: tcfg.AllowOverwrite})
+	if err != nil {
+		return err
+	}
+	defer fsys.Close()
+	tcfg.FS = fsys
+	node, err := cluster.StartNode(ctx, cluster.NodeConfig{
+		ID: id, DataDir: o.dataDir, RaftAddr: o.raftAddr, HTTPAddr: o.httpAddr, Join: o.join,
+		Fast: true, FS: fsys, Logger: logger,
+	})
+	if err != nil {
+		return err
+	}
+	defer node.Close()
+	fmt.Fprintf(stdout, "tftpd cluster node %s: raft %s, status http://%s/status; serving %s on %v while leader\n", id, o.raftAddr, node.HTTPAddr(), tcfg.Root, tcfg.Listen)
+	var httpSrv *http.Server
+	if o.metrics != "" {
+		ln, err := net.Listen("tcp", o.metrics)
+		if err != nil {
+			return fmt.Errorf("-metrics-listen: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+		httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go httpSrv.Serve(ln)
+		defer httpSrv.Close()
+	}
+	err = cluster.Serve(ctx, sys, node, cluster.ServeConfig{TFTP: tcfg, Registerer: reg})
+	logger.Info("tftpd: cluster node stopped")
+	return err
+}
+
+// printStatus prints a cluster node's /status.
+func printStatus(ctx context.Context, addr string, stdout io.Writer) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/status", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("-status: %w", err)
+	}
+	defer resp.Body.Close()
+	_, err = io.Copy(stdout, resp.Body)
 	return err
 }
 

@@ -1,0 +1,349 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// clusterNode is one tftpd -cluster process the test started.
+type clusterNode struct {
+	id, raft, http, root, data string
+	cmd                        *exec.Cmd
+	log                        *bytes.Buffer
+}
+
+type testCluster struct {
+	t      *testing.T
+	bin    string
+	listen string
+	nodes  []*clusterNode
+}
+
+func freeTCP(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func freeUDP(t *testing.T) string {
+	t.Helper()
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.LocalAddr().String()
+}
+
+// buildTftpd builds this command once per test binary run.
+func buildTftpd(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "tftpd")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// startCluster starts three nodes serving copies of files.
+func startCluster(t *testing.T, bin string, files map[string][]byte, allowWrite bool) *testCluster {
+	t.Helper()
+	c := &testCluster{t: t, bin: bin, listen: freeUDP(t)}
+	dir := t.TempDir()
+	for i := range 3 {
+		n := &clusterNode{id: fmt.Sprintf("n%d", i+1), raft: freeTCP(t), http: freeTCP(t),
+			root: filepath.Join(dir, fmt.Sprintf("root%d", i+1)), data: filepath.Join(dir, fmt.Sprintf("data%d", i+1))}
+		os.MkdirAll(n.root, 0o755)
+		for name, b := range files {
+			os.WriteFile(filepath.Join(n.root, name), b, 0o644)
+		}
+		c.nodes = append(c.nodes, n)
+	}
+	for i, n := range c.nodes {
+		join := ""
+		if i > 0 {
+			join = c.nodes[0].http
+		}
+		c.start(n, join, allowWrite)
+		if i == 0 {
+			c.waitLeader(10 * time.Second)
+		}
+	}
+	c.waitFor("three voters", func() bool {
+		st, err := c.status(c.nodes[0])
+		return err == nil && len(st.Voters) == 3
+	})
+	t.Cleanup(func() {
+		for _, n := range c.nodes {
+			c.kill(n, syscall.SIGKILL)
+		}
+		if t.Failed() {
+			for _, n := range c.nodes {
+				t.Logf("log of %s:\n%s", n.id, tail(n.log.String(), 4000))
+			}
+		}
+	})
+	return c
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+func (c *testCluster) start(n *clusterNode, join string, allowWrite bool) {
+	args := []string{"-cluster", "-node-id", n.id, "-data", n.data, "-raft", n.raft, "-cluster-http", n.http,
+		"-root", n.root, "-listen", c.listen}
+	if join != "" {
+		args = append(args, "-join", join)
+	}
+	if allowWrite {
+		args = append(args, "-allow-write")
+	}
+	n.log = &bytes.Buffer{}
+	n.cmd = exec.Command(c.bin, args...)
+	n.cmd.Stdout, n.cmd.Stderr = n.log, n.log
+	if err := n.cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// kill signals the node's process (started by this test, by its PID) and
+// waits for it.
+func (c *testCluster) kill(n *clusterNode, sig syscall.Signal) {
+	if n.cmd == nil || n.cmd.Process == nil {
+		return
+	}
+	n.cmd.Process.Signal(sig)
+	done := make(chan struct{})
+	go func() { n.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		n.cmd.Process.Kill()
+		<-done
+	}
+	n.cmd = nil
+}
+
+type nodeStatus struct {
+	State     string   `json:"state"`
+	Leader    string   `json:"leader"`
+	Voters    []string `json:"voters"`
+	Transfers []any    `json:"transfers"`
+}
+
+func (c *testCluster) status(n *clusterNode) (nodeStatus, error) {
+	var st nodeStatus
+	cl := http.Client{Timeout: time.Second}
+	resp, err := cl.Get("http://" + n.http + "/status")
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+func (c *testCluster) waitFor(what string, cond func() bool) {
+	c.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			c.t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitLeader returns the node that leads, as the live nodes see it.
+func (c *testCluster) waitLeader(d time.Duration) *clusterNode {
+	c.t.Helper()
+	var leader *clusterNode
+	c.waitFor("a leader", func() bool {
+		for _, n := range c.nodes {
+			if n.cmd == nil {
+				continue
+			}
+			if st, err := c.status(n); err == nil && st.State == "Leader" {
+				leader = n
+				return true
+			}
+		}
+		return false
+	})
+	return leader
+}
+
+// download runs tftp-hpa (lock-step, 512-byte blocks, octet) and calls
+// at(size) as the file grows, so the test can act at a given offset; it
+// returns the file and the longest pause in its growth.
+func download(t *testing.T, server, name string, at func(size int64) bool) ([]byte, time.Duration) {
+	t.Helper()
+	requireTool(t, "tftp")
+	out := filepath.Join(t.TempDir(), "got")
+	host, port, _ := net.SplitHostPort(server)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "tftp", "-l", "-m", "octet", host, port, "-c", "get", name, out)
+	var stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stderr, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var last int64 = -1
+	lastGrow := time.Now()
+	var pause time.Duration
+	fired := false
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			if err != nil || strings.Contains(stderr.String(), "Error") {
+				t.Fatalf("tftp get: %v: %s", err, stderr.String())
+			}
+			b, err := os.ReadFile(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b, pause
+		case now := <-tick.C:
+			fi, err := os.Stat(out)
+			if err != nil {
+				continue
+			}
+			if fi.Size() != last {
+				if fired && last >= 0 {
+					pause = max(pause, now.Sub(lastGrow))
+				}
+				last, lastGrow = fi.Size(), now
+			}
+			if !fired && at(fi.Size()) {
+				fired = true
+				lastGrow = time.Now()
+			}
+		}
+	}
+}
+
+func requireTool(t *testing.T, name string) {
+	t.Helper()
+	if _, err := exec.LookPath(name); err != nil {
+		t.Fatalf("%s is not installed (Debian package %s; .ci/run installs it): %v", name, map[string]string{"tftp": "tftp-hpa", "curl": "curl"}[name], err)
+	}
+}
+
+// A download survives the death of the leader serving it: five kills in a
+// row (halfway, within the first blocks, and during the rollover past block
+// 65535), each byte-identical, each pause printed; then a graceful stop.
+func TestClusterDownloadSurvivesLeaderDeath(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts three processes and moves 200 MiB; not in -short")
+	}
+	bin := buildTftpd(t)
+	file := make([]byte, 40<<20) // 81920 blocks of 512: crosses 65535
+	rand.Read(file)
+	want := sha256.Sum256(file)
+	c := startCluster(t, bin, map[string][]byte{"big.bin": file}, false)
+	cases := []struct {
+		name string
+		at   int64
+		sig  syscall.Signal
+	}{
+		{"halfway", 20 << 20, syscall.SIGKILL},
+		{"first-10-blocks", 5 * 512, syscall.SIGKILL},
+		{"rollover", 65530 * 512, syscall.SIGKILL},
+		{"halfway-again", 20 << 20, syscall.SIGKILL},
+		{"early", 2 << 20, syscall.SIGKILL},
+		{"graceful", 20 << 20, syscall.SIGTERM},
+	}
+	for _, tc := range cases {
+		leader := c.waitLeader(20 * time.Second)
+		killed := make(chan struct{})
+		got, pause := download(t, c.listen, "big.bin", func(size int64) bool {
+			if size < tc.at {
+				return false
+			}
+			go func() { c.kill(leader, tc.sig); close(killed) }()
+			return true
+		})
+		<-killed
+		if sha256.Sum256(got) != want {
+			t.Fatalf("%s: the file arrived with %d bytes and another digest", tc.name, len(got))
+		}
+		t.Logf("%s (%v of %s at %d bytes): byte-identical; longest pause %v", tc.name, tc.sig, leader.id, tc.at, pause)
+		fmt.Printf("cluster failover %-16s %-8v pause %v\n", tc.name, tc.sig, pause.Round(time.Millisecond))
+		// Bring the node back: it rejoins from its data directory.
+		c.start(leader, "", false)
+	}
+}
+
+// An upload interrupted by the leader's death either completes,
+// byte-identical on every node, or fails visibly, with no file anywhere.
+func TestClusterUploadInterruptedByLeaderDeath(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts three processes; not in -short")
+	}
+	requireTool(t, "curl")
+	bin := buildTftpd(t)
+	c := startCluster(t, bin, nil, true)
+	leader := c.waitLeader(20 * time.Second)
+	data := make([]byte, 8<<20)
+	rand.Read(data)
+	src := filepath.Join(t.TempDir(), "up.bin")
+	os.WriteFile(src, data, 0o644)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "curl", "-sS", "--max-time", "20", "-T", src, "tftp://"+c.listen+"/up.bin")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // part of the file is acknowledged
+	c.kill(leader, syscall.SIGKILL)
+	err := cmd.Wait()
+	c.waitLeader(20 * time.Second)
+	time.Sleep(500 * time.Millisecond) // let the survivors apply what was committed
+	for _, n := range c.nodes {
+		if n == leader {
+			continue
+		}
+		got, rerr := os.ReadFile(filepath.Join(n.root, "up.bin"))
+		switch {
+		case err == nil && (rerr != nil || !bytes.Equal(got, data)):
+			t.Fatalf("curl reported success, but %s has %d bytes (%v)", n.id, len(got), rerr)
+		case err != nil && rerr == nil:
+			t.Fatalf("curl failed (%v), but %s has a file of %d bytes", err, n.id, len(got))
+		}
+		ents, _ := os.ReadDir(n.root)
+		for _, e := range ents {
+			if strings.Contains(e.Name(), "tftp-upload") && err != nil {
+				t.Logf("%s keeps a temporary file %s (removed on the next start)", n.id, e.Name())
+			}
+		}
+	}
+	t.Logf("curl: err=%v output=%q", err, out.String())
+}
