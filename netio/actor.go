@@ -162,6 +162,9 @@ func send(fromLoop *Loop, from, to *actor, msg any, k kind) {
 		to.loop.pushRemote(envelope{to: to, from: from, msg: msg, kind: k})
 	default:
 		to.g.push(envelope{to: to, from: from, msg: msg, kind: k})
+		if fromLoop != nil {
+			fromLoop.yield = true // the blocking actor's goroutine is runnable
+		}
 	}
 }
 

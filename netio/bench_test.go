@@ -84,6 +84,7 @@ func BenchmarkSend(b *testing.B) {
 			case *token:
 				if left--; left == 0 {
 					done <- struct{}{}
+					ctx.YieldBeforeBlocking() // the benchmark waits on done
 					return
 				}
 			}
@@ -132,7 +133,10 @@ func BenchmarkWakeup(b *testing.B) {
 	b.Run("netio-Ref.Tell", func(b *testing.B) {
 		sys := benchSystem(b)
 		done := make(chan struct{})
-		a := sys.Spawn(netio.ReceiveFunc(func(ctx *netio.Context, msg any) { done <- struct{}{} }))
+		a := sys.Spawn(netio.ReceiveFunc(func(ctx *netio.Context, msg any) {
+			done <- struct{}{}
+			ctx.YieldBeforeBlocking() // a goroutine waits on done
+		}))
 		report := perMsg(b, 1)
 		for b.Loop() {
 			a.Tell(tok)
@@ -167,6 +171,7 @@ func BenchmarkTellBurst(b *testing.B) {
 			if n++; n == burst {
 				n = 0
 				done <- struct{}{}
+				ctx.YieldBeforeBlocking() // the benchmark waits on done
 			}
 		}))
 		report := perMsg(b, burst)
@@ -216,6 +221,7 @@ func BenchmarkTimer(b *testing.B) {
 			}
 			if left == 0 {
 				done <- struct{}{}
+				ctx.YieldBeforeBlocking() // the benchmark waits on done
 				return
 			}
 			left--
@@ -239,6 +245,7 @@ func BenchmarkTimer(b *testing.B) {
 			}
 			if left == 0 {
 				done <- struct{}{}
+				ctx.YieldBeforeBlocking() // the benchmark waits on done
 				return
 			}
 			left--

@@ -129,9 +129,8 @@ func (s *System) SpawnBlocking(impl Actor) Ref {
 	s.mu.Lock()
 	if s.down {
 		s.mu.Unlock()
-		a.closeDone()
-		a.state = stateStopped
 		a.g.closed = true
+		a.discard() // PostStop still releases what it was given
 		return Ref{a}
 	}
 	s.blocking[a] = struct{}{}

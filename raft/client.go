@@ -129,12 +129,14 @@ func (c *clientConn) Receive(ctx *netio.Context, msg any) {
 			c.end(ctx, err, true)
 		}
 		if c.woke {
+			ctx.YieldBeforeBlocking()
 		}
 	case writeAck:
 		raw := c.w.wraw != nil
 		c.w.acked()
 		c.w.pump(ctx, c.conn, c.t.m)
 		if raw {
+			ctx.YieldBeforeBlocking() // the snapshot sender, to refill the chunk
 		}
 	case kickMsg:
 		c.w.pump(ctx, c.conn, c.t.m)

@@ -101,8 +101,9 @@
 // entry larger than that cannot be replicated. raft's own go-metrics are not
 // bridged to Prometheus. A System passed in Config must be shut down only
 // after Close. Every hand-off between a raft goroutine and an event loop
-// costs a thread wake-up (the loop yields its P before it blocks in
-// epoll_wait, so a goroutine it woke runs at once), so small synchronous
+// costs a thread wake-up (the actors ask the loop to yield its P before it
+// blocks in epoll_wait, netio's YieldBeforeBlocking, so that a goroutine they
+// woke runs at once), so small synchronous
 // RPCs are about as fast as raft.NetworkTransport's, not faster (see
 // README.md).
 package raft

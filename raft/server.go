@@ -149,6 +149,7 @@ func (s *serverConn) Receive(ctx *netio.Context, msg any) {
 			s.reject(ctx, err)
 		}
 		if s.woke {
+			ctx.YieldBeforeBlocking()
 		}
 	case writeAck:
 		s.w.acked()
