@@ -200,6 +200,11 @@ func (s *sender) ack(now time.Time, w uint16) event {
 		return evProgress
 	}
 	k, ok := s.roll.index(w, s.base-1, s.next-s.base+1)
+	if !ok && s.restoreWindow > 0 {
+		if ev, jumped := s.jump(w); jumped {
+			return ev
+		}
+	}
 	if !ok {
 		return evNone // not for a block in flight: stray, or very late
 	}
@@ -225,6 +230,35 @@ func (s *sender) ack(now time.Time, w uint16) event {
 	}
 	s.advanced()
 	return evProgress
+}
+
+// jump handles, on a resumed transfer before its first acknowledgement, an
+// ACK beyond the blocks sent: the client got further than the checkpoint
+// plus the resume window. An octet source can seek, so the transfer moves
+// to the block after the acknowledged one.
+func (s *sender) jump(w uint16) (event, bool) {
+	src, ok := s.src.(*octetSource)
+	if !ok {
+		return evNone, false
+	}
+	j, ok := s.roll.index(w, s.base-1, 1<<15)
+	if !ok || j < s.next || (s.haveFinal && j > s.final) {
+		return evNone, false
+	}
+	s.acked = int64(j) * int64(s.bs)
+	if s.haveFinal && j == s.final {
+		s.phase, s.pending = phaseDone, false
+		return evDone, true
+	}
+	if j+1 >= s.produced {
+		// Blocks after j were not read yet: read on from there.
+		s.produced = j + 1
+		src.off = int64(j) * int64(s.bs)
+	}
+	s.basePos = sourcePos{Offset: int64(j) * int64(s.bs)}
+	s.base, s.next = j+1, j+1
+	s.advanced()
+	return evProgress, true
 }
 
 func (s *sender) advanced() {

@@ -677,3 +677,29 @@ func TestPairFileSource(t *testing.T) {
 		f.Close()
 	}
 }
+
+// A resumed sender sends a wide first window from its checkpoint; a client
+// further ahead than that acknowledges its own block, and an octet transfer
+// moves there, then continues with the negotiated window.
+func TestResumedSenderJumpsToAClientAhead(t *testing.T) {
+	now := time.Unix(0, 0)
+	f := patternFile{size: 4000}
+	s := newSender(senderConfig{blockSize: 4, window: 8, src: &octetSource{f: f, off: 40}, first: 11, rto: fixedRTO(time.Second), maxRetries: 3, prefetch: true})
+	s.restoreWindow = 1
+	out := s.emit(now)
+	if len(out) != 8 || !bytes.Equal(out[0][:4], []byte{0, 3, 0, 11}) {
+		t.Fatalf("resume window: %d datagrams, first %q", len(out), out[0][:4])
+	}
+	if ev := s.ack(now, 500); ev != evProgress { // far beyond block 18
+		t.Fatalf("ack 500: %v", ev)
+	}
+	out = s.emit(now)
+	want := make([]byte, 4)
+	f.ReadAt(want, 500*4)
+	if len(out) != 1 || !bytes.Equal(out[0][:4], []byte{0, 3, 0x01, 0xf5}) || !bytes.Equal(out[0][4:], want) {
+		t.Fatalf("after the jump: %d datagrams, %q", len(out), out[0])
+	}
+	if ev := s.ack(now, 2000); ev != evNone { // the window is back to 1: no more jumps
+		t.Fatalf("a second jump: %v", ev)
+	}
+}
