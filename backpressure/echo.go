@@ -62,47 +62,39 @@ func overrun(ctx *netio.Context, conn netio.Ref) {
 
 // NewAckEcho returns the ACK-based echo handler of Akka's chapter. Register
 // it with KeepOpenOnPeerClosed so it can finish echoing after the peer's FIN.
+// Received bytes go out without a copy when nothing is in flight.
 func NewAckEcho(conn netio.Ref, wm Watermarks) netio.Actor {
-	return &ackEcho{closer: closer{conn: conn}, w: NewAckWriter(conn, wm)}
-}
-
-type ackEcho struct {
-	closer
-	w *AckWriter
-}
-
-func (e *ackEcho) Receive(ctx *netio.Context, msg any) {
-	if e.w.Handle(ctx, msg) {
-		e.closeIfDone(ctx, e.w.Idle())
-		return
-	}
-	if r, ok := msg.(*tcp.Received); ok {
-		if err := e.w.WriteReceived(ctx, r.Data); err != nil {
-			overrun(ctx, e.conn)
-		}
-		return
-	}
-	e.handleClose(ctx, msg, e.w.Idle())
+	w := NewAckWriter(conn, wm)
+	return &echo{closer: closer{conn: conn}, w: w, write: w.WriteReceived}
 }
 
 // NewNackEcho returns the NACK-with-suspend echo handler of Akka's chapter.
 // Register it with KeepOpenOnPeerClosed and UseResumeWriting.
 func NewNackEcho(conn netio.Ref, wm Watermarks) netio.Actor {
-	return &nackEcho{closer: closer{conn: conn}, w: NewNackWriter(conn, wm)}
+	w := NewNackWriter(conn, wm)
+	return &echo{closer: closer{conn: conn}, w: w, write: w.Write}
 }
 
-type nackEcho struct {
+// flowWriter is what the echo handlers need of a writer.
+type flowWriter interface {
+	Handle(ctx *netio.Context, msg any) bool
+	Idle() bool
+}
+
+// echo writes back what it receives through a flow writer.
+type echo struct {
 	closer
-	w *NackWriter
+	w     flowWriter
+	write func(ctx *netio.Context, data []byte) error
 }
 
-func (e *nackEcho) Receive(ctx *netio.Context, msg any) {
+func (e *echo) Receive(ctx *netio.Context, msg any) {
 	if e.w.Handle(ctx, msg) {
 		e.closeIfDone(ctx, e.w.Idle())
 		return
 	}
 	if r, ok := msg.(*tcp.Received); ok {
-		if err := e.w.Write(ctx, r.Data); err != nil {
+		if err := e.write(ctx, r.Data); err != nil {
 			overrun(ctx, e.conn)
 		}
 		return

@@ -166,27 +166,6 @@ func startUDPIoactor(ctx context.Context, impl UDPImpl, batch udp.Batching, addr
 	}
 }
 
-// gnetUDPEcho is gnet's UDP echo: OnTraffic writes the datagram back with
-// Conn.Write, which for UDP is a synchronous sendto to the sender (gnet's
-// docs: AsyncWrite is synchronous on UDP anyway, "just call Conn.Write").
-type gnetUDPEcho struct {
-	gnet.BuiltinEventEngine
-	eng    gnet.Engine
-	booted chan struct{}
-}
-
-func (e *gnetUDPEcho) OnBoot(eng gnet.Engine) gnet.Action {
-	e.eng = eng
-	close(e.booted)
-	return gnet.None
-}
-
-func (e *gnetUDPEcho) OnTraffic(c gnet.Conn) gnet.Action {
-	buf, _ := c.Next(-1)
-	c.Write(buf)
-	return gnet.None
-}
-
 func startUDPGnet(ctx context.Context, addr netip.AddrPort, cfg UDPServerConfig) (*UDPServer, error) {
 	// gnet opens one SO_REUSEPORT socket per event loop, each bound to the
 	// address as given: with port 0 every loop would get a port of its own.
@@ -199,7 +178,9 @@ func startUDPGnet(ctx context.Context, addr netip.AddrPort, cfg UDPServerConfig)
 		addr = pc.LocalAddr().(*net.UDPAddr).AddrPort()
 		pc.Close()
 	}
-	h := &gnetUDPEcho{booted: make(chan struct{})}
+	// gnetEcho serves UDP too: for UDP, Conn.Write is a synchronous
+	// sendto to the sender (gnet's docs: "just call Conn.Write").
+	h := &gnetEcho{booted: make(chan struct{})}
 	done := make(chan error, 1)
 	go func() {
 		done <- gnet.Run(h, "udp://"+addr.String(),
