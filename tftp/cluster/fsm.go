@@ -80,6 +80,9 @@ type fsm struct {
 	fs        *tftp.FS // this node's root, for replicated uploads
 	uploads   map[string]*staged
 	log       *slog.Logger
+	// onBegin, if set, is called (under the lock; it must not block) when
+	// a transfer's record is applied.
+	onBegin func(Record)
 }
 
 func newFSM(fsys *tftp.FS, log *slog.Logger) *fsm {
@@ -173,6 +176,9 @@ func (f *fsm) Apply(l *raft.Log) any {
 	switch c.Op {
 	case opBegin:
 		f.transfers[c.Record.Key()] = *c.Record
+		if f.onBegin != nil {
+			f.onBegin(*c.Record)
+		}
 	case opProgress:
 		nr := c.Record
 		if r, ok := f.transfers[nr.Key()]; ok && r.State.ID == nr.State.ID && nr.State.Block >= r.State.Block {

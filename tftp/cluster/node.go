@@ -64,6 +64,7 @@ type Node struct {
 	ln     net.Listener
 	notify chan bool
 	leader chan bool // deduplicated leadership changes for the owner
+	sums   *sumCache // file digests, by name, size and modification time
 	wg     sync.WaitGroup
 	stop   chan struct{}
 }
@@ -80,6 +81,22 @@ func StartNode(ctx context.Context, cfg NodeConfig) (*Node, error) {
 	}
 	n.log = n.log.With("node", cfg.ID)
 	n.fsm = newFSM(cfg.FS, n.log)
+	n.sums = &sumCache{m: make(map[sumKey]string)}
+	if cfg.FS != nil {
+		// Every node hashes the file of a download as soon as its record
+		// arrives, so that a node taking over checks it from the cache
+		// instead of hashing it during the failover pause.
+		n.fsm.onBegin = func(r Record) {
+			if r.State.Op != tftp.OpRRQ || r.SHA256 == "" {
+				return
+			}
+			n.wg.Add(1)
+			go func() {
+				defer n.wg.Done()
+				n.sums.sum(cfg.FS, r.State.Filename)
+			}()
+		}
+	}
 	if err := n.start(ctx); err != nil {
 		n.Close()
 		return nil, err

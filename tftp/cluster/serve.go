@@ -34,7 +34,7 @@ type replicator struct {
 }
 
 func newReplicator(n *Node, fsys *tftp.FS) *replicator {
-	r := &replicator{n: n, fs: fsys, sums: &sumCache{m: make(map[sumKey]string)}, pending: make(map[string]Record),
+	r := &replicator{n: n, fs: fsys, sums: n.sums, pending: make(map[string]Record),
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	go r.run()
 	return r
@@ -237,8 +237,15 @@ func Serve(ctx context.Context, sys *netio.System, n *Node, cfg ServeConfig) err
 				stopServing()
 				continue
 			}
-			if err := n.Barrier(10 * time.Second); err != nil {
-				n.log.Warn("cluster: barrier before serving failed", "err", err)
+			// Apply everything committed before resuming from it; retry
+			// while this node leads (a barrier can time out on a node that
+			// is still catching up).
+			barrier := n.Barrier(2 * time.Second)
+			for barrier != nil && n.IsLeader() && ctx.Err() == nil {
+				n.log.Warn("cluster: barrier before serving failed; retrying", "err", barrier)
+				barrier = n.Barrier(2 * time.Second)
+			}
+			if barrier != nil {
 				continue
 			}
 			// On one host the old leader may still hold the port for a
