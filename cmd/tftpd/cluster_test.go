@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -26,13 +27,13 @@ type clusterNode struct {
 }
 
 type testCluster struct {
-	t      *testing.T
+	t      testing.TB
 	bin    string
 	listen string
 	nodes  []*clusterNode
 }
 
-func freeTCP(t *testing.T) string {
+func freeTCP(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -42,7 +43,7 @@ func freeTCP(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-func freeUDP(t *testing.T) string {
+func freeUDP(t testing.TB) string {
 	t.Helper()
 	c, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
@@ -53,7 +54,7 @@ func freeUDP(t *testing.T) string {
 }
 
 // buildTftpd builds this command once per test binary run.
-func buildTftpd(t *testing.T) string {
+func buildTftpd(t testing.TB) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "tftpd")
 	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
@@ -64,7 +65,7 @@ func buildTftpd(t *testing.T) string {
 }
 
 // startCluster starts three nodes serving copies of files.
-func startCluster(t *testing.T, bin string, files map[string][]byte, allowWrite bool) *testCluster {
+func startCluster(t testing.TB, bin string, files map[string][]byte, allowWrite bool) *testCluster {
 	t.Helper()
 	c := &testCluster{t: t, bin: bin, listen: freeUDP(t)}
 	dir := t.TempDir()
@@ -102,6 +103,20 @@ func startCluster(t *testing.T, bin string, files map[string][]byte, allowWrite 
 		}
 	})
 	return c
+}
+
+// grepLines keeps the lines of s that contain one of subs.
+func grepLines(s string, subs ...string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		for _, sub := range subs {
+			if strings.Contains(l, sub) {
+				out = append(out, l)
+				break
+			}
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 func tail(s string, n int) string {
@@ -197,7 +212,7 @@ func (c *testCluster) waitLeader(d time.Duration) *clusterNode {
 // download runs tftp-hpa (lock-step, 512-byte blocks, octet) and calls
 // at(size) as the file grows, so the test can act at a given offset; it
 // returns the file and the longest pause in its growth.
-func download(t *testing.T, server, name string, at func(size int64) bool) ([]byte, time.Duration) {
+func download(t testing.TB, server, name string, at func(size int64) bool) ([]byte, time.Duration) {
 	t.Helper()
 	requireTool(t, "tftp")
 	out := filepath.Join(t.TempDir(), "got")
@@ -248,7 +263,7 @@ func download(t *testing.T, server, name string, at func(size int64) bool) ([]by
 	}
 }
 
-func requireTool(t *testing.T, name string) {
+func requireTool(t testing.TB, name string) {
 	t.Helper()
 	if _, err := exec.LookPath(name); err != nil {
 		t.Fatalf("%s is not installed (Debian package %s; .ci/run installs it): %v", name, map[string]string{"tftp": "tftp-hpa", "curl": "curl"}[name], err)
@@ -346,4 +361,71 @@ func TestClusterUploadInterruptedByLeaderDeath(t *testing.T) {
 		}
 	}
 	t.Logf("curl: err=%v output=%q", err, out.String())
+}
+
+// BenchmarkClusterFailover kills the leader 20 times during a download (and
+// stops it gracefully 20 times) and reports the median and longest pause
+// the client saw; it also compares a clustered download's throughput with a
+// single node's. Run: go test -run '^$' -bench Cluster -benchtime 1x ./cmd/tftpd/
+func BenchmarkClusterFailover(b *testing.B) {
+	bin := buildTftpd(b)
+	file := make([]byte, 16<<20)
+	rand.Read(file)
+	want := sha256.Sum256(file)
+	c := startCluster(b, bin, map[string][]byte{"f.bin": file}, false)
+	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
+		var pauses []time.Duration
+		for range 20 {
+			leader := c.waitLeader(20 * time.Second)
+			killed := make(chan struct{})
+			got, pause := download(b, c.listen, "f.bin", func(size int64) bool {
+				if size < 8<<20 {
+					return false
+				}
+				go func() { c.kill(leader, sig); close(killed) }()
+				return true
+			})
+			<-killed
+			if sha256.Sum256(got) != want {
+				b.Fatal("the file arrived corrupted")
+			}
+			pauses = append(pauses, pause)
+			if pause > 3*time.Second {
+				for _, n := range c.nodes {
+					if n.log != nil {
+						fmt.Printf("--- long pause %v; log of %s:\n%s\n", pause, n.id, grepLines(tail(n.log.String(), 20000), "cluster:", "tftp:"))
+					}
+				}
+			}
+			c.start(leader, "", false)
+		}
+		slices.Sort(pauses)
+		name := map[syscall.Signal]string{syscall.SIGKILL: "sigkill", syscall.SIGTERM: "sigterm"}[sig]
+		b.ReportMetric(float64(pauses[len(pauses)/2].Milliseconds()), name+"-median-ms")
+		b.ReportMetric(float64(pauses[len(pauses)-1].Milliseconds()), name+"-max-ms")
+		fmt.Printf("failover %s over %d: median %v, max %v\n", name, len(pauses), pauses[len(pauses)/2], pauses[len(pauses)-1])
+	}
+	// Throughput: the cluster's leader against a single node, same client.
+	c.waitLeader(20 * time.Second)
+	start := time.Now()
+	download(b, c.listen, "f.bin", func(int64) bool { return false })
+	clustered := time.Since(start)
+	dir := b.TempDir()
+	os.WriteFile(filepath.Join(dir, "f.bin"), file, 0o644)
+	single := freeUDP(b)
+	cmd := exec.Command(bin, "-root", dir, "-listen", single)
+	var log bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	time.Sleep(500 * time.Millisecond)
+	start = time.Now()
+	download(b, single, "f.bin", func(int64) bool { return false })
+	alone := time.Since(start)
+	b.ReportMetric(float64(len(file))/clustered.Seconds()/1e6, "clustered-MB/s")
+	b.ReportMetric(float64(len(file))/alone.Seconds()/1e6, "single-MB/s")
+	fmt.Printf("throughput: clustered %.1f MB/s, single node %.1f MB/s (%.2f×)\n",
+		float64(len(file))/clustered.Seconds()/1e6, float64(len(file))/alone.Seconds()/1e6, alone.Seconds()/clustered.Seconds())
 }
