@@ -96,10 +96,7 @@ type sender struct {
 	// restoreWindow, when set, is the window to go back to after the
 	// first acknowledgement of a resumed transfer's wider first window.
 	restoreWindow int
-	// probe, when not 0, is the next block a resumed transfer probes;
-	// probeEnd bounds the probing.
-	probe, probeEnd uint64
-	ns              []int
+	ns            []int
 }
 
 type sendSlot struct {
@@ -268,7 +265,6 @@ func (s *sender) advanced() {
 	if s.restoreWindow > 0 {
 		s.window, s.restoreWindow = s.restoreWindow, 0
 	}
-	s.probe = 0
 	s.retries = 0
 	s.rto.progress()
 	s.fast = false
@@ -286,18 +282,6 @@ func (s *sender) timeout(now time.Time) event {
 	}
 	if now.Before(s.deadline) || s.pending {
 		return evNone
-	}
-	if s.probe > 0 {
-		s.probe++
-		if s.probe >= s.probeEnd || (s.haveFinal && s.probe > s.final) {
-			// Nobody answered: wait for the client's own retransmission
-			// (an ACK beyond the probed blocks moves the transfer there).
-			s.probe = 0
-			s.deadline = now.Add(s.rto.wait())
-			return evNone
-		}
-		s.pending = true
-		return evProgress
 	}
 	s.retries++
 	if s.retries > s.maxRetries {
@@ -339,26 +323,13 @@ func (s *sender) emit(now time.Time) [][]byte {
 		return s.out
 	}
 	end := s.base + uint64(s.window)
-	if s.probe > 0 {
-		// A resumed transfer probes one block at a time, upward from the
-		// checkpoint: some clients (tftp-hpa) discard everything queued on
-		// their socket when an unexpected block arrives, so a burst would
-		// hide the block they wait for; a lone block either is it, or is
-		// their last one (they acknowledge it again), or is dropped alone.
-		end = s.probe + 1
-	}
 	if !s.haveFinal && s.produced < end {
 		if err := s.produce(end); err != nil {
 			s.fail(err)
 			return nil
 		}
 	}
-	first := s.base
-	if s.probe > 0 {
-		first = s.probe
-		s.deadline = now.Add(probeGap)
-	}
-	for i := first; i < end && i < s.produced; i++ {
+	for i := s.base; i < end && i < s.produced; i++ {
 		sl := s.slot(i)
 		if i >= s.next {
 			sl.sentAt, sl.resent = now, false
@@ -369,19 +340,8 @@ func (s *sender) emit(now time.Time) [][]byte {
 		}
 		s.out = append(s.out, sl.buf[:4+sl.n])
 	}
-	if s.probe == 0 {
-		s.deadline = now.Add(s.rto.wait())
-	}
+	s.deadline = now.Add(s.rto.wait())
 	return s.out
-}
-
-// probeGap spaces a resumed transfer's probe blocks.
-const probeGap = 2 * time.Millisecond
-
-// startProbe makes a resumed sender probe blocks first.. first+n-1 one at
-// a time before it waits for the client.
-func (s *sender) startProbe(n int) {
-	s.probe, s.probeEnd = s.base, s.base+uint64(n)
 }
 
 // produce reads the blocks from s.produced up to end (exclusive), or to

@@ -225,9 +225,6 @@ func (x *xfer) resume(now time.Time, local netip.AddrPort, st TransferState) {
 		prefetch: true,
 	})
 	x.snd.restoreWindow = x.neg.WindowSize
-	if oack == nil {
-		x.snd.startProbe(sweep)
-	}
 	x.log.Info("tftp: resuming transfer", "block", st.Block, "offset", st.Offset, "sweep", sweep)
 	x.flush(now)
 }
