@@ -134,15 +134,12 @@ func (e *gnetEcho) OnTraffic(c gnet.Conn) gnet.Action {
 	return gnet.None
 }
 
-func startGnet(ctx context.Context, addr netip.AddrPort, cfg ServerConfig) (*Server, error) {
+// runGnet starts a gnet echo engine on protoAddr ("tcp://…" or "udp://…")
+// and returns it with the channel of gnet.Run's result and a stop function.
+func runGnet(protoAddr string, opts ...gnet.Option) (*gnetEcho, chan error, func(context.Context) error) {
 	h := &gnetEcho{booted: make(chan struct{})}
 	done := make(chan error, 1)
-	go func() {
-		done <- gnet.Run(h, "tcp://"+addr.String(),
-			gnet.WithMulticore(true),
-			gnet.WithNumEventLoop(cfg.Loops),
-			gnet.WithLogger(gnetLogger{cfg.Logger}))
-	}()
+	go func() { done <- gnet.Run(h, protoAddr, opts...) }()
 	stop := func(ctx context.Context) error {
 		if err := h.eng.Stop(ctx); err != nil {
 			return fmt.Errorf("bench: stop gnet: %w", err)
@@ -154,6 +151,14 @@ func startGnet(ctx context.Context, addr netip.AddrPort, cfg ServerConfig) (*Ser
 			return ctx.Err()
 		}
 	}
+	return h, done, stop
+}
+
+func startGnet(ctx context.Context, addr netip.AddrPort, cfg ServerConfig) (*Server, error) {
+	h, done, stop := runGnet("tcp://"+addr.String(),
+		gnet.WithMulticore(true),
+		gnet.WithNumEventLoop(cfg.Loops),
+		gnet.WithLogger(gnetLogger{cfg.Logger}))
 	select {
 	case <-h.booted:
 	case err := <-done:

@@ -180,26 +180,11 @@ func startUDPGnet(ctx context.Context, addr netip.AddrPort, cfg UDPServerConfig)
 	}
 	// gnetEcho serves UDP too: for UDP, Conn.Write is a synchronous
 	// sendto to the sender (gnet's docs: "just call Conn.Write").
-	h := &gnetEcho{booted: make(chan struct{})}
-	done := make(chan error, 1)
-	go func() {
-		done <- gnet.Run(h, "udp://"+addr.String(),
-			gnet.WithMulticore(true),
-			gnet.WithNumEventLoop(cfg.Loops),
-			gnet.WithSocketRecvBuffer(cfg.ReceiveBuffer),
-			gnet.WithLogger(gnetLogger{cfg.Logger}))
-	}()
-	stop := func(ctx context.Context) error {
-		if err := h.eng.Stop(ctx); err != nil {
-			return fmt.Errorf("bench: stop gnet: %w", err)
-		}
-		select {
-		case err := <-done:
-			return err
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
+	h, done, stop := runGnet("udp://"+addr.String(),
+		gnet.WithMulticore(true),
+		gnet.WithNumEventLoop(cfg.Loops),
+		gnet.WithSocketRecvBuffer(cfg.ReceiveBuffer),
+		gnet.WithLogger(gnetLogger{cfg.Logger}))
 	select {
 	case <-h.booted:
 		return &UDPServer{Impl: UDPGnet, Addr: addr, stop: stop}, nil

@@ -254,6 +254,26 @@ func (x *clientXfer) request(req []byte, accept func(Opcode) bool) ([]byte, erro
 
 // sendError sends an ERROR packet to the server's transfer ID (best
 // effort) and returns err.
+// reply interprets the server's first answer to a request: an ERROR ends
+// the transfer, an OACK is checked against the options asked for (a bad
+// one is answered with ERROR 8); anything else keeps the defaults.
+func (x *clientXfer) reply(reqOpts []Option, pkt []byte) (Negotiated, error) {
+	neg := defaultNegotiated()
+	switch op, _ := PacketOpcode(pkt); op {
+	case OpERROR:
+		return neg, peerError(pkt)
+	case OpOACK:
+		opts, err := ParseOACK(pkt)
+		if err == nil {
+			neg, err = ParseOACKReply(reqOpts, opts)
+		}
+		if err != nil {
+			return neg, x.sendError(fmt.Errorf("%w: %w", ErrBadOACK, err))
+		}
+	}
+	return neg, nil
+}
+
 func (x *clientXfer) sendError(err error) error {
 	if x.tid.IsValid() {
 		code := ErrorCodeOf(err)
@@ -330,18 +350,9 @@ func (c *Client) get(ctx context.Context, conn packetConn, server netip.AddrPort
 	if err != nil {
 		return x.finish(err)
 	}
-	neg := defaultNegotiated()
-	switch op, _ := PacketOpcode(pkt); op {
-	case OpERROR:
-		return x.finish(peerError(pkt))
-	case OpOACK:
-		opts, err := ParseOACK(pkt)
-		if err == nil {
-			neg, err = ParseOACKReply(reqOpts, opts)
-		}
-		if err != nil {
-			return x.finish(x.sendError(fmt.Errorf("%w: %w", ErrBadOACK, err)))
-		}
+	neg, err := x.reply(reqOpts, pkt)
+	if err != nil {
+		return x.finish(err)
 	}
 	x.stats.Negotiated = neg
 	total := int64(-1)
@@ -463,19 +474,11 @@ func (c *Client) put(ctx context.Context, conn packetConn, server netip.AddrPort
 	if err != nil {
 		return x.finish(err)
 	}
-	neg := defaultNegotiated()
-	switch op, _ := PacketOpcode(pkt); op {
-	case OpERROR:
-		return x.finish(peerError(pkt))
-	case OpOACK:
-		opts, err := ParseOACK(pkt)
-		if err == nil {
-			neg, err = ParseOACKReply(reqOpts, opts)
-		}
-		if err != nil {
-			return x.finish(x.sendError(fmt.Errorf("%w: %w", ErrBadOACK, err)))
-		}
-	case OpACK:
+	neg, err := x.reply(reqOpts, pkt)
+	if err != nil {
+		return x.finish(err)
+	}
+	if op, _ := PacketOpcode(pkt); op == OpACK {
 		if b, err := ParseAck(pkt); err != nil || b != 0 {
 			return x.finish(x.sendError(&Error{Code: ErrIllegalOperation, Message: "expected ACK 0"}))
 		}
