@@ -78,6 +78,7 @@ type listener struct {
 	blocked []*xfer              // single-port: waiting for WritingResumed
 
 	draining, closing bool
+	quiet             bool // closing: the quiet period is over
 	poll              *netio.Timer
 	errBuf            []byte
 }
@@ -125,6 +126,7 @@ func (l *listener) Receive(ctx *netio.Context, msg any) {
 	case udp.Bound:
 		l.sock, l.local = m.Socket, m.LocalAddr
 		l.srv.log.Info("tftp: serving", "addr", m.LocalAddr.String(), "single_port", l.srv.cfg.SinglePort)
+		l.resume(now, l.srv.cfg.Resume)
 		l.bound <- nil
 		l.bound = nil
 	case udp.CommandFailed:
@@ -155,7 +157,45 @@ func (l *listener) Receive(ctx *netio.Context, msg any) {
 		for ref := range l.byRef {
 			ctx.StopActor(ref)
 		}
+		if l.srv.cfg.SinglePort && !l.sock.IsZero() {
+			// Nothing is sent any more, but the port stays bound a moment
+			// to take the ACKs already on their way: a client with a
+			// connected socket (atftp) gives up on the ICMP port
+			// unreachable an unbound port would draw.
+			ctx.After(quietClose, quietOver{})
+			return
+		}
+		l.quiet = true
 		l.checkClosed()
+	case quietOver:
+		l.quiet = true
+		l.checkClosed()
+	}
+}
+
+// quietClose is how long a closing single-port server keeps its port
+// bound without answering; quietOver ends it.
+const quietClose = 5 * time.Millisecond
+
+type quietOver struct{}
+
+// resume takes over the transfers of another server (ServerConfig.Resume).
+func (l *listener) resume(now time.Time, states []TransferState) {
+	for _, st := range states {
+		if _, busy := l.entries[st.Client]; busy || st.Op != OpRRQ {
+			if st.Op != OpRRQ && l.srv.cfg.Replicator != nil {
+				l.srv.cfg.Replicator.End(st)
+			}
+			continue
+		}
+		e := &entry{client: st.Client}
+		e.stage.Store(stagePinned)
+		l.entries[st.Client] = e
+		req := Request{Op: st.Op, Filename: st.Filename, Mode: st.Mode}
+		x := l.srv.newXfer(l, req, st.Client, &e.stage, &e.peerEnded, l.shard)
+		x.ent, e.x = e, x
+		e.sm = udp.SendMany{Target: st.Client, Ack: &x.sentTok}
+		x.resume(now, l.local, st)
 	}
 }
 
@@ -209,13 +249,16 @@ func (l *listener) checkDrained() {
 }
 
 func (l *listener) checkClosed() {
-	if l.closing && l.active() == 0 {
+	if l.closing && l.quiet && l.active() == 0 {
 		l.ctx.Stop()
 	}
 }
 
 // datagram handles a datagram to the server port.
 func (l *listener) datagram(now time.Time, from netip.AddrPort, b []byte) {
+	if l.closing {
+		return // stopped: answer nothing, not even with an ERROR
+	}
 	op, err := PacketOpcode(b)
 	if l.srv.cfg.SinglePort && op != OpRRQ && op != OpWRQ {
 		if e := l.entries[from]; e != nil && e.x != nil {

@@ -26,6 +26,9 @@ var opLabels = [2]string{"read", "write"}
 type metrics struct {
 	shards   []shard
 	duration *prometheus.HistogramVec
+	// resumeLag is how far ahead of its checkpoint a resumed download's
+	// client was, in blocks, when it answered the probe.
+	resumeLag prometheus.Histogram
 }
 
 func newMetrics(loops int) *metrics {
@@ -36,7 +39,17 @@ func newMetrics(loops int) *metrics {
 			Help:    "Duration of TFTP transfers that started, from the request to the end, by operation.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 11),
 		}, []string{"op"}),
+		resumeLag: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "ioactor_tftp_resume_lag_blocks",
+			Help:    "Blocks a resumed lock-step download's client was ahead of the replicated checkpoint when it answered the new server's probe.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 14),
+		}),
 	}
+}
+
+// collectors returns what a server registers.
+func (m *metrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{collector{m}, m.duration, m.resumeLag}
 }
 
 func (m *metrics) shard(loop int) *shard {

@@ -93,10 +93,49 @@ type sender struct {
 	err   error
 	out   [][]byte
 	bufs  [][]byte // scratch for batch reads
+	// resumed marks a transfer taken over from another server, until its
+	// first acknowledgement: an ACK beyond the blocks sent moves an octet
+	// transfer there (jump).
+	resumed bool
 	// restoreWindow, when set, is the window to go back to after the
 	// first acknowledgement of a resumed transfer's wider first window.
 	restoreWindow int
-	ns            []int
+	// probe, while not nil, searches for the block a resumed lock-step
+	// client waits for.
+	probe *probe
+	// lastBlock is the last block when known in advance (a resumed octet
+	// download of a file of known size); 0 otherwise.
+	lastBlock uint64
+	probes    uint64 // probe blocks sent
+	ns        []int
+}
+
+// probe is how a resumed lock-step download finds the block its client
+// waits for, when the checkpoint may be any number of blocks behind the
+// client. It sends one block at a time, probeGap apart, from the
+// checkpoint on, two blocks apart: a client takes the block it waits for
+// and acknowledges it, and it acknowledges again the block before that (a
+// duplicate of its last one, RFC 1350), so block k finds a client at k-1
+// and at k. One block at a time, because a client may discard what is
+// queued on its socket when a block surprises it (tftp-hpa does): in a
+// burst, the block it waits for would be lost among the others. Any ACK
+// ends the probe; without one, the transfer falls back to its checkpoint
+// and the client's own retransmitted ACK (jump).
+type probe struct {
+	next, last uint64 // the next block to send, and the last one
+	buf        []byte // DATA header and payload
+}
+
+// probeGap spaces probes: enough for a client to take one before the next
+// arrives; the event loop's timers have millisecond resolution.
+const probeGap = time.Millisecond
+
+// seekSource is a block source over an octet file, which can read any
+// block and move to it.
+type seekSource interface {
+	blockSource
+	readAt(p []byte, off int64) (int, error)
+	seek(off int64)
 }
 
 type sendSlot struct {
@@ -199,8 +238,11 @@ func (s *sender) ack(now time.Time, w uint16) event {
 		s.advanced()
 		return evProgress
 	}
+	if s.probe != nil {
+		return s.probed(w)
+	}
 	k, ok := s.roll.index(w, s.base-1, s.next-s.base+1)
-	if !ok && s.restoreWindow > 0 {
+	if !ok && s.resumed {
 		if ev, jumped := s.jump(w); jumped {
 			return ev
 		}
@@ -237,23 +279,27 @@ func (s *sender) ack(now time.Time, w uint16) event {
 // plus the resume window. An octet source can seek, so the transfer moves
 // to the block after the acknowledged one.
 func (s *sender) jump(w uint16) (event, bool) {
-	src, ok := s.src.(*octetSource)
+	src, ok := s.src.(seekSource)
 	if !ok {
 		return evNone, false
 	}
 	j, ok := s.roll.index(w, s.base-1, 1<<15)
-	if !ok || j < s.next || (s.haveFinal && j > s.final) {
+	last := s.lastBlock
+	if s.haveFinal {
+		last = s.final
+	}
+	if !ok || j < s.next || (last > 0 && j > last) {
 		return evNone, false
 	}
 	s.acked = int64(j) * int64(s.bs)
-	if s.haveFinal && j == s.final {
+	if j == last {
 		s.phase, s.pending = phaseDone, false
 		return evDone, true
 	}
 	if j+1 >= s.produced {
 		// Blocks after j were not read yet: read on from there.
 		s.produced = j + 1
-		src.off = int64(j) * int64(s.bs)
+		src.seek(int64(j) * int64(s.bs))
 	}
 	s.basePos = sourcePos{Offset: int64(j) * int64(s.bs)}
 	s.base, s.next = j+1, j+1
@@ -261,7 +307,54 @@ func (s *sender) jump(w uint16) (event, bool) {
 	return evProgress, true
 }
 
+// probed handles an ACK while probing: it names the client's block, the
+// checkpoint's or a later one.
+func (s *sender) probed(w uint16) event {
+	j, ok := s.roll.index(w, s.base-1, 1<<15)
+	if !ok {
+		return evNone
+	}
+	s.probe = nil
+	if j == s.base-1 {
+		s.advanced() // the client is at the checkpoint
+		return evProgress
+	}
+	if ev, jumped := s.jump(w); jumped {
+		return ev
+	}
+	s.pending = true // not a block of this file: go on from the checkpoint
+	return evProgress
+}
+
+// startProbe makes a resumed lock-step octet download search for its
+// client's block, from the block after the checkpoint to at most span
+// blocks further (and not past last, the file's last block).
+func (s *sender) startProbe(span, last uint64) {
+	if _, ok := s.src.(seekSource); !ok || s.base == 0 || s.window != 1 {
+		return
+	}
+	s.lastBlock = last
+	s.probe = &probe{next: s.base, last: min(s.base+span, last), buf: make([]byte, 4+s.bs)}
+}
+
+// emitProbe sends the next probe block.
+func (s *sender) emitProbe(now time.Time) [][]byte {
+	p := s.probe
+	n, err := s.src.(seekSource).readAt(p.buf[4:], int64(p.next-1)*int64(s.bs))
+	if err != nil {
+		s.fail(err)
+		return nil
+	}
+	w := s.roll.wire(p.next)
+	p.buf[0], p.buf[1], p.buf[2], p.buf[3] = 0, byte(OpDATA), byte(w>>8), byte(w)
+	s.probes++
+	s.out = append(s.out[:0], p.buf[:4+n])
+	s.deadline = now.Add(probeGap)
+	return s.out
+}
+
 func (s *sender) advanced() {
+	s.resumed = false
 	if s.restoreWindow > 0 {
 		s.window, s.restoreWindow = s.restoreWindow, 0
 	}
@@ -282,6 +375,16 @@ func (s *sender) timeout(now time.Time) event {
 	}
 	if now.Before(s.deadline) || s.pending {
 		return evNone
+	}
+	if p := s.probe; p != nil {
+		p.next += 2
+		if p.next > p.last {
+			// No answer: go back to the checkpoint and wait for the
+			// client's own retransmission.
+			s.probe = nil
+		}
+		s.pending = true
+		return evProgress
 	}
 	s.retries++
 	if s.retries > s.maxRetries {
@@ -321,6 +424,9 @@ func (s *sender) emit(now time.Time) [][]byte {
 		s.out = append(s.out, s.oack)
 		s.deadline = now.Add(s.rto.wait())
 		return s.out
+	}
+	if s.probe != nil {
+		return s.emitProbe(now)
 	}
 	end := s.base + uint64(s.window)
 	if !s.haveFinal && s.produced < end {
@@ -410,7 +516,7 @@ func (s *sender) setBlock(i uint64, n int, pos sourcePos) {
 // read leaves the round trip's critical path. A read error is kept for
 // emit to report.
 func (s *sender) prefetch() {
-	if s.phase != phaseRunning || s.haveFinal || len(s.slots) == s.window || s.pending {
+	if s.phase != phaseRunning || s.haveFinal || len(s.slots) == s.window || s.pending || s.probe != nil {
 		return
 	}
 	end := max(s.base, 1) + uint64(len(s.slots))

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -14,7 +15,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ioactor/ioactor/netio"
-	"github.com/ioactor/ioactor/udp"
 )
 
 // ServerConfig configures a [Server]. The zero value, with Root (or FS)
@@ -82,6 +82,18 @@ type ServerConfig struct {
 	// Replicator, when set, records every transfer so that another server
 	// can finish it (package tftp/cluster). It requires SinglePort.
 	Replicator Replicator
+	// Resume lists downloads that another server, bound to the same
+	// Listen address in single-port mode, started and did not finish: this
+	// server takes them over as soon as it holds the port, before it reads
+	// a datagram (a client's ACK for one of them is then never taken for a
+	// stranger's). Each continues from its checkpoint: a lock-step octet
+	// download looks for the client's block (the checkpoint may be behind
+	// it) by sending single blocks until the client answers; a windowed
+	// or netascii one sends a wide first window. Uploads cannot resume
+	// (their data was on the other server): their records are ended
+	// through the Replicator, and the client's next DATA gets an ERROR.
+	// It requires SinglePort.
+	Resume []TransferState
 
 	// Logger receives the server's logs, each transfer's with its id;
 	// nil means the netio system's.
@@ -89,8 +101,9 @@ type ServerConfig struct {
 	// Registerer, when not nil, receives the server's metrics:
 	// ioactor_tftp_transfers_total{op,result}, ioactor_tftp_bytes_total{op},
 	// ioactor_tftp_retransmits_total, ioactor_tftp_active_transfers,
-	// ioactor_tftp_transfer_duration_seconds{op} and
-	// ioactor_tftp_stray_packets_total{kind}.
+	// ioactor_tftp_transfer_duration_seconds{op},
+	// ioactor_tftp_stray_packets_total{kind} and, for resumed downloads,
+	// ioactor_tftp_resume_lag_blocks.
 	Registerer prometheus.Registerer
 }
 
@@ -104,8 +117,8 @@ type Replicator interface {
 	// transfer starts only once Begin returned nil, and is refused with an
 	// ERROR otherwise.
 	Begin(st TransferState) error
-	// Progress records how far a transfer got (every checkpointEvery
-	// blocks).
+	// Progress records how far a transfer got: every checkpointEvery
+	// blocks, and where a download stands when the server stops.
 	Progress(st TransferState)
 	// End removes a transfer that ended (not one cancelled by the server's
 	// own stop: another server may still resume that one).
@@ -183,8 +196,8 @@ type Server struct {
 // NewServer starts a server on sys and returns once its port is bound.
 func NewServer(sys *netio.System, cfg ServerConfig) (*Server, error) {
 	cfg = cfg.withDefaults()
-	if cfg.Replicator != nil && !cfg.SinglePort {
-		return nil, errors.New("tftp: a Replicator needs SinglePort")
+	if (cfg.Replicator != nil || cfg.Resume != nil) && !cfg.SinglePort {
+		return nil, errors.New("tftp: a Replicator or Resume needs SinglePort")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = sys.Logger()
@@ -222,6 +235,10 @@ func newServerState(cfg ServerConfig, loops int) (*Server, error) {
 		m:       newMetrics(loops),
 		drained: make(chan struct{}),
 	}
+	// Transfer ids start at a random point, so that the ids of two
+	// servers (a replicated transfer keeps its id from one to the next)
+	// do not collide.
+	s.ids.Store(rand.Uint64() >> 24)
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -236,14 +253,14 @@ func newServerState(cfg ServerConfig, loops int) (*Server, error) {
 		s.fs, s.ownFS = fsys, true
 	}
 	if reg := cfg.Registerer; reg != nil {
-		if err := reg.Register(collector{s.m}); err != nil {
-			s.closeFS()
-			return nil, fmt.Errorf("tftp: register metrics: %w", err)
-		}
-		if err := reg.Register(s.m.duration); err != nil {
-			reg.Unregister(collector{s.m})
-			s.closeFS()
-			return nil, fmt.Errorf("tftp: register metrics: %w", err)
+		for i, c := range s.m.collectors() {
+			if err := reg.Register(c); err != nil {
+				for _, r := range s.m.collectors()[:i] {
+					reg.Unregister(r)
+				}
+				s.closeFS()
+				return nil, fmt.Errorf("tftp: register metrics: %w", err)
+			}
 		}
 	}
 	return s, nil
@@ -336,34 +353,6 @@ func (s *Server) Transfers(ctx context.Context) ([]TransferState, error) {
 	return out, nil
 }
 
-// Resume takes over transfers that another server (bound to the same
-// address, in single-port mode) started: downloads continue from their
-// checkpoint, sending a window of blocks at once so that the client, which
-// ignores the blocks it has, gets the one it waits for without waiting for
-// its own timer. An upload cannot resume here (its data was on the other
-// server): its record is ended, and the client's next DATA gets an ERROR.
-func (s *Server) Resume(states []TransferState) {
-	s.lis.Run(func(ctx *netio.Context) {
-		l := s.lisImpl
-		for _, st := range states {
-			if _, busy := l.entries[st.Client]; busy || st.Op != OpRRQ {
-				if st.Op != OpRRQ && s.cfg.Replicator != nil {
-					s.cfg.Replicator.End(st)
-				}
-				continue
-			}
-			e := &entry{client: st.Client}
-			e.stage.Store(stagePinned)
-			l.entries[st.Client] = e
-			req := Request{Op: st.Op, Filename: st.Filename, Mode: st.Mode}
-			x := s.newXfer(l, req, st.Client, &e.stage, &e.peerEnded, l.shard)
-			x.ent, e.x = e, x
-			e.sm = udp.SendMany{Target: st.Client, Ack: &x.sentTok}
-			x.resume(ctx.Now(), l.local, st)
-		}
-	})
-}
-
 type stateQuery struct {
 	ch   chan TransferState
 	done <-chan struct{}
@@ -371,8 +360,9 @@ type stateQuery struct {
 
 func (s *Server) release() {
 	if reg := s.cfg.Registerer; reg != nil {
-		reg.Unregister(collector{s.m})
-		reg.Unregister(s.m.duration)
+		for _, c := range s.m.collectors() {
+			reg.Unregister(c)
+		}
 	}
 	s.closeFS()
 }

@@ -13,15 +13,22 @@ type octetSource struct {
 }
 
 func (s *octetSource) readBlock(p []byte) (int, error) {
-	n, err := s.f.ReadAt(p, s.off)
+	n, err := s.readAt(p, s.off)
 	s.off += int64(n)
+	return n, err
+}
+
+func (s *octetSource) pos() sourcePos { return sourcePos{Offset: s.off} }
+
+func (s *octetSource) readAt(p []byte, off int64) (int, error) {
+	n, err := s.f.ReadAt(p, off)
 	if err == io.EOF {
 		err = nil
 	}
 	return n, err
 }
 
-func (s *octetSource) pos() sourcePos { return sourcePos{Offset: s.off} }
+func (s *octetSource) seek(off int64) { s.off = off }
 
 // netasciiSource reads a file's blocks converted to netascii. Its position
 // is the offset of the next byte to convert and the encoder's state (a CR

@@ -685,7 +685,7 @@ func TestResumedSenderJumpsToAClientAhead(t *testing.T) {
 	now := time.Unix(0, 0)
 	f := patternFile{size: 4000}
 	s := newSender(senderConfig{blockSize: 4, window: 8, src: &octetSource{f: f, off: 40}, first: 11, rto: fixedRTO(time.Second), maxRetries: 3, prefetch: true})
-	s.restoreWindow = 1
+	s.resumed, s.restoreWindow = true, 1
 	out := s.emit(now)
 	if len(out) != 8 || !bytes.Equal(out[0][:4], []byte{0, 3, 0, 11}) {
 		t.Fatalf("resume window: %d datagrams, first %q", len(out), out[0][:4])
@@ -701,5 +701,87 @@ func TestResumedSenderJumpsToAClientAhead(t *testing.T) {
 	}
 	if ev := s.ack(now, 2000); ev != evNone { // the window is back to 1: no more jumps
 		t.Fatalf("a second jump: %v", ev)
+	}
+}
+
+// A resumed lock-step sender probes for its client one block at a time,
+// two blocks apart, and moves to the client's block on the first ACK; the
+// client model is RFC 1350's (tftp-hpa, curl): it takes the block it waits
+// for, acknowledges again a duplicate of its last block, and ignores the
+// rest.
+func TestResumedSenderProbesForItsClient(t *testing.T) {
+	const bs = 4
+	f := patternFile{size: 4000} // blocks 1..1001, the last one empty
+	for _, tc := range []struct {
+		name        string
+		client      uint64 // the last block the client has
+		span        uint64
+		wantProbes  uint64
+		wantDone    bool
+		wantFallBack bool
+	}{
+		{"at the checkpoint", 10, 100, 1, false, false},
+		{"one ahead", 11, 100, 1, false, false},
+		{"two ahead", 12, 100, 2, false, false},
+		{"far ahead", 310, 1000, 151, false, false},
+		{"has every block but the last", 1000, 2000, 496, true, false},
+		{"beyond the span", 500, 100, 51, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			now := time.Unix(0, 0)
+			s := newSender(senderConfig{blockSize: bs, window: 1, src: &octetSource{f: f, off: 40}, first: 11, rto: fixedRTO(time.Second), maxRetries: 3, prefetch: true})
+			s.resumed = true
+			s.startProbe(tc.span, 1001)
+			client := tc.client
+			for i := 0; i < 5000 && s.probe != nil; i++ {
+				out := s.emit(now)
+				if len(out) != 1 {
+					t.Fatalf("probe %d: %d datagrams", i, len(out))
+				}
+				k := uint64(out[0][2])<<8 | uint64(out[0][3])
+				want := make([]byte, bs)
+				n, _ := f.ReadAt(want, int64(k-1)*bs)
+				if !bytes.Equal(out[0][4:], want[:n]) {
+					t.Fatalf("probe of block %d carries the wrong bytes", k)
+				}
+				switch {
+				case k == client+1: // takes it
+					client++
+					s.ack(now, uint16(client))
+				case k == client: // a duplicate: acknowledged again
+					s.ack(now, uint16(client))
+				default: // ignored: the probe goes on
+					now = now.Add(probeGap)
+					s.timeout(now)
+				}
+			}
+			if s.probes != tc.wantProbes {
+				t.Errorf("probes: %d, want %d", s.probes, tc.wantProbes)
+			}
+			if tc.wantDone {
+				if s.phase != phaseDone {
+					t.Fatalf("phase %v: the client took the last block", s.phase)
+				}
+				return
+			}
+			out := s.emit(now)
+			if len(out) != 1 {
+				t.Fatalf("after the probe: %d datagrams", len(out))
+			}
+			k := uint64(out[0][2])<<8 | uint64(out[0][3])
+			if tc.wantFallBack {
+				if k != 11 {
+					t.Fatalf("after an unanswered probe the sender sends block %d, want the checkpoint's next, 11", k)
+				}
+				// The client's own retransmitted ACK still moves it there.
+				if ev := s.ack(now, uint16(client)); ev != evProgress || s.base != client+1 {
+					t.Fatalf("the client's ACK %d: %v, base %d", client, ev, s.base)
+				}
+				return
+			}
+			if k != client+1 {
+				t.Fatalf("after the probe the sender sends block %d, the client waits for %d", k, client+1)
+			}
+		})
 	}
 }

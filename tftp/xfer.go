@@ -189,6 +189,8 @@ func (x *xfer) begun(now time.Time, err error) {
 
 // resume continues a download another server started, from st.
 func (x *xfer) resume(now time.Time, local netip.AddrPort, st TransferState) {
+	x.id = st.ID // the same transfer: its checkpoints update its record
+	x.log = x.srv.log.With("xfer", x.id, "client", x.client.String(), "op", x.req.Op.String(), "file", x.req.Filename, "mode", x.req.Mode)
 	x.started = now
 	x.local = local
 	x.counted = true
@@ -205,8 +207,9 @@ func (x *xfer) resume(now time.Time, local netip.AddrPort, st TransferState) {
 	}
 	x.file, x.size, x.neg = f, size, st.Negotiated
 	x.ckpt = st.Block
-	var src blockSource = &octetSource{f: f, off: st.Offset}
-	if st.Mode == ModeNetascii {
+	octet := st.Mode != ModeNetascii
+	src := newOctetSource(f, st.Offset)
+	if !octet {
 		src = newNetasciiSource(f, sourcePos{Offset: st.Offset, Enc: NetasciiEncoder{owed: owedByte(st.Netascii)}})
 	}
 	var oack []byte
@@ -215,19 +218,44 @@ func (x *xfer) resume(now time.Time, local netip.AddrPort, st TransferState) {
 		x.oack = oack
 	}
 	r, _ := x.timing()
-	// The checkpoint may be behind the client: send a window of the blocks
-	// after it at once (the client ignores those it has and acknowledges
-	// the one it waits for), then go back to the negotiated window.
-	sweep := max(x.neg.WindowSize, min(128, max(1, (96<<10)/x.neg.BlockSize)))
+	// The checkpoint may be behind the client. A lock-step octet download
+	// probes for the client's block one block at a time (see probe);
+	// otherwise the first window is wider: the blocks after the checkpoint
+	// at once (a client ignores those it has and acknowledges the one it
+	// waits for), then back to the negotiated window.
+	lockStep := octet && oack == nil && x.neg.WindowSize == 1
+	window := x.neg.WindowSize
+	if !lockStep {
+		window = max(window, min(128, max(1, (96<<10)/x.neg.BlockSize)))
+	}
 	x.snd = newSender(senderConfig{
-		blockSize: x.neg.BlockSize, window: sweep, roll: st.Rollover, src: src,
+		blockSize: x.neg.BlockSize, window: window, roll: st.Rollover, src: src,
 		oack: oack, first: st.Block + 1, rto: r, maxRetries: x.srv.cfg.Retries, expires: x.expires(now),
 		prefetch: true,
 	})
+	x.snd.resumed = true
 	x.snd.restoreWindow = x.neg.WindowSize
-	x.log.Info("tftp: resuming transfer", "block", st.Block, "offset", st.Offset, "sweep", sweep)
+	if lockStep {
+		x.snd.startProbe(probeSpan, uint64(size/int64(x.neg.BlockSize))+1)
+	}
+	x.log.Info("tftp: resuming transfer", "block", st.Block, "offset", st.Offset, "window", window, "probe", lockStep)
 	x.flush(now)
 }
+
+// probeFound reports what a resumed download's probe found.
+func (x *xfer) probeFound() {
+	at := x.snd.base - 1
+	if x.snd.phase == phaseDone {
+		at = x.snd.lastBlock
+	}
+	x.srv.m.resumeLag.Observe(float64(at - x.ckpt))
+	x.log.Info("tftp: resumed transfer found its client", "block", at, "ahead_of_checkpoint", at-x.ckpt, "probes", x.snd.probes)
+}
+
+// probeSpan bounds how far past its checkpoint a resumed download looks
+// for its client: far below the 32768 blocks that keep the rollover epoch
+// unambiguous.
+const probeSpan = 8192
 
 // checkpoint tells the replicator how far the transfer got, every
 // checkpointEvery blocks.
@@ -412,7 +440,12 @@ func (x *xfer) packet(now time.Time, from netip.AddrPort, b []byte) {
 			return
 		}
 		x.stage.Store(stagePinned)
-		switch x.snd.ack(now, block) {
+		probing := x.snd.probe != nil
+		ev := x.snd.ack(now, block)
+		if probing && x.snd.probe == nil {
+			x.probeFound()
+		}
+		switch ev {
 		case evDone:
 			x.reportBytes(x.snd.acked)
 			x.end(resultOK, nil)
@@ -525,9 +558,13 @@ func (x *xfer) timer(now time.Time) {
 		return
 	}
 	if x.snd != nil {
+		probing := x.snd.probe != nil
 		if x.snd.timeout(now) == evFailed {
 			x.fail(x.snd.err)
 			return
+		}
+		if probing && x.snd.probe == nil {
+			x.log.Warn("tftp: no answer to the resume probe; waiting for the client at the checkpoint", "probes", x.snd.probes)
 		}
 	} else {
 		switch x.rcv.timeout(now) {
@@ -590,6 +627,14 @@ func (x *xfer) cancel(why string) {
 	if x.completed {
 		x.finish()
 		return
+	}
+	if rep := x.srv.cfg.Replicator; rep != nil && x.snd != nil && x.counted && !x.committing {
+		// The exact position, for the server that takes over: its
+		// client is at most one block further.
+		if b, _ := x.snd.checkpoint(); b > x.ckpt {
+			x.ckpt = b
+			rep.Progress(x.state())
+		}
 	}
 	x.end(resultCancelled, errors.New(why))
 }

@@ -45,7 +45,6 @@ type opKind string
 
 const (
 	opBegin    opKind = "begin"
-	opProgress opKind = "progress"
 	opEnd      opKind = "end"
 	opMember   opKind = "member"
 	opCommit   opKind = "commit" // an upload is complete: every node renames it into place
@@ -53,8 +52,13 @@ const (
 
 // An upload's bytes travel as binary log entries: dataTag, then the
 // transfer id's length (1 byte) and id, the offset (8 bytes), then the data.
-// Every other entry is a JSON command.
-const dataTag = 0xD7
+// Checkpoints, the most frequent entries, are binary too: progressTag, the
+// key's length (1 byte) and key, then the transfer's ID, block, offset,
+// netascii state and time as varints. Every other entry is a JSON command.
+const (
+	dataTag     = 0xD7
+	progressTag = 0xD8
+)
 
 type command struct {
 	Op     opKind  `json:"op"`
@@ -96,6 +100,68 @@ func encodeData(id string, off int64, data []byte) []byte {
 	b = append(b, id...)
 	b = binary.BigEndian.AppendUint64(b, uint64(off))
 	return append(b, data...)
+}
+
+// encodeProgress builds the log entry of a checkpoint.
+func encodeProgress(r *Record) []byte {
+	key := r.Key()
+	b := make([]byte, 0, 2+len(key)+4*binary.MaxVarintLen64+1)
+	b = append(b, progressTag, byte(len(key)))
+	b = append(b, key...)
+	b = binary.AppendUvarint(b, r.State.ID)
+	b = binary.AppendUvarint(b, r.State.Block)
+	b = binary.AppendVarint(b, r.State.Offset)
+	b = append(b, r.State.Netascii)
+	return binary.AppendVarint(b, r.Updated.UnixNano())
+}
+
+var errBadProgress = errors.New("cluster: malformed checkpoint entry")
+
+// applyProgress moves a transfer's record to a later checkpoint; a
+// checkpoint of another transfer of the same client (an older ID) or an
+// earlier block is ignored.
+func (f *fsm) applyProgress(b []byte) error {
+	if len(b) < 2 || len(b) < 2+int(b[1]) {
+		return errBadProgress
+	}
+	key := string(b[2 : 2+b[1]])
+	b = b[2+b[1]:]
+	bad := false
+	uvarint := func() uint64 {
+		v, n := binary.Uvarint(b)
+		if n <= 0 {
+			bad = true
+			return 0
+		}
+		b = b[n:]
+		return v
+	}
+	varint := func() int64 {
+		v, n := binary.Varint(b)
+		if n <= 0 {
+			bad = true
+			return 0
+		}
+		b = b[n:]
+		return v
+	}
+	id, block, off := uvarint(), uvarint(), varint()
+	if bad || len(b) < 1 {
+		return errBadProgress
+	}
+	netascii := b[0]
+	b = b[1:]
+	ns := varint()
+	if bad || len(b) != 0 {
+		return errBadProgress
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if r, ok := f.transfers[key]; ok && r.State.ID == id && block >= r.State.Block {
+		r.State.Block, r.State.Offset, r.State.Netascii, r.Updated = block, off, netascii, time.Unix(0, ns)
+		f.transfers[key] = r
+	}
+	return nil
 }
 
 func (f *fsm) applyData(b []byte) error {
@@ -164,8 +230,13 @@ func (f *fsm) commitUpload(r *Record) error {
 }
 
 func (f *fsm) Apply(l *raft.Log) any {
-	if len(l.Data) > 0 && l.Data[0] == dataTag {
-		return f.applyData(l.Data)
+	if len(l.Data) > 0 {
+		switch l.Data[0] {
+		case dataTag:
+			return f.applyData(l.Data)
+		case progressTag:
+			return f.applyProgress(l.Data)
+		}
 	}
 	var c command
 	if err := json.Unmarshal(l.Data, &c); err != nil {
@@ -178,12 +249,6 @@ func (f *fsm) Apply(l *raft.Log) any {
 		f.transfers[c.Record.Key()] = *c.Record
 		if f.onBegin != nil {
 			f.onBegin(*c.Record)
-		}
-	case opProgress:
-		nr := c.Record
-		if r, ok := f.transfers[nr.Key()]; ok && r.State.ID == nr.State.ID && nr.State.Block >= r.State.Block {
-			r.State.Block, r.State.Offset, r.State.Netascii, r.Updated = nr.State.Block, nr.State.Offset, nr.State.Netascii, nr.Updated
-			f.transfers[nr.Key()] = r
 		}
 	case opEnd:
 		delete(f.transfers, c.ID)

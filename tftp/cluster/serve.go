@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ioactor/ioactor/netio"
@@ -18,25 +19,45 @@ import (
 
 // replicator is the tftp.Replicator of a node: Begin and CommitUpload go
 // through raft synchronously; Progress and End are queued and applied by
-// one goroutine, newest checkpoint per transfer first-come, so that the
-// sending path never waits for raft.
+// one goroutine, so that the sending path never waits for raft. Only the
+// newest checkpoint of a transfer waits in the queue; up to maxInflight
+// checkpoints are committing at once (raft batches them into one append
+// and fsync), so a checkpoint's lag behind the transfer is about one commit
+// time, not a queue of them.
 type replicator struct {
 	n    *Node
 	fs   *tftp.FS
 	sums *sumCache
+	m    *serveMetrics
 
 	mu      sync.Mutex
 	pending map[string]Record // latest checkpoint per transfer
 	ends    []string
+	flushes []chan struct{}
 	wake    chan struct{}
 	stop    chan struct{}
 	done    chan struct{}
+	// inflight holds the checkpoints committing, oldest first, and flush
+	// markers; reap waits for them.
+	inflight chan inflight
+	reaped   chan struct{}
 }
 
-func newReplicator(n *Node, fsys *tftp.FS) *replicator {
-	r := &replicator{n: n, fs: fsys, sums: n.sums, pending: make(map[string]Record),
-		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+// inflight is a checkpoint being committed, or (done set) a flush marker.
+type inflight struct {
+	f    raft.ApplyFuture
+	at   time.Time
+	done chan struct{}
+}
+
+const maxInflight = 8
+
+func newReplicator(n *Node, fsys *tftp.FS, m *serveMetrics) *replicator {
+	r := &replicator{n: n, fs: fsys, sums: n.sums, m: m, pending: make(map[string]Record),
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+		inflight: make(chan inflight, maxInflight), reaped: make(chan struct{})}
 	go r.run()
+	go r.reap()
 	return r
 }
 
@@ -102,10 +123,12 @@ func (r *replicator) CommitUpload(st tftp.TransferState, content io.Reader) erro
 	return r.n.CommitUpload(Record{State: st, SHA256: hex.EncodeToString(h.Sum(nil)), Updated: time.Now()})
 }
 
-// run applies queued checkpoints and ends; a failed apply (no longer the
-// leader) is dropped: the next leader has the last committed checkpoint.
+// run starts committing queued checkpoints and applies ends; a checkpoint
+// that fails (no longer the leader) is dropped: the next leader has the
+// last committed one, and finds the client from there.
 func (r *replicator) run() {
 	defer close(r.done)
+	defer close(r.inflight)
 	for {
 		select {
 		case <-r.stop:
@@ -114,8 +137,8 @@ func (r *replicator) run() {
 		}
 		for {
 			r.mu.Lock()
-			ends := r.ends
-			r.ends = nil
+			ends, flushes := r.ends, r.flushes
+			r.ends, r.flushes = nil, nil
 			var rec Record
 			var have bool
 			for k, v := range r.pending {
@@ -127,17 +150,63 @@ func (r *replicator) run() {
 			for _, k := range ends {
 				r.n.End(k)
 			}
-			if !have {
-				break
+			if have {
+				if f := r.n.progressAsync(&rec); f != nil {
+					select {
+					case r.inflight <- inflight{f: f, at: rec.Updated}:
+					case <-r.stop:
+						return
+					}
+				}
+				continue
 			}
-			r.n.Progress(rec)
+			// Everything queued before the flushes has been started.
+			for _, ch := range flushes {
+				select {
+				case r.inflight <- inflight{done: ch}:
+				case <-r.stop:
+					return
+				}
+			}
+			break
 		}
+	}
+}
+
+// reap waits for the checkpoints in flight, in order.
+func (r *replicator) reap() {
+	defer close(r.reaped)
+	for in := range r.inflight {
+		if in.done != nil {
+			close(in.done)
+			continue
+		}
+		if in.f.Error() == nil {
+			r.m.checkpoint.Observe(time.Since(in.at).Seconds())
+		}
+	}
+}
+
+// flush waits, at most d, until every checkpoint and end queued so far is
+// committed or failed.
+func (r *replicator) flush(d time.Duration) bool {
+	ch := make(chan struct{})
+	r.mu.Lock()
+	r.flushes = append(r.flushes, ch)
+	r.mu.Unlock()
+	r.kick()
+	select {
+	case <-ch:
+		return true
+	case <-time.After(d):
+		return false
 	}
 }
 
 func (r *replicator) close() {
 	close(r.stop)
 	<-r.done
+	<-r.reaped
 }
 
 // sumCache remembers file digests by name, size and modification time, so a
@@ -201,7 +270,7 @@ func Serve(ctx context.Context, sys *netio.System, n *Node, cfg ServeConfig) err
 	}
 	m := newServeMetrics(cfg.Registerer)
 	defer m.unregister()
-	rep := newReplicator(n, cfg.TFTP.FS)
+	rep := newReplicator(n, cfg.TFTP.FS, m)
 	defer rep.close()
 	tcfg := cfg.TFTP
 	tcfg.SinglePort = true
@@ -220,9 +289,14 @@ func Serve(ctx context.Context, sys *netio.System, n *Node, cfg ServeConfig) err
 		select {
 		case <-ctx.Done():
 			if leading {
-				// Release the port, then hand leadership over, so that the
-				// next leader binds and resumes at once.
+				// Release the port (the transfers stop and queue their
+				// exact position), commit those positions, then hand
+				// leadership over, so that the next leader binds and
+				// resumes at once, at the client's block.
 				stopServing()
+				if !rep.flush(time.Second) {
+					n.log.Warn("cluster: the last checkpoints were not committed in time")
+				}
 				if err := n.Handover(); err != nil {
 					n.log.Warn("cluster: leadership transfer failed", "err", err)
 				}
@@ -248,6 +322,20 @@ func Serve(ctx context.Context, sys *netio.System, n *Node, cfg ServeConfig) err
 			if barrier != nil {
 				continue
 			}
+			// The transfers to resume, whose file is still the one they
+			// started with.
+			var states []tftp.TransferState
+			for _, r := range n.Transfers() {
+				if r.State.Op == tftp.OpRRQ && r.SHA256 != "" {
+					if sum, err := rep.sums.sum(cfg.TFTP.FS, r.State.Filename); err != nil || sum != r.SHA256 {
+						n.log.Error("cluster: file differs from the one the transfer started with; not resuming", "file", r.State.Filename, "err", err)
+						rep.End(r.State)
+						continue
+					}
+				}
+				states = append(states, r.State)
+			}
+			tcfg.Resume = states
 			// On one host the old leader may still hold the port for a
 			// moment (it releases it when it steps down): retry.
 			var err error
@@ -264,20 +352,7 @@ func Serve(ctx context.Context, sys *netio.System, n *Node, cfg ServeConfig) err
 				continue
 			}
 			m.failovers.Inc()
-			recs := n.Transfers()
-			var states []tftp.TransferState
-			for _, r := range recs {
-				if r.State.Op == tftp.OpRRQ && r.SHA256 != "" {
-					if sum, err := rep.sums.sum(cfg.TFTP.FS, r.State.Filename); err != nil || sum != r.SHA256 {
-						n.log.Error("cluster: file differs from the one the transfer started with; not resuming", "file", r.State.Filename, "err", err)
-						rep.End(r.State)
-						continue
-					}
-				}
-				states = append(states, r.State)
-			}
 			m.resumed.Add(float64(len(states)))
-			srv.Resume(states)
 			n.log.Info("cluster: serving TFTP", "addr", srv.Addr().String(), "resumed", len(states))
 		}
 	}
@@ -286,6 +361,7 @@ func Serve(ctx context.Context, sys *netio.System, n *Node, cfg ServeConfig) err
 type serveMetrics struct {
 	reg                prometheus.Registerer
 	failovers, resumed prometheus.Counter
+	checkpoint         prometheus.Histogram
 }
 
 func newServeMetrics(reg prometheus.Registerer) *serveMetrics {
@@ -293,16 +369,28 @@ func newServeMetrics(reg prometheus.Registerer) *serveMetrics {
 		reg:       reg,
 		failovers: prometheus.NewCounter(prometheus.CounterOpts{Name: "ioactor_tftp_cluster_leaderships_total", Help: "Times this node became the leader and bound the TFTP port."}),
 		resumed:   prometheus.NewCounter(prometheus.CounterOpts{Name: "ioactor_tftp_cluster_resumed_transfers_total", Help: "Transfers resumed from the replicated state after a failover."}),
+		checkpoint: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "ioactor_tftp_cluster_checkpoint_seconds",
+			Help:    "Time from a transfer's checkpoint to its commit through raft: how far the replicated position lags the transfer.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.failovers, m.resumed)
+		for _, c := range m.collectors() {
+			reg.MustRegister(c)
+		}
 	}
 	return m
 }
 
+func (m *serveMetrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.failovers, m.resumed, m.checkpoint}
+}
+
 func (m *serveMetrics) unregister() {
 	if m.reg != nil {
-		m.reg.Unregister(m.failovers)
-		m.reg.Unregister(m.resumed)
+		for _, c := range m.collectors() {
+			m.reg.Unregister(c)
+		}
 	}
 }
