@@ -713,11 +713,11 @@ func TestResumedSenderProbesForItsClient(t *testing.T) {
 	const bs = 4
 	f := patternFile{size: 4000} // blocks 1..1001, the last one empty
 	for _, tc := range []struct {
-		name        string
-		client      uint64 // the last block the client has
-		span        uint64
-		wantProbes  uint64
-		wantDone    bool
+		name         string
+		client       uint64 // the last block the client has
+		span         uint64
+		wantProbes   uint64
+		wantDone     bool
 		wantFallBack bool
 	}{
 		{"at the checkpoint", 10, 100, 1, false, false},

@@ -44,10 +44,10 @@ type Member struct {
 type opKind string
 
 const (
-	opBegin    opKind = "begin"
-	opEnd      opKind = "end"
-	opMember   opKind = "member"
-	opCommit   opKind = "commit" // an upload is complete: every node renames it into place
+	opBegin  opKind = "begin"
+	opEnd    opKind = "end"
+	opMember opKind = "member"
+	opCommit opKind = "commit" // an upload is complete: every node renames it into place
 )
 
 // An upload's bytes travel as binary log entries: dataTag, then the
