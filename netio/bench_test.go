@@ -304,3 +304,42 @@ func BenchmarkTimer(b *testing.B) {
 		report()
 	})
 }
+
+// BenchmarkTimerLateness runs a chain of 200 µs timers on an idle loop, so
+// that it sleeps in epoll_wait between them, and reports how late each
+// fires beyond its 200 µs (with epoll_pwait2, tens of µs; rounded up to
+// epoll_wait's milliseconds, ~1 ms), beside a time.Timer's lateness.
+func BenchmarkTimerLateness(b *testing.B) {
+	const d = 200 * time.Microsecond
+	b.Run("netio-After", func(b *testing.B) {
+		sys := benchSystem(b)
+		done := make(chan time.Duration)
+		var start time.Time
+		a := sys.Spawn(netio.ReceiveFunc(func(ctx *netio.Context, msg any) {
+			if _, ok := msg.(kick); ok {
+				start = time.Now()
+				ctx.After(d, tok)
+				return
+			}
+			done <- time.Since(start) - d
+			ctx.YieldBeforeBlocking()
+		}))
+		var late time.Duration
+		for b.Loop() {
+			a.Tell(kick{})
+			late += <-done
+		}
+		b.ReportMetric(float64(late.Microseconds())/float64(b.N), "µs-late/op")
+	})
+	b.Run("time.Timer", func(b *testing.B) {
+		var late time.Duration
+		t := time.NewTimer(time.Hour)
+		for b.Loop() {
+			start := time.Now()
+			t.Reset(d)
+			<-t.C
+			late += time.Since(start) - d
+		}
+		b.ReportMetric(float64(late.Microseconds())/float64(b.N), "µs-late/op")
+	})
+}

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -146,17 +147,11 @@ func (l *Loop) takeRemote(spare []envelope) []envelope {
 func (l *Loop) run() {
 	var spare []envelope
 	for {
-		timeout := -1
+		timeout := time.Duration(-1)
 		if l.local.n > 0 || len(l.ready) > 0 {
 			timeout = 0
 		} else if t := l.timers.next(); t != nil {
-			d := time.Until(t.when)
-			switch {
-			case d <= 0:
-				timeout = 0
-			default:
-				timeout = int((d + time.Millisecond - 1) / time.Millisecond)
-			}
+			timeout = max(time.Until(t.when), 0)
 		}
 		if timeout != 0 && l.yield {
 			// About to block after waking a goroutine: let it (it sits in
@@ -167,7 +162,7 @@ func (l *Loop) run() {
 			l.yield = false
 			runtime.Gosched()
 		}
-		n, err := unix.EpollWait(l.epfd, l.events, timeout)
+		n, err := epollWait(l.epfd, l.events, timeout)
 		if err != nil && !errors.Is(err, unix.EINTR) {
 			l.sys.logger.Error("netio: epoll_wait failed; loop stops", "loop", l.id, "err", err)
 			l.shutdown()
@@ -412,4 +407,33 @@ func (r *ring) pop() envelope {
 	r.head = (r.head + 1) & (len(r.buf) - 1)
 	r.n--
 	return e
+}
+
+// pwait2 is 1 while epoll_pwait2 (Linux 5.11) is believed to exist, 0 once
+// it returned ENOSYS.
+var pwait2 atomic.Int32
+
+func init() { pwait2.Store(1) }
+
+// epollWait waits for events at most d, or without a bound if d < 0. With
+// epoll_pwait2 the timeout has nanosecond resolution, so timers fire when
+// due rather than at the next millisecond; without it, d is rounded up to
+// a millisecond.
+func epollWait(epfd int, events []unix.EpollEvent, d time.Duration) (int, error) {
+	if d > 0 && pwait2.Load() == 1 {
+		ts := unix.NsecToTimespec(int64(d))
+		r, _, e := unix.Syscall6(unix.SYS_EPOLL_PWAIT2, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(unsafe.Pointer(&ts)), 0, 0)
+		if e != unix.ENOSYS {
+			if e != 0 {
+				return 0, e
+			}
+			return int(r), nil
+		}
+		pwait2.Store(0)
+	}
+	ms := -1
+	if d >= 0 {
+		ms = int((d + time.Millisecond - 1) / time.Millisecond)
+	}
+	return unix.EpollWait(epfd, events, ms)
 }

@@ -122,13 +122,14 @@ type sender struct {
 // ends the probe; without one, the transfer falls back to its checkpoint
 // and the client's own retransmitted ACK (jump).
 type probe struct {
-	next, last uint64 // the next block to send, and the last one
-	buf        []byte // DATA header and payload
+	next, last uint64        // the next block to send, and the last one
+	gap        time.Duration // between two probes
+	buf        []byte        // DATA header and payload
 }
 
 // probeGap spaces probes: enough for a client to take one before the next
-// arrives; the event loop's timers have millisecond resolution.
-const probeGap = time.Millisecond
+// arrives (a pass that finds nothing is tried again four times slower).
+const probeGap = 250 * time.Microsecond
 
 // seekSource is a block source over an octet file, which can read any
 // block and move to it.
@@ -334,7 +335,7 @@ func (s *sender) startProbe(span, last uint64) {
 		return
 	}
 	s.lastBlock = last
-	s.probe = &probe{next: s.base, last: min(s.base+span, last), buf: make([]byte, 4+s.bs)}
+	s.probe = &probe{next: s.base, last: min(s.base+span, last), gap: probeGap, buf: make([]byte, 4+s.bs)}
 }
 
 // emitProbe sends the next probe block.
@@ -349,7 +350,7 @@ func (s *sender) emitProbe(now time.Time) [][]byte {
 	p.buf[0], p.buf[1], p.buf[2], p.buf[3] = 0, byte(OpDATA), byte(w>>8), byte(w)
 	s.probes++
 	s.out = append(s.out[:0], p.buf[:4+n])
-	s.deadline = now.Add(probeGap)
+	s.deadline = now.Add(p.gap)
 	return s.out
 }
 
@@ -379,9 +380,15 @@ func (s *sender) timeout(now time.Time) event {
 	if p := s.probe; p != nil {
 		p.next += 2
 		if p.next > p.last {
-			// No answer: go back to the checkpoint and wait for the
-			// client's own retransmission.
-			s.probe = nil
+			if p.gap < probeGap*4 {
+				// No answer: the client may have been too busy to take
+				// each probe alone. Once more, four times slower.
+				p.next, p.gap = s.base, p.gap*4
+			} else {
+				// Go back to the checkpoint and wait for the client's
+				// own retransmission.
+				s.probe = nil
+			}
 		}
 		s.pending = true
 		return evProgress
@@ -519,8 +526,11 @@ func (s *sender) prefetch() {
 	if s.phase != phaseRunning || s.haveFinal || len(s.slots) == s.window || s.pending || s.probe != nil {
 		return
 	}
-	end := max(s.base, 1) + uint64(len(s.slots))
-	if s.produced >= end {
+	// Read when at most half of the ring is ahead, so that each read
+	// fills half of it: one preadv per many blocks, not one per block.
+	start := max(s.base, 1)
+	end := start + uint64(len(s.slots))
+	if s.produced > start+uint64(len(s.slots)/2) {
 		return
 	}
 	if err := s.produce(end); err != nil {

@@ -82,6 +82,11 @@ type ServerConfig struct {
 	// Replicator, when set, records every transfer so that another server
 	// can finish it (package tftp/cluster). It requires SinglePort.
 	Replicator Replicator
+	// CheckpointInterval is how often a replicated transfer tells the
+	// Replicator its position (and at least every 8192 blocks); 0 means
+	// 20 ms. Shorter means a resumed download finds its client sooner
+	// (see Resume), longer means less replication work per byte.
+	CheckpointInterval time.Duration
 	// Resume lists downloads that another server, bound to the same
 	// Listen address in single-port mode, started and did not finish: this
 	// server takes them over as soon as it holds the port, before it reads
@@ -117,8 +122,9 @@ type Replicator interface {
 	// transfer starts only once Begin returned nil, and is refused with an
 	// ERROR otherwise.
 	Begin(st TransferState) error
-	// Progress records how far a transfer got: every checkpointEvery
-	// blocks, and where a download stands when the server stops.
+	// Progress records how far a transfer got: every
+	// ServerConfig.CheckpointInterval, and where a download stands when
+	// the server stops.
 	Progress(st TransferState)
 	// End removes a transfer that ended (not one cancelled by the server's
 	// own stop: another server may still resume that one).
@@ -129,9 +135,10 @@ type Replicator interface {
 	CommitUpload(st TransferState, content io.Reader) error
 }
 
-// checkpointEvery is the number of blocks between two Progress calls: far
-// below 32768, so a checkpoint always fixes the rollover epoch.
-const checkpointEvery = 32
+// checkpointMaxBlocks bounds the blocks between two Progress calls, however
+// fast a transfer runs: far below 32768, so a checkpoint always fixes the
+// rollover epoch.
+const checkpointMaxBlocks = 8192
 
 // DefaultListen is the server address of a zero ServerConfig: loopback,
 // on an unprivileged port.
@@ -166,6 +173,9 @@ func (c ServerConfig) withDefaults() ServerConfig {
 	}
 	if c.MaxTransfers == 0 {
 		c.MaxTransfers = 4096
+	}
+	if c.CheckpointInterval <= 0 {
+		c.CheckpointInterval = 20 * time.Millisecond
 	}
 	return c
 }

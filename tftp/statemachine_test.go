@@ -725,7 +725,7 @@ func TestResumedSenderProbesForItsClient(t *testing.T) {
 		{"two ahead", 12, 100, 2, false, false},
 		{"far ahead", 310, 1000, 151, false, false},
 		{"has every block but the last", 1000, 2000, 496, true, false},
-		{"beyond the span", 500, 100, 51, false, true},
+		{"beyond the span", 500, 100, 102, false, true}, // two passes
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			now := time.Unix(0, 0)
@@ -751,7 +751,7 @@ func TestResumedSenderProbesForItsClient(t *testing.T) {
 				case k == client: // a duplicate: acknowledged again
 					s.ack(now, uint16(client))
 				default: // ignored: the probe goes on
-					now = now.Add(probeGap)
+					now = now.Add(4 * probeGap)
 					s.timeout(now)
 				}
 			}

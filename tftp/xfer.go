@@ -114,8 +114,9 @@ type xfer struct {
 
 	ent *entry // the single-port driver's record
 
-	ckpt    uint64 // the block of the last checkpoint given to the replicator
-	resumed bool   // taken over from another server
+	ckpt    uint64    // the block of the last checkpoint given to the replicator
+	ckptAt  time.Time // and when
+	resumed bool      // taken over from another server
 
 	// Tokens the driver passes back as messages without allocating.
 	sentTok  sentToken
@@ -258,8 +259,8 @@ func (x *xfer) probeFound() {
 const probeSpan = 8192
 
 // checkpoint tells the replicator how far the transfer got, every
-// checkpointEvery blocks.
-func (x *xfer) checkpoint() {
+// CheckpointInterval (and every checkpointMaxBlocks blocks).
+func (x *xfer) checkpoint(now time.Time) {
 	rep := x.srv.cfg.Replicator
 	if rep == nil || x.completed || x.finished || x.committing {
 		return
@@ -271,8 +272,8 @@ func (x *xfer) checkpoint() {
 	case x.rcv != nil:
 		b = x.rcv.checkpoint()
 	}
-	if b >= x.ckpt+checkpointEvery {
-		x.ckpt = b
+	if b > x.ckpt && (now.Sub(x.ckptAt) >= x.srv.cfg.CheckpointInterval || b >= x.ckpt+checkpointMaxBlocks) {
+		x.ckpt, x.ckptAt = b, now
 		rep.Progress(x.state())
 	}
 }
@@ -455,7 +456,7 @@ func (x *xfer) packet(now time.Time, from netip.AddrPort, b []byte) {
 			return
 		case evProgress:
 			x.reportBytes(x.snd.acked)
-			x.checkpoint()
+			x.checkpoint(now)
 		}
 		x.flush(now)
 	case OpDATA:
@@ -477,7 +478,7 @@ func (x *xfer) packet(now time.Time, from netip.AddrPort, b []byte) {
 				x.fail(err)
 				return
 			}
-			x.checkpoint()
+			x.checkpoint(now)
 		case recvLast:
 			if err := x.write(payload); err != nil {
 				x.fail(err)
