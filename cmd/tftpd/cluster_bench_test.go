@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 )
@@ -28,7 +27,7 @@ func BenchmarkClusterThroughput(b *testing.B) {
 	dir := b.TempDir()
 	os.WriteFile(filepath.Join(dir, "f.bin"), file, 0o644)
 	single := freeUDP(b)
-	cmd := exec.Command(bin, append([]string{"-root", dir, "-listen", single}, strings.Fields(os.Getenv("ZZ_SINGLE_ARGS"))...)...)
+	cmd := exec.Command(bin, "-root", dir, "-listen", single)
 	var log bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &log, &log
 	if err := cmd.Start(); err != nil {
