@@ -9,6 +9,7 @@ import (
 	"time"
 
 	hraft "github.com/hashicorp/raft"
+	"golang.org/x/sys/unix"
 
 	"github.com/ioactor/ioactor/netio"
 	"github.com/ioactor/ioactor/tcp"
@@ -114,7 +115,15 @@ func sweepInterval(timeout time.Duration) time.Duration {
 
 func (c *clientConn) PreStart(ctx *netio.Context) {
 	c.dialing = true
-	ctx.Tell(tcp.Manager(ctx.System()), tcp.Connect{Handler: ctx.Self(), Remote: c.remote, Timeout: c.t.cfg.Timeout})
+	connect := tcp.Connect{Handler: ctx.Self(), Remote: c.remote, Timeout: c.t.cfg.Timeout}
+	if local := c.t.localFor(c.remote); local.IsValid() {
+		// Dial from the address this node listens on. With no port, the
+		// kernel picks one at connect, per destination, instead of
+		// reserving one for every destination at bind.
+		connect.LocalAddr = local
+		connect.Options = bindNoPort
+	}
+	ctx.Tell(tcp.Manager(ctx.System()), connect)
 	c.sweep = ctx.Every(sweepInterval(c.t.cfg.Timeout), sweepTick{})
 }
 
@@ -188,6 +197,25 @@ func (c *clientConn) Receive(ctx *netio.Context, msg any) {
 }
 
 var errPeerClosed = errors.New("closed by the peer")
+
+// localFor returns the address to bind before dialing remote: the IP the
+// transport listens on, port 0, unless that IP is unspecified, of the other
+// family, or loopback while remote is not (a loopback source cannot leave
+// the host); the zero AddrPort leaves the source to the kernel.
+func (t *Transport) localFor(remote netip.AddrPort) netip.AddrPort {
+	ip := t.bound.Addr()
+	switch {
+	case !ip.IsValid(), ip.IsUnspecified(),
+		ip.Is4() != remote.Addr().Is4(),
+		ip.IsLoopback() && !remote.Addr().IsLoopback():
+		return netip.AddrPort{}
+	}
+	return netip.AddrPortFrom(ip, 0)
+}
+
+// bindNoPort defers the choice of the source port of a connection bound to
+// an IP with port 0 to connect (IP_BIND_ADDRESS_NO_PORT, IPv4 and IPv6).
+var bindNoPort = []netio.SocketOption{netio.BoolOption("IP_BIND_ADDRESS_NO_PORT", unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, true)}
 
 // onFrame handles one answer.
 func (c *clientConn) onFrame(f frame, _ bool) (bool, error) {

@@ -23,7 +23,14 @@ type Config struct {
 	Loops int
 
 	// BindAddr is the numeric "ip:port" to listen on; empty means
-	// "127.0.0.1:0" (a free port on loopback).
+	// "127.0.0.1:0" (a free port on loopback). When its IP is a specific
+	// one (not 0.0.0.0 or ::), outgoing connections are made from that IP
+	// too (port chosen by the kernel), so that on a multi-homed host peers
+	// see the address this node listens on, and whatever filters that
+	// address (a firewall, a partition) applies to both directions. The IP
+	// is not used for a peer of the other address family, nor, when it is
+	// a loopback IP, for a peer outside loopback; an unspecified IP leaves
+	// the source to the kernel's routing.
 	BindAddr string
 	// Advertise is the address peers dial, returned by LocalAddr; empty
 	// means the bound address. It must not be an unspecified address.

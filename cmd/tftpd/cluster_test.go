@@ -22,8 +22,21 @@ import (
 // clusterNode is one tftpd -cluster process the test started.
 type clusterNode struct {
 	id, raft, http, root, data string
-	cmd                        *exec.Cmd
-	log                        *bytes.Buffer
+	metrics                    string        // -metrics-listen; empty: none
+	gid                        int           // the process's group ID; 0: the test's
+	cmd                        *exec.Cmd     // nil once killed
+	done                       chan struct{} // closed when the process has exited
+	log                        *syncBuffer
+}
+
+// exited reports whether the node's process has ended (killed or not).
+func (n *clusterNode) exited() bool {
+	select {
+	case <-n.done:
+		return true
+	default:
+		return false
+	}
 }
 
 type testCluster struct {
@@ -64,14 +77,51 @@ func buildTftpd(t testing.TB) string {
 	return bin
 }
 
-// startCluster starts three nodes serving copies of files.
+// startCluster starts three nodes serving copies of files, on free ports of
+// 127.0.0.1.
 func startCluster(t testing.TB, bin string, files map[string][]byte, allowWrite bool) *testCluster {
 	t.Helper()
-	c := &testCluster{t: t, bin: bin, listen: freeUDP(t)}
+	return startClusterWith(t, bin, files, clusterLayout{allowWrite: allowWrite})
+}
+
+// clusterLayout places the nodes of startClusterWith; zero fields mean
+// free ports on 127.0.0.1 (and no metrics endpoint).
+type clusterLayout struct {
+	allowWrite bool
+	// listen is the TFTP port every node binds while it leads.
+	listen string
+	// raft, http and metrics give node i's (from 0) -raft, -cluster-http
+	// and -metrics-listen addresses.
+	raft, http, metrics func(i int) string
+	// gid gives node i's group ID (its user stays the test's), so that
+	// nftables can tell its packets apart (meta skgid).
+	gid func(i int) int
+}
+
+// startClusterWith starts three nodes serving copies of files, laid out as
+// l says; node 0 bootstraps, the others join through it.
+func startClusterWith(t testing.TB, bin string, files map[string][]byte, l clusterLayout) *testCluster {
+	t.Helper()
+	c := &testCluster{t: t, bin: bin, listen: l.listen}
+	if c.listen == "" {
+		c.listen = freeUDP(t)
+	}
+	addr := func(f func(int) string, i int) string {
+		if f == nil {
+			return freeTCP(t)
+		}
+		return f(i)
+	}
 	dir := t.TempDir()
 	for i := range 3 {
-		n := &clusterNode{id: fmt.Sprintf("n%d", i+1), raft: freeTCP(t), http: freeTCP(t),
+		n := &clusterNode{id: fmt.Sprintf("n%d", i+1), raft: addr(l.raft, i), http: addr(l.http, i),
 			root: filepath.Join(dir, fmt.Sprintf("root%d", i+1)), data: filepath.Join(dir, fmt.Sprintf("data%d", i+1))}
+		if l.metrics != nil {
+			n.metrics = l.metrics(i)
+		}
+		if l.gid != nil {
+			n.gid = l.gid(i)
+		}
 		os.MkdirAll(n.root, 0o755)
 		for name, b := range files {
 			os.WriteFile(filepath.Join(n.root, name), b, 0o644)
@@ -83,7 +133,7 @@ func startCluster(t testing.TB, bin string, files map[string][]byte, allowWrite 
 		if i > 0 {
 			join = c.nodes[0].http
 		}
-		c.start(n, join, allowWrite)
+		c.start(n, join, l.allowWrite)
 		if i == 0 {
 			c.waitLeader(10 * time.Second)
 		}
@@ -135,12 +185,23 @@ func (c *testCluster) start(n *clusterNode, join string, allowWrite bool) {
 	if allowWrite {
 		args = append(args, "-allow-write")
 	}
-	n.log = &bytes.Buffer{}
-	n.cmd = exec.Command(c.bin, args...)
-	n.cmd.Stdout, n.cmd.Stderr = n.log, n.log
-	if err := n.cmd.Start(); err != nil {
+	if n.metrics != "" {
+		args = append(args, "-metrics-listen", n.metrics)
+	}
+	n.log = &syncBuffer{}
+	cmd := exec.Command(c.bin, args...)
+	cmd.Stdout, cmd.Stderr = n.log, n.log
+	// Should the test binary die without its cleanup, the node dies too.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if n.gid != 0 {
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(os.Getuid()), Gid: uint32(n.gid), NoSetGroups: true}
+	}
+	if err := cmd.Start(); err != nil {
 		c.t.Fatal(err)
 	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	n.cmd, n.done = cmd, done
 }
 
 // kill signals the node's process (started by this test, by its PID) and
@@ -150,13 +211,11 @@ func (c *testCluster) kill(n *clusterNode, sig syscall.Signal) {
 		return
 	}
 	n.cmd.Process.Signal(sig)
-	done := make(chan struct{})
-	go func() { n.cmd.Wait(); close(done) }()
 	select {
-	case <-done:
+	case <-n.done:
 	case <-time.After(15 * time.Second):
 		n.cmd.Process.Kill()
-		<-done
+		<-n.done
 	}
 	n.cmd = nil
 }
@@ -263,10 +322,13 @@ func download(t testing.TB, server, name string, at func(size int64) bool) ([]by
 	}
 }
 
+// debianPackage names the Debian package of each tool the tests run.
+var debianPackage = map[string]string{"tftp": "tftp-hpa", "curl": "curl", "unshare": "util-linux", "ip": "iproute2", "nft": "nftables"}
+
 func requireTool(t testing.TB, name string) {
 	t.Helper()
 	if _, err := exec.LookPath(name); err != nil {
-		t.Fatalf("%s is not installed (Debian package %s; .ci/run installs it): %v", name, map[string]string{"tftp": "tftp-hpa", "curl": "curl"}[name], err)
+		t.Fatalf("%s is not installed (Debian package %s; .ci/run installs it): %v", name, debianPackage[name], err)
 	}
 }
 
