@@ -35,4 +35,4 @@ echo "killed n$leader (SIGKILL) at $(stat -c %s "$work/got.bin") bytes"
 wait "$client"
 got=$(sha256sum < "$work/got.bin")
 [ "$got" = "$want" ] && echo "download complete and byte-identical: ${got%% *}" || { echo "MISMATCH"; exit 1; }
-grep -h "resuming transfer" "$work"/n*.log | head -1
+grep -h -e "resuming transfer" -e "found its client" "$work"/n*.log | head -2
