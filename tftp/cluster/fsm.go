@@ -136,14 +136,9 @@ func (f *fsm) applyProgress(b []byte) error {
 		b = b[n:]
 		return v
 	}
-	varint := func() int64 {
-		v, n := binary.Varint(b)
-		if n <= 0 {
-			bad = true
-			return 0
-		}
-		b = b[n:]
-		return v
+	varint := func() int64 { // zig-zag, as binary.AppendVarint wrote it
+		u := uvarint()
+		return int64(u>>1) ^ -int64(u&1)
 	}
 	id, block, off := uvarint(), uvarint(), varint()
 	if bad || len(b) < 1 {
