@@ -173,7 +173,7 @@ func (c *clientConn) Receive(ctx *netio.Context, msg any) {
 			}
 			err := fmt.Errorf("dial: %w", m.Cause)
 			c.peer.dialed(c, err)
-			c.end(ctx, err, false)
+			c.end(ctx, fmt.Errorf("%w: %w", ErrPeerUnavailable, err), false)
 			return
 		}
 		c.end(ctx, fmt.Errorf("write refused: %w", m.Cause), true)
@@ -355,7 +355,10 @@ func (c *clientConn) close(err error, abort bool) {
 // end shuts down and stops the actor; cause nil means a local close.
 func (c *clientConn) end(ctx *netio.Context, cause error, abort bool) {
 	err := error(ErrTransportShutdown)
-	if cause != nil {
+	switch {
+	case errors.Is(cause, ErrPeerUnavailable):
+		err = cause // never connected: the dial failed
+	case cause != nil:
 		err = fmt.Errorf("%w: %w", ErrConnectionClosed, cause)
 	}
 	c.shutdown(err)

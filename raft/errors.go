@@ -20,9 +20,9 @@ var (
 	// ErrConnectionClosed: the connection carrying the RPC closed before
 	// the answer came; the cause is joined to it.
 	ErrConnectionClosed = errors.New("raft transport: connection closed")
-	// ErrPeerUnavailable: the last attempts to reach the peer failed and the
-	// transport is backing off before dialing again; the last cause is
-	// joined to it.
+	// ErrPeerUnavailable: the peer could not be reached: the dial failed,
+	// or the last dials failed and the transport is backing off before
+	// dialing again. The dial's cause is joined to it.
 	ErrPeerUnavailable = errors.New("raft transport: peer unavailable (backing off)")
 	// ErrFrameTooLarge: a frame exceeds Config.MaxFrameSize. On receipt the
 	// connection carrying it is closed; on send the RPC fails unsent.

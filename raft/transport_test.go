@@ -379,3 +379,22 @@ func TestServerStopsReadingWhenRaftIsBehind(t *testing.T) {
 		}
 	}
 }
+
+// Every call to a peer that cannot be reached fails with
+// ErrPeerUnavailable: the one whose dial is refused as well as those
+// refused at once during the back-off that follows.
+func TestUnreachablePeerErrors(t *testing.T) {
+	leakcheck.Check(t)
+	client := newOurs(t, Config{ReconnectBackoff: time.Hour})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := hraft.ServerAddress(ln.Addr().String())
+	ln.Close() // nothing listens there now: the dial is refused
+	for i := range 3 {
+		if err := vote(client, addr); !errors.Is(err, ErrPeerUnavailable) || errors.Is(err, ErrConnectionClosed) {
+			t.Fatalf("call %d to an unreachable peer: %v, want ErrPeerUnavailable (and not ErrConnectionClosed)", i, err)
+		}
+	}
+}

@@ -12,6 +12,8 @@ import (
 	"sync"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/ioactor/ioactor/internal/raftnode"
 )
 
 // Command kinds of the replicated log.
@@ -64,7 +66,7 @@ func newFSM() *fsm {
 	return &fsm{kv: make(map[string]string), members: make(map[string]string), termCh: make(chan struct{})}
 }
 
-var _ raft.FSM = (*fsm)(nil)
+var _ raftnode.FSM = (*fsm)(nil)
 
 // Apply applies one committed command; it returns nil or an error.
 func (f *fsm) Apply(l *raft.Log) any {
@@ -100,7 +102,15 @@ func (f *fsm) get(key string) (string, bool) {
 	return v, ok
 }
 
-func (f *fsm) member(id string) string {
+// MemberCommand encodes the command that records m's HTTP address
+// (raftnode.FSM).
+func (f *fsm) MemberCommand(m raftnode.Member) ([]byte, error) {
+	return encodeCommand(opMember, m.ID, []byte(m.HTTPAddr)), nil
+}
+
+// MemberHTTP returns the HTTP address recorded for the node id
+// (raftnode.FSM).
+func (f *fsm) MemberHTTP(id string) string {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	return f.members[id]

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/ioactor/ioactor/internal/raftnode"
 )
 
 // Headers of the HTTP API.
@@ -33,10 +35,7 @@ const (
 // maxValueSize bounds a value (and a forwarded request's body).
 const maxValueSize = 1 << 20
 
-var (
-	errNoLeader = errors.New("raftkv: no leader known")
-	errClosed   = errors.New("raftkv: node closed")
-)
+var errNoLeader = errors.New("raftkv: no leader known")
 
 // reqError is a failed request's answer.
 type reqError struct {
@@ -60,7 +59,7 @@ func classify(err error) *reqError {
 		errors.Is(err, raft.ErrEnqueueTimeout), errors.Is(err, errNoLeader):
 		// Refused before it reached the log.
 		return &reqError{status: http.StatusServiceUnavailable, result: resultUnavailable, notApplied: true, err: err}
-	case errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrRaftShutdown), errors.Is(err, errClosed):
+	case errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrRaftShutdown):
 		// In the log, perhaps: committed or not, nobody knows yet.
 		return &reqError{status: http.StatusServiceUnavailable, result: resultUnavailable, err: err}
 	case errors.Is(err, context.DeadlineExceeded):
@@ -158,7 +157,7 @@ func (n *Node) writeValue(w http.ResponseWriter, op, v string, ok bool, start ti
 func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 4096))
-	var j joinRequest
+	var j raftnode.Member
 	if err == nil {
 		err = json.Unmarshal(body, &j)
 	}
@@ -172,7 +171,7 @@ func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), n.cfg.RequestTimeout)
 	defer cancel()
 	if n.IsLeader() {
-		err := n.addMember(j)
+		err := n.node.AddMember(j)
 		if err == nil {
 			w.WriteHeader(http.StatusNoContent)
 			n.m.observe(opJoin, resultOK, start)
@@ -277,11 +276,4 @@ func (n *Node) Status() Status {
 		sort.Slice(s.Voters, func(i, j int) bool { return s.Voters[i].ID < s.Voters[j].ID })
 	}
 	return s
-}
-
-func (n *Node) handleStatus(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Content-Type", "application/json")
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	enc.Encode(n.Status())
 }

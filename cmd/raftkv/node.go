@@ -1,28 +1,20 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	bolt "go.etcd.io/bbolt"
 
-	iraft "github.com/ioactor/ioactor/raft"
+	"github.com/ioactor/ioactor/internal/raftnode"
 )
 
 // Config configures a [Node]. Zero fields take the defaults noted.
@@ -60,9 +52,10 @@ type Config struct {
 	// zero means 8192.
 	SnapshotThreshold uint64
 	// RequestTimeout bounds a client request's forward to the leader and
-	// its wait for readiness; zero means 5 s.
+	// its wait for readiness, and each join request; zero means 5 s.
 	RequestTimeout time.Duration
-	// RaftTimeout bounds every raft RPC of the transport; zero means 2 s.
+	// RaftTimeout bounds every raft RPC of the transport; zero means 2 s
+	// (raftnode's default).
 	RaftTimeout time.Duration
 }
 
@@ -79,22 +72,18 @@ func (c Config) withDefaults() Config {
 	if c.RequestTimeout <= 0 {
 		c.RequestTimeout = 5 * time.Second
 	}
-	if c.RaftTimeout <= 0 {
-		c.RaftTimeout = 2 * time.Second
-	}
 	return c
 }
 
-// Node is one member of the replicated key-value store: raft with its
-// bbolt stores, this module's raft transport, and the HTTP API. Its
-// methods are safe from any goroutine.
+// Node is one member of the replicated key-value store: a raftnode.Node
+// (raft, its bbolt stores and this module's raft transport) and the HTTP
+// API. Its methods are safe from any goroutine.
 type Node struct {
 	cfg      Config
 	log      *slog.Logger
 	fsm      *fsm
-	raft     *raft.Raft
-	trans    *iraft.Transport
-	store    *raftboltdb.BoltStore
+	node     *raftnode.Node
+	raft     *raft.Raft // node.Raft()
 	srv      *http.Server
 	ln       net.Listener
 	httpAddr string
@@ -102,8 +91,8 @@ type Node struct {
 	client   *http.Client
 	m        *nodeMetrics
 
-	// ctx ends when the node closes: forwards, joins and the maintenance
-	// loop stop with it.
+	// ctx ends when the node closes: forwards and the maintenance loop
+	// stop with it.
 	ctx    context.Context
 	cancel context.CancelFunc
 	bg     sync.WaitGroup // the HTTP server's Serve and maintain
@@ -135,58 +124,40 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 
 func (n *Node) start(ctx context.Context) error {
 	cfg := n.cfg
-	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
-		return fmt.Errorf("raftkv: data dir: %w", err)
-	}
-	rlog := hclog.FromStandardLogger(slog.NewLogLogger(n.log.Handler(), slog.LevelWarn),
-		&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn})
 	var err error
-	n.store, err = raftboltdb.New(raftboltdb.Options{
-		Path:        filepath.Join(cfg.DataDir, "raft.db"),
-		BoltOptions: &bolt.Options{Timeout: time.Second}, // a store still open elsewhere fails, not hangs
-	})
-	if err != nil {
-		return fmt.Errorf("raftkv: open raft store: %w", err)
+	// Listen first: the node advertises the address it got.
+	if n.ln, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+		return fmt.Errorf("raftkv: http listen: %w", err)
 	}
-	logs, err := raft.NewLogCache(512, n.store)
-	if err != nil {
-		return fmt.Errorf("raftkv: log cache: %w", err)
-	}
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, rlog)
-	if err != nil {
-		return fmt.Errorf("raftkv: snapshot store: %w", err)
-	}
+	n.httpAddr = n.ln.Addr().String()
 	var reg prometheus.Registerer
 	if cfg.Registry != nil {
 		reg = cfg.Registry
 	}
-	n.trans, err = iraft.New(iraft.Config{
-		BindAddr:   cfg.RaftAddr,
-		Timeout:    cfg.RaftTimeout,
-		Logger:     n.log,
-		Registerer: reg,
+	n.node, err = raftnode.Start(ctx, raftnode.Config{
+		ID: cfg.ID, DataDir: cfg.DataDir, RaftAddr: cfg.RaftAddr, HTTPAddr: n.httpAddr,
+		Join: cfg.Join, Bootstrap: cfg.Bootstrap, FSM: n.fsm,
+		Tune: func(rc *raft.Config) {
+			rc.HeartbeatTimeout = cfg.HeartbeatTimeout
+			rc.ElectionTimeout = cfg.HeartbeatTimeout
+			rc.LeaderLeaseTimeout = cfg.HeartbeatTimeout / 2
+			rc.CommitTimeout = 10 * time.Millisecond
+			rc.MaxAppendEntries = 128
+			rc.BatchApplyCh = true
+			rc.SnapshotThreshold = cfg.SnapshotThreshold
+			rc.TrailingLogs = max(1024, cfg.SnapshotThreshold)
+		},
+		LogCache:       512,
+		RaftTimeout:    cfg.RaftTimeout,
+		Registerer:     reg,
+		RequestTimeout: cfg.RequestTimeout,
+		Logger:         n.log,
+		LogPrefix:      "raftkv",
 	})
 	if err != nil {
-		return fmt.Errorf("raftkv: raft transport: %w", err)
+		return err
 	}
-	rc := raft.DefaultConfig()
-	rc.LocalID = raft.ServerID(cfg.ID)
-	rc.HeartbeatTimeout = cfg.HeartbeatTimeout
-	rc.ElectionTimeout = cfg.HeartbeatTimeout
-	rc.LeaderLeaseTimeout = cfg.HeartbeatTimeout / 2
-	rc.CommitTimeout = 10 * time.Millisecond
-	rc.MaxAppendEntries = 128
-	rc.BatchApplyCh = true
-	rc.SnapshotThreshold = cfg.SnapshotThreshold
-	rc.TrailingLogs = max(1024, cfg.SnapshotThreshold)
-	rc.Logger = rlog
-	existing, err := raft.HasExistingState(logs, n.store, snaps)
-	if err != nil {
-		return fmt.Errorf("raftkv: read raft state: %w", err)
-	}
-	if n.raft, err = raft.NewRaft(rc, n.fsm, logs, n.store, snaps, n.trans); err != nil {
-		return fmt.Errorf("raftkv: start raft: %w", err)
-	}
+	n.raft = n.node.Raft()
 	if n.m, err = newNodeMetrics(reg, n); err != nil {
 		return fmt.Errorf("raftkv: register metrics: %w", err)
 	}
@@ -199,10 +170,6 @@ func (n *Node) start(ctx context.Context) error {
 		DisableCompression:  true,
 	}
 	n.client = &http.Client{Transport: n.clientTr}
-	if n.ln, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
-		return fmt.Errorf("raftkv: http listen: %w", err)
-	}
-	n.httpAddr = n.ln.Addr().String()
 	n.srv = &http.Server{
 		Handler:           n.routes(),
 		ReadHeaderTimeout: 5 * time.Second,
@@ -221,24 +188,6 @@ func (n *Node) start(ctx context.Context) error {
 		defer n.bg.Done()
 		n.maintain()
 	}()
-
-	switch {
-	case existing:
-		n.log.Info("raftkv: restarting from existing state", "dir", cfg.DataDir)
-	case len(cfg.Bootstrap) > 0:
-		if err := n.raft.BootstrapCluster(raft.Configuration{Servers: cfg.Bootstrap}).Error(); err != nil {
-			return fmt.Errorf("raftkv: bootstrap: %w", err)
-		}
-	case cfg.Join == "":
-		c := raft.Configuration{Servers: []raft.Server{{ID: rc.LocalID, Address: n.trans.LocalAddr()}}}
-		if err := n.raft.BootstrapCluster(c).Error(); err != nil {
-			return fmt.Errorf("raftkv: bootstrap: %w", err)
-		}
-	default:
-		if err := n.join(ctx, cfg.Join); err != nil {
-			return err
-		}
-	}
 	return nil
 }
 
@@ -246,29 +195,23 @@ func (n *Node) start(ctx context.Context) error {
 func (n *Node) HTTPAddr() string { return n.httpAddr }
 
 // RaftAddr is the address of the raft transport.
-func (n *Node) RaftAddr() string { return string(n.trans.LocalAddr()) }
+func (n *Node) RaftAddr() string { return n.node.RaftAddr() }
 
 // IsLeader reports whether the node is raft's leader now.
-func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
+func (n *Node) IsLeader() bool { return n.node.IsLeader() }
 
 // leaderHTTP is the leader's HTTP address as far as this node knows it.
-func (n *Node) leaderHTTP() string {
-	_, id := n.raft.LeaderWithID()
-	if id == "" {
-		return ""
-	}
-	return n.fsm.member(string(id))
-}
+func (n *Node) leaderHTTP() string { return n.node.LeaderHTTP() }
 
-// maintain is the node's background loop: when the node leads and has not
-// applied a command of its term yet, it applies a no-op (linearizable
-// reads wait for one); and until the replicated member list holds this
-// node's HTTP address, it advertises it. It stops with the node.
+// maintain is the node's background loop: it takes the leadership
+// changes and, when the node leads and has not applied a command of its
+// term yet, applies a no-op (linearizable reads wait for one). raftnode
+// logs the changes and advertises the node's HTTP address. It stops with
+// the node.
 func (n *Node) maintain() {
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
-	leaderCh := n.raft.LeaderCh() // raft never blocks on it
-	wasLeader := false
+	leaderCh := n.node.Leadership() // the owner must keep reading it
 	for {
 		select {
 		case <-n.ctx.Done():
@@ -276,112 +219,14 @@ func (n *Node) maintain() {
 		case <-leaderCh:
 		case <-tick.C:
 		}
-		leader := n.IsLeader()
-		if leader != wasLeader {
-			n.log.Info("raftkv: leadership changed", "leader", leader, "term", n.raft.CurrentTerm())
-			wasLeader = leader
-		}
-		if leader {
+		if n.IsLeader() {
 			if t, _, _ := n.fsm.state(); t < n.raft.CurrentTerm() {
 				if err := n.apply(encodeCommand(opNoop, "", nil)); err != nil {
 					n.log.Debug("raftkv: no-op", "err", err)
 				}
 			}
 		}
-		if n.fsm.member(n.cfg.ID) != n.httpAddr {
-			if err := n.advertise(); err != nil {
-				n.log.Debug("raftkv: advertise", "err", err)
-			}
-		}
 	}
-}
-
-// advertise records this node's HTTP address in the replicated member
-// list, directly when it leads, through the leader otherwise.
-func (n *Node) advertise() error {
-	if n.IsLeader() {
-		return n.apply(encodeCommand(opMember, n.cfg.ID, []byte(n.httpAddr)))
-	}
-	addr := n.leaderHTTP()
-	if addr == "" {
-		return errNoLeader
-	}
-	return n.postJoin(n.ctx, addr)
-}
-
-// join asks a member to add this node, until it succeeds or ctx ends.
-func (n *Node) join(ctx context.Context, addr string) error {
-	for {
-		err := n.postJoin(ctx, addr)
-		if err == nil {
-			n.log.Info("raftkv: joined", "via", addr)
-			return nil
-		}
-		n.log.Info("raftkv: join failed, retrying", "via", addr, "err", err)
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("raftkv: join via %s: %w", addr, errors.Join(err, ctx.Err()))
-		case <-n.ctx.Done():
-			return fmt.Errorf("raftkv: join via %s: %w", addr, errors.Join(err, errClosed))
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-}
-
-// joinRequest is the body of POST /join.
-type joinRequest struct {
-	ID       string `json:"id"`
-	RaftAddr string `json:"raft_addr"`
-	HTTPAddr string `json:"http_addr"`
-}
-
-func (n *Node) postJoin(ctx context.Context, addr string) error {
-	ctx, cancel := context.WithTimeout(ctx, n.cfg.RequestTimeout)
-	defer cancel()
-	body, err := json.Marshal(joinRequest{ID: n.cfg.ID, RaftAddr: n.RaftAddr(), HTTPAddr: n.httpAddr})
-	if err != nil {
-		return err
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/join", bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := n.client.Do(req)
-	if err != nil {
-		return fmt.Errorf("raftkv: join via %s: %w", addr, err)
-	}
-	defer resp.Body.Close()
-	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("raftkv: join via %s: %s: %s", addr, resp.Status, bytes.TrimSpace(msg))
-	}
-	return nil
-}
-
-// addMember makes the node a voter with this raft address (unless it is
-// one already) and records its HTTP address. Leader only.
-func (n *Node) addMember(j joinRequest) error {
-	f := n.raft.GetConfiguration()
-	if err := f.Error(); err != nil {
-		return err
-	}
-	voter := false
-	for _, s := range f.Configuration().Servers {
-		if string(s.ID) == j.ID && string(s.Address) == j.RaftAddr && s.Suffrage == raft.Voter {
-			voter = true
-		}
-	}
-	if !voter {
-		if err := n.raft.AddVoter(raft.ServerID(j.ID), raft.ServerAddress(j.RaftAddr), 0, n.cfg.RequestTimeout).Error(); err != nil {
-			return err
-		}
-		n.log.Info("raftkv: voter added", "id", j.ID, "raft", j.RaftAddr)
-	}
-	if n.fsm.member(j.ID) == j.HTTPAddr {
-		return nil
-	}
-	return n.apply(encodeCommand(opMember, j.ID, []byte(j.HTTPAddr)))
 }
 
 // apply commits a command through raft (leader only) and returns the
@@ -438,15 +283,7 @@ func (n *Node) readLinearizable(ctx context.Context, key string) (string, bool, 
 
 // Handover transfers leadership to another voter if this node leads;
 // raft bounds it (by its election timeout).
-func (n *Node) Handover() error {
-	if !n.IsLeader() {
-		return nil
-	}
-	if err := n.raft.LeadershipTransfer().Error(); err != nil {
-		return fmt.Errorf("raftkv: leadership transfer: %w", err)
-	}
-	return nil
-}
+func (n *Node) Handover() error { return n.node.Handover() }
 
 // Drain stops accepting HTTP connections, turns keep-alives off (idle
 // connections close, answers in progress carry "Connection: close"), and
@@ -488,7 +325,7 @@ func (n *Node) Close() error {
 
 func (n *Node) close() error {
 	var errs []error
-	n.cancel() // forwards, joins, readiness waits and maintain stop
+	n.cancel() // forwards, readiness waits and maintain stop
 	if n.srv != nil {
 		n.srv.Close() // also closes n.ln
 	} else if n.ln != nil {
@@ -499,23 +336,11 @@ func (n *Node) close() error {
 	n.reqMu.Unlock()
 	n.waitRequests(context.Background())
 	n.bg.Wait()
-	if n.raft != nil {
-		if err := n.raft.Shutdown().Error(); err != nil {
-			errs = append(errs, fmt.Errorf("raftkv: raft shutdown: %w", err))
-		}
-	}
-	if n.trans != nil {
-		if err := n.trans.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("raftkv: transport close: %w", err))
-		}
+	if n.node != nil {
+		errs = append(errs, n.node.Close())
 	}
 	if n.clientTr != nil {
 		n.clientTr.CloseIdleConnections()
-	}
-	if n.store != nil {
-		if err := n.store.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("raftkv: store close: %w", err))
-		}
 	}
 	if n.m != nil && n.cfg.Registry != nil {
 		n.m.unregister(n.cfg.Registry)
@@ -570,7 +395,7 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("PUT /kv/{key}", n.handlePut)
 	mux.HandleFunc("GET /kv/{key}", n.handleGet)
 	mux.HandleFunc("POST /join", n.handleJoin)
-	mux.HandleFunc("GET /status", n.handleStatus)
+	mux.HandleFunc("GET /status", raftnode.StatusHandler(n.Status))
 	if n.cfg.Registry != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(n.cfg.Registry, promhttp.HandlerOpts{}))
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/ioactor/ioactor/internal/raftnode"
 	"github.com/ioactor/ioactor/tftp"
 )
 
@@ -262,6 +263,19 @@ func (f *fsm) Apply(l *raft.Log) any {
 		return fmt.Errorf("cluster: unknown op %q at log entry %d", c.Op, l.Index)
 	}
 	return nil
+}
+
+// MemberCommand encodes the entry that records m (raftnode.FSM).
+func (f *fsm) MemberCommand(m raftnode.Member) ([]byte, error) {
+	return json.Marshal(command{Op: opMember, Member: &Member{ID: m.ID, RaftAddr: m.RaftAddr, HTTPAddr: m.HTTPAddr}})
+}
+
+// MemberHTTP returns the HTTP address recorded for the member id
+// (raftnode.FSM).
+func (f *fsm) MemberHTTP(id string) string {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.members[id].HTTPAddr
 }
 
 type snapshot struct {

@@ -1,25 +1,21 @@
 package cluster
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 
-	iraft "github.com/ioactor/ioactor/raft"
+	"github.com/ioactor/ioactor/internal/raftnode"
 	"github.com/ioactor/ioactor/tftp"
 )
 
@@ -41,33 +37,37 @@ type NodeConfig struct {
 	// (or restarts an existing member from its data directory).
 	Join string
 	// Fast shortens raft's timers for loopback clusters (tests, demos):
-	// heartbeat and election 300 ms, leader lease 150 ms.
+	// heartbeat and election 300 ms, leader lease 150 ms, commit 5 ms.
 	Fast bool
 	// FS is this node's root: completed uploads are renamed into it on
 	// every node. Nil refuses replicated uploads.
 	FS *tftp.FS
 	// NewTransport builds the raft transport; nil uses this module's
-	// transport (package raft of ioactor) on its own event loop.
+	// transport (package raft of ioactor), on the event loop that package
+	// shares among the transports of a process (not the TFTP server's).
 	NewTransport func(bind string) (raft.Transport, error)
 	Logger       *slog.Logger
 }
 
 // Node is one member of the replicated TFTP service's raft cluster.
 type Node struct {
-	cfg    NodeConfig
-	log    *slog.Logger
-	raft   *raft.Raft
-	fsm    *fsm
-	trans  raft.Transport
-	stores []io.Closer
-	http   *http.Server
-	ln     net.Listener
-	notify chan bool
-	leader chan bool // deduplicated leadership changes for the owner
-	sums   *sumCache // file digests, by name, size and modification time
-	wg     sync.WaitGroup
-	stop   chan struct{}
+	cfg  NodeConfig
+	log  *slog.Logger
+	rn   *raftnode.Node
+	raft *raft.Raft // rn.Raft()
+	fsm  *fsm
+	http *http.Server
+	ln   net.Listener
+	sums *sumCache      // file digests, by name, size and modification time
+	wg   sync.WaitGroup // the HTTP server and the digests
+
+	closeOnce sync.Once
+	closeErr  error
 }
+
+// joinTimeout bounds StartNode's join: a node whose seed does not take it
+// fails to start rather than waiting for ever.
+const joinTimeout = 10 * time.Second
 
 // StartNode opens the node's stores, starts raft and the HTTP endpoint, and
 // bootstraps or joins the cluster.
@@ -75,7 +75,7 @@ func StartNode(ctx context.Context, cfg NodeConfig) (*Node, error) {
 	if cfg.ID == "" || cfg.DataDir == "" || cfg.RaftAddr == "" || cfg.HTTPAddr == "" {
 		return nil, errors.New("cluster: ID, DataDir, RaftAddr and HTTPAddr are required")
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger, notify: make(chan bool, 16), leader: make(chan bool, 16), stop: make(chan struct{})}
+	n := &Node{cfg: cfg, log: cfg.Logger}
 	if n.log == nil {
 		n.log = slog.Default()
 	}
@@ -106,203 +106,47 @@ func StartNode(ctx context.Context, cfg NodeConfig) (*Node, error) {
 
 func (n *Node) start(ctx context.Context) error {
 	cfg := n.cfg
-	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
-		return fmt.Errorf("cluster: data dir: %w", err)
-	}
-	store, err := raftboltdb.NewBoltStore(filepath.Join(cfg.DataDir, "raft.db"))
-	if err != nil {
-		return fmt.Errorf("cluster: raft store: %w", err)
-	}
-	n.stores = append(n.stores, store)
-	snaps, err := raft.NewFileSnapshotStore(cfg.DataDir, 2, io.Discard)
-	if err != nil {
-		return fmt.Errorf("cluster: snapshot store: %w", err)
-	}
-	newTransport := cfg.NewTransport
-	if newTransport == nil {
-		newTransport = func(bind string) (raft.Transport, error) {
-			return iraft.New(iraft.Config{BindAddr: bind, Timeout: 2 * time.Second, Logger: n.log})
-		}
-	}
-	if n.trans, err = newTransport(cfg.RaftAddr); err != nil {
-		return fmt.Errorf("cluster: raft transport on %s: %w", cfg.RaftAddr, err)
-	}
-	rc := raft.DefaultConfig()
-	rc.LocalID = raft.ServerID(cfg.ID)
-	rc.NotifyCh = n.notify
-	rc.Logger = hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: os.Stderr})
-	rc.SnapshotThreshold = 1024
-	rc.TrailingLogs = 1024
-	if cfg.Fast {
-		rc.HeartbeatTimeout = 300 * time.Millisecond
-		rc.ElectionTimeout = 300 * time.Millisecond
-		rc.LeaderLeaseTimeout = 150 * time.Millisecond
-		rc.CommitTimeout = 5 * time.Millisecond
-	}
-	existing, err := raft.HasExistingState(store, store, snaps)
-	if err != nil {
-		return fmt.Errorf("cluster: read state: %w", err)
-	}
-	if n.raft, err = raft.NewRaft(rc, n.fsm, store, store, snaps, n.trans); err != nil {
-		return fmt.Errorf("cluster: start raft: %w", err)
-	}
-	n.ln, err = net.Listen("tcp", cfg.HTTPAddr)
-	if err != nil {
+	var err error
+	if n.ln, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
 		return fmt.Errorf("cluster: http listen: %w", err)
 	}
+	ctx, cancel := context.WithTimeout(ctx, joinTimeout)
+	defer cancel()
+	n.rn, err = raftnode.Start(ctx, raftnode.Config{
+		ID: cfg.ID, DataDir: cfg.DataDir, RaftAddr: cfg.RaftAddr, HTTPAddr: n.ln.Addr().String(), Join: cfg.Join,
+		FSM:  n.fsm,
+		Fast: cfg.Fast,
+		Tune: func(rc *raft.Config) {
+			rc.SnapshotThreshold = 1024
+			rc.TrailingLogs = 1024
+		},
+		NewTransport: cfg.NewTransport,
+		Logger:       n.log,
+		LogPrefix:    "cluster",
+		RaftLogger:   hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: os.Stderr}),
+	})
+	if err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	n.raft = n.rn.Raft()
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /join", n.handleJoin)
-	mux.HandleFunc("GET /status", n.handleStatus)
+	mux.HandleFunc("POST /join", n.rn.HandleJoin)
+	mux.HandleFunc("GET /status", raftnode.StatusHandler(n.Status))
 	n.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	n.wg.Add(2)
+	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
 		n.http.Serve(n.ln)
 	}()
-	go func() {
-		defer n.wg.Done()
-		n.watchLeadership()
-	}()
-	switch {
-	case existing:
-		// A restarted member rejoins through its own log.
-	case cfg.Join == "":
-		f := n.raft.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{ID: rc.LocalID, Address: n.trans.LocalAddr()}}})
-		if err := f.Error(); err != nil {
-			return fmt.Errorf("cluster: bootstrap: %w", err)
-		}
-	default:
-		if err := n.join(ctx, cfg.Join); err != nil {
-			return err
-		}
-	}
-	// Advertise this node's HTTP address once a leader exists.
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		n.advertise()
-	}()
 	return nil
-}
-
-// watchLeadership turns raft's notifications into deduplicated leadership
-// changes on Leadership().
-func (n *Node) watchLeadership() {
-	last := false
-	for {
-		select {
-		case <-n.stop:
-			return
-		case isLeader := <-n.notify:
-			if isLeader == last {
-				continue
-			}
-			last = isLeader
-			n.log.Info("cluster: leadership changed", "leader", isLeader)
-			select {
-			case n.leader <- isLeader:
-			case <-n.stop:
-				return
-			}
-		}
-	}
 }
 
 // Leadership delivers true when this node becomes the leader and false when
 // it stops being one; Close closes it. The owner must keep reading it.
-func (n *Node) Leadership() <-chan bool { return n.leader }
+func (n *Node) Leadership() <-chan bool { return n.rn.Leadership() }
 
 // IsLeader reports whether the node is the leader now.
-func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
-
-func (n *Node) advertise() {
-	m := &Member{ID: n.cfg.ID, RaftAddr: string(n.trans.LocalAddr()), HTTPAddr: n.ln.Addr().String()}
-	for {
-		if n.IsLeader() {
-			if err := n.apply(command{Op: opMember, Member: m}); err == nil {
-				return
-			}
-		} else if addr := n.leaderHTTP(); addr != "" {
-			if err := n.postJoin(context.Background(), addr, m); err == nil {
-				return
-			}
-		}
-		select {
-		case <-n.stop:
-			return
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-}
-
-func (n *Node) leaderHTTP() string {
-	_, id := n.raft.LeaderWithID()
-	n.fsm.mu.RLock()
-	defer n.fsm.mu.RUnlock()
-	return n.fsm.members[string(id)].HTTPAddr
-}
-
-func (n *Node) join(ctx context.Context, addr string) error {
-	m := &Member{ID: n.cfg.ID, RaftAddr: string(n.trans.LocalAddr()), HTTPAddr: n.ln.Addr().String()}
-	var err error
-	for attempt := 0; attempt < 50; attempt++ {
-		if err = n.postJoin(ctx, addr, m); err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("cluster: join %s: %w", addr, errors.Join(err, ctx.Err()))
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-	return fmt.Errorf("cluster: join %s: %w", addr, err)
-}
-
-func (n *Node) postJoin(ctx context.Context, addr string, m *Member) error {
-	body, _ := json.Marshal(m)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/join", bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	switch resp.StatusCode {
-	case http.StatusOK:
-		return nil
-	case http.StatusTemporaryRedirect:
-		if loc := resp.Header.Get("X-Leader"); loc != "" && loc != addr {
-			return n.postJoin(ctx, loc, m)
-		}
-	}
-	return fmt.Errorf("cluster: join via %s: %s: %s", addr, resp.Status, bytes.TrimSpace(msg))
-}
-
-// handleJoin adds a member (leader) or points at the leader (follower).
-func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) {
-	var m Member
-	if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&m); err != nil || m.ID == "" || m.RaftAddr == "" {
-		http.Error(w, "bad join request", http.StatusBadRequest)
-		return
-	}
-	if !n.IsLeader() {
-		w.Header().Set("X-Leader", n.leaderHTTP())
-		http.Error(w, "not the leader", http.StatusTemporaryRedirect)
-		return
-	}
-	if f := n.raft.AddVoter(raft.ServerID(m.ID), raft.ServerAddress(m.RaftAddr), 0, 10*time.Second); f.Error() != nil {
-		http.Error(w, f.Error().Error(), http.StatusServiceUnavailable)
-		return
-	}
-	if err := n.apply(command{Op: opMember, Member: &m}); err != nil {
-		http.Error(w, err.Error(), http.StatusServiceUnavailable)
-		return
-	}
-	n.log.Info("cluster: member joined", "member", m.ID, "raft", m.RaftAddr)
-}
+func (n *Node) IsLeader() bool { return n.rn.IsLeader() }
 
 // Status is what /status reports.
 type Status struct {
@@ -325,13 +169,6 @@ func (n *Node) Status() Status {
 		}
 	}
 	return st
-}
-
-func (n *Node) handleStatus(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Content-Type", "application/json")
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	enc.Encode(n.Status())
 }
 
 // HTTPAddr is the address the node's HTTP endpoint listens on.
@@ -401,36 +238,23 @@ func (n *Node) Transfers() []Record { return n.fsm.state().Transfers }
 func (n *Node) Barrier(timeout time.Duration) error { return n.raft.Barrier(timeout).Error() }
 
 // Handover transfers leadership to another member, if this node leads.
-func (n *Node) Handover() error {
-	if !n.IsLeader() {
-		return nil
-	}
-	return n.raft.LeadershipTransfer().Error()
-}
+func (n *Node) Handover() error { return n.rn.Handover() }
 
-// Close stops raft, the HTTP endpoint and the stores. It does not hand over
+// Close stops the HTTP endpoint, raft and the stores. It does not hand over
 // leadership: call Handover first for a graceful stop.
 func (n *Node) Close() error {
-	var errs []error
-	select {
-	case <-n.stop:
-		return nil
-	default:
-		close(n.stop)
-	}
-	if n.raft != nil {
-		errs = append(errs, n.raft.Shutdown().Error())
-	}
-	if c, ok := n.trans.(raft.WithClose); ok {
-		errs = append(errs, c.Close())
-	}
-	if n.http != nil {
-		errs = append(errs, n.http.Close())
-	}
-	n.wg.Wait()
-	close(n.leader)
-	for _, s := range n.stores {
-		errs = append(errs, s.Close())
-	}
-	return errors.Join(errs...)
+	n.closeOnce.Do(func() {
+		var errs []error
+		if n.http != nil {
+			errs = append(errs, n.http.Close())
+		} else if n.ln != nil {
+			n.ln.Close()
+		}
+		if n.rn != nil {
+			errs = append(errs, n.rn.Close())
+		}
+		n.wg.Wait()
+		n.closeErr = errors.Join(errs...)
+	})
+	return n.closeErr
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -15,16 +14,6 @@ import (
 	"github.com/ioactor/ioactor/internal/leakcheck"
 	"github.com/ioactor/ioactor/tftp"
 )
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
 
 func startNode(t *testing.T, dir, id, join string) *Node {
 	t.Helper()
@@ -37,7 +26,7 @@ func startNode(t *testing.T, dir, id, join string) *Node {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { fsys.Close() })
-	n, err := StartNode(ctx, NodeConfig{ID: id, DataDir: filepath.Join(dir, id), RaftAddr: freeAddr(t), HTTPAddr: freeAddr(t), Join: join, Fast: true, FS: fsys})
+	n, err := StartNode(ctx, NodeConfig{ID: id, DataDir: filepath.Join(dir, id), RaftAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Join: join, Fast: true, FS: fsys})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +145,7 @@ func TestThreeNodesReplicateTransfersAndSurviveTheLeader(t *testing.T) {
 		t.Fatalf("%d transfers after End", n)
 	}
 	// The old leader comes back from its data directory and catches up.
-	a2, err := StartNode(context.Background(), NodeConfig{ID: "a", DataDir: filepath.Join(dir, "a"), RaftAddr: string(a.trans.LocalAddr()), HTTPAddr: freeAddr(t), Fast: true})
+	a2, err := StartNode(context.Background(), NodeConfig{ID: "a", DataDir: filepath.Join(dir, "a"), RaftAddr: a.rn.RaftAddr(), HTTPAddr: "127.0.0.1:0", Fast: true})
 	if err != nil {
 		t.Fatal(err)
 	}
