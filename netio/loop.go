@@ -409,8 +409,8 @@ func (r *ring) pop() envelope {
 	return e
 }
 
-// pwait2 is 1 while epoll_pwait2 (Linux 5.11) is believed to exist, 0 once
-// it returned ENOSYS.
+// pwait2 is 1 while epoll_pwait2 (Linux 5.11) is believed to work, 0 once
+// it returned ENOSYS or EPERM.
 var pwait2 atomic.Int32
 
 func init() { pwait2.Store(1) }
@@ -423,13 +423,16 @@ func epollWait(epfd int, events []unix.EpollEvent, d time.Duration) (int, error)
 	if d > 0 && pwait2.Load() == 1 {
 		ts := unix.NsecToTimespec(int64(d))
 		r, _, e := unix.Syscall6(unix.SYS_EPOLL_PWAIT2, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(unsafe.Pointer(&ts)), 0, 0)
-		if e != unix.ENOSYS {
-			if e != 0 {
-				return 0, e
-			}
+		switch e {
+		case 0:
 			return int(r), nil
+		case unix.ENOSYS, unix.EPERM:
+			// Not in this kernel, or refused by a seccomp filter
+			// (older container runtimes): use epoll_wait from now on.
+			pwait2.Store(0)
+		default:
+			return 0, e
 		}
-		pwait2.Store(0)
 	}
 	ms := -1
 	if d >= 0 {
