@@ -5,30 +5,12 @@ import (
 	"context"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/ioactor/ioactor/internal/leakcheck"
+	"github.com/ioactor/ioactor/internal/testutil"
 )
-
-// syncBuffer is a bytes.Buffer safe for the server goroutine and the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func TestServeAndLoadEachFlow(t *testing.T) {
 	for _, flow := range []string{"ack", "nack", "pull"} {
@@ -42,7 +24,7 @@ func TestServeAndLoadEachFlow(t *testing.T) {
 			addr := ln.Addr().String()
 			ln.Close()
 			ctx, cancel := context.WithCancel(context.Background())
-			var out, errOut syncBuffer
+			var out, errOut testutil.SyncBuffer
 			done := make(chan error, 1)
 			go func() {
 				done <- run(ctx, []string{"serve", "-flow", flow, "-listen", addr, "-loops", "2"}, &out, &errOut)

@@ -7,66 +7,19 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/ioactor/ioactor/internal/leakcheck"
+	"github.com/ioactor/ioactor/internal/testutil"
 )
-
-// syncBuffer is a bytes.Buffer safe for the command's goroutines and the
-// test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // start runs raftkv with args until stop, and waits until its stdout
 // matches ready; it returns the submatches.
-func start(t *testing.T, ready *regexp.Regexp, args ...string) (match []string, stdout *syncBuffer, stop func() error) {
+func start(t *testing.T, ready *regexp.Regexp, args ...string) (match []string, stdout *testutil.SyncBuffer, stop func() error) {
 	t.Helper()
-	stdout = &syncBuffer{}
-	stderr := &syncBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, args, stdout, stderr) }()
-	var once sync.Once
-	var err error
-	stop = func() error {
-		once.Do(func() {
-			cancel()
-			err = <-done
-		})
-		return err
-	}
-	t.Cleanup(func() { stop() })
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if m := ready.FindStringSubmatch(stdout.String()); m != nil {
-			return m, stdout, stop
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("raftkv %v stopped: %v\n%s", args, err, stderr)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("raftkv %v not ready:\n%s\n%s", args, stdout, stderr)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	match, stdout, _, stop = testutil.Start(t, run, ready, 20*time.Second, args...)
+	return match, stdout, stop
 }
 
 func TestVersion(t *testing.T) {
@@ -94,7 +47,7 @@ func TestClusterAndLoad(t *testing.T) {
 	if len(addrs) != 3 {
 		t.Fatalf("nodes %q", m[1])
 	}
-	var out syncBuffer
+	var out testutil.SyncBuffer
 	err := run(context.Background(), []string{"load", "-nodes", m[1], "-users", "8", "-ramp", "500ms",
 		"-duration", "2s", "-keys", "20", "-progress", "off"}, &out, io.Discard)
 	if err != nil {

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ioactor/ioactor/internal/testutil"
 )
 
 // clusterNode is one tftpd -cluster process the test started.
@@ -26,7 +28,7 @@ type clusterNode struct {
 	gid                        int           // the process's group ID; 0: the test's
 	cmd                        *exec.Cmd     // nil once killed
 	done                       chan struct{} // closed when the process has exited
-	log                        *syncBuffer
+	log                        *testutil.SyncBuffer
 }
 
 // exited reports whether the node's process has ended (killed or not).
@@ -188,7 +190,7 @@ func (c *testCluster) start(n *clusterNode, join string, allowWrite bool) {
 	if n.metrics != "" {
 		args = append(args, "-metrics-listen", n.metrics)
 	}
-	n.log = &syncBuffer{}
+	n.log = &testutil.SyncBuffer{}
 	cmd := exec.Command(c.bin, args...)
 	cmd.Stdout, cmd.Stderr = n.log, n.log
 	// Should the test binary die without its cleanup, the node dies too.

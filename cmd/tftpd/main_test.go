@@ -10,66 +10,23 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/ioactor/ioactor/internal/leakcheck"
+	"github.com/ioactor/ioactor/internal/testutil"
 	"github.com/ioactor/ioactor/tftp"
 )
 
-// syncBuffer is a bytes.Buffer safe for the server goroutine and the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // start runs tftpd with args until the test ends and returns its stdout
 // and stderr, once it serves.
-func start(t *testing.T, args ...string) (stdout, stderr *syncBuffer, stop func() error) {
+func start(t *testing.T, args ...string) (stdout, stderr *testutil.SyncBuffer, stop func() error) {
 	t.Helper()
-	stdout, stderr = &syncBuffer{}, &syncBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, args, stdout, stderr) }()
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(stdout.String(), "serving") {
-		select {
-		case err := <-done:
-			cancel()
-			t.Fatalf("tftpd stopped: %v\n%s", err, stderr)
-		default:
-		}
-		if time.Now().After(deadline) {
-			cancel()
-			t.Fatalf("tftpd did not start: %s", stderr)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	var once sync.Once
-	var err error
-	stop = func() error {
-		once.Do(func() {
-			cancel()
-			err = <-done
-		})
-		return err
-	}
-	t.Cleanup(func() { stop() })
+	_, stdout, stderr, stop = testutil.Start(t, run, servingRE, 10*time.Second, args...)
 	return stdout, stderr, stop
 }
+
+var servingRE = regexp.MustCompile(`serving`)
 
 var addrRE = regexp.MustCompile(`on (\S+)\n`)
 var metricsRE = regexp.MustCompile(`metrics on (http://\S+)`)

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/ioactor/ioactor/internal/leakcheck"
+	"github.com/ioactor/ioactor/internal/testutil"
 )
 
 // partitionEnv marks the run of TestClusterPartition inside its own network
@@ -904,7 +905,7 @@ time=2026-01-01T10:00:05.300Z level=INFO msg="cluster: TFTP port released" node=
 	}
 	var nodes []*clusterNode
 	for _, id := range []string{"n1", "n2", "n3"} {
-		n := &clusterNode{id: id, log: &syncBuffer{}}
+		n := &clusterNode{id: id, log: &testutil.SyncBuffer{}}
 		n.log.Write([]byte(logs[id]))
 		nodes = append(nodes, n)
 	}
@@ -912,7 +913,7 @@ time=2026-01-01T10:00:05.300Z level=INFO msg="cluster: TFTP port released" node=
 	if got := strings.Join(r.run(func() { checkServingIntervals(r, nodes) }), "\n"); !strings.Contains(got, "split brain: n2 logged serving TFTP") {
 		t.Errorf("overlapping serving intervals in the logs: reported %q, want a split brain", got)
 	}
-	nodes[1].log = &syncBuffer{}
+	nodes[1].log = &testutil.SyncBuffer{}
 	nodes[1].log.Write([]byte(`time=2026-01-01T10:00:05.300Z level=INFO msg="cluster: serving TFTP" node=n2`))
 	r = &recorder{}
 	if got := r.run(func() { checkServingIntervals(r, nodes) }); len(got) > 0 {
