@@ -114,9 +114,8 @@ type xfer struct {
 
 	ent *entry // the single-port driver's record
 
-	ckpt    uint64    // the block of the last checkpoint given to the replicator
-	ckptAt  time.Time // and when
-	resumed bool      // taken over from another server
+	ckpt   uint64    // the block of the last checkpoint given to the replicator
+	ckptAt time.Time // and when
 
 	// Tokens the driver passes back as messages without allocating.
 	sentTok  sentToken
@@ -196,7 +195,6 @@ func (x *xfer) resume(now time.Time, local netip.AddrPort, st TransferState) {
 	x.local = local
 	x.counted = true
 	x.shard.active.Add(1)
-	x.resumed = true
 	f, size, err := x.srv.fs.Open(st.Filename)
 	if err == nil && size != st.Size {
 		f.Close()

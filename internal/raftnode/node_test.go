@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/ioactor/ioactor/internal/leakcheck"
+	"github.com/ioactor/ioactor/internal/testutil"
 )
 
 // memberFSM's log holds member records only, as JSON.
@@ -143,17 +144,6 @@ func tryStartTestNode(t *testing.T, dir, id, raftAddr, join string) (*testNode, 
 	return tn, nil
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func nextChange(t *testing.T, n *testNode) bool {
 	t.Helper()
 	select {
@@ -208,9 +198,9 @@ func TestJoinThroughFollowerAndHandover(t *testing.T) {
 		t.Fatal("a's first leadership change is not true")
 	}
 	b := startTestNode(t, dir, "b", "127.0.0.1:0", a.http)
-	waitFor(t, "b to know the leader's address", func() bool { return b.LeaderHTTP() == a.http })
+	testutil.WaitFor(t, "b to know the leader's address", func() bool { return b.LeaderHTTP() == a.http })
 	c := startTestNode(t, dir, "c", "127.0.0.1:0", b.http) // through a follower
-	waitFor(t, "every address everywhere", everyoneKnows(a, b, c))
+	testutil.WaitFor(t, "every address everywhere", everyoneKnows(a, b, c))
 	f := a.Raft().GetConfiguration()
 	if err := f.Error(); err != nil || len(f.Configuration().Servers) != 3 {
 		t.Fatalf("configuration %+v, %v", f.Configuration(), err)
@@ -220,7 +210,7 @@ func TestJoinThroughFollowerAndHandover(t *testing.T) {
 	// moved leadership in between.
 	nodes := []*testNode{a, b, c}
 	body, _ := json.Marshal(c.self())
-	waitFor(t, "a follower's 307 to the leader", func() bool {
+	testutil.WaitFor(t, "a follower's 307 to the leader", func() bool {
 		l, f := roles(nodes)
 		if l == nil || f == nil {
 			return false
@@ -231,7 +221,7 @@ func TestJoinThroughFollowerAndHandover(t *testing.T) {
 	if resp := postJoin(t, a.http, []byte(`{"id":"d"}`)); resp.StatusCode != http.StatusBadRequest {
 		t.Errorf("join without raft_addr: %s, want 400", resp.Status)
 	}
-	waitFor(t, "a repeated join that adds no log entry", func() bool {
+	testutil.WaitFor(t, "a repeated join that adds no log entry", func() bool {
 		l, _ := roles(nodes)
 		if l == nil || l.Raft().Barrier(5*time.Second).Error() != nil {
 			return false
@@ -248,7 +238,7 @@ func TestJoinThroughFollowerAndHandover(t *testing.T) {
 	if err := l.Handover(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the old leader's false", func() bool { return !nextChange(t, l) })
+	testutil.WaitFor(t, "the old leader's false", func() bool { return !nextChange(t, l) })
 	// Each change comes once (true, false, true...), and Close ends the
 	// channel.
 	for _, n := range nodes {
@@ -284,9 +274,9 @@ func TestRestartAdvertisesNewHTTPAddr(t *testing.T) {
 	leakcheck.Check(t)
 	dir := t.TempDir()
 	a := startTestNode(t, dir, "a", "127.0.0.1:0", "")
-	waitFor(t, "a to lead", a.IsLeader)
+	testutil.WaitFor(t, "a to lead", a.IsLeader)
 	b := startTestNode(t, dir, "b", "127.0.0.1:0", a.http)
-	waitFor(t, "every address everywhere", everyoneKnows(a, b))
+	testutil.WaitFor(t, "every address everywhere", everyoneKnows(a, b))
 	raftB := b.RaftAddr()
 	b.close()
 	var b2 *testNode
@@ -300,7 +290,7 @@ func TestRestartAdvertisesNewHTTPAddr(t *testing.T) {
 	if err != nil {
 		t.Fatalf("restart b: %v", err)
 	}
-	waitFor(t, "b's new address everywhere", everyoneKnows(a, b2))
+	testutil.WaitFor(t, "b's new address everywhere", everyoneKnows(a, b2))
 	if b2.IsLeader() {
 		t.Error("the restarted follower leads")
 	}

@@ -73,3 +73,16 @@ func Start(t testing.TB, run RunFunc, ready *regexp.Regexp, timeout time.Duratio
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// WaitFor polls cond every 10 ms and fails the test if it is not true
+// within 15 s; what names the condition in the failure.
+func WaitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

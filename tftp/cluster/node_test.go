@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ioactor/ioactor/internal/leakcheck"
+	"github.com/ioactor/ioactor/internal/testutil"
 	"github.com/ioactor/ioactor/tftp"
 )
 
@@ -37,17 +38,6 @@ func startNode(t *testing.T, dir, id, join string) *Node {
 	return n
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func leaderOf(nodes []*Node) *Node {
 	for _, n := range nodes {
 		if n != nil && n.IsLeader() {
@@ -61,7 +51,7 @@ func TestThreeNodesReplicateTransfersAndSurviveTheLeader(t *testing.T) {
 	leakcheck.Check(t)
 	dir := t.TempDir()
 	a := startNode(t, dir, "a", "")
-	waitFor(t, "a to lead", a.IsLeader)
+	testutil.WaitFor(t, "a to lead", a.IsLeader)
 	b := startNode(t, dir, "b", a.HTTPAddr())
 	c := startNode(t, dir, "c", b.HTTPAddr()) // joining through a follower works too
 	nodes := []*Node{a, b, c}
@@ -72,7 +62,7 @@ func TestThreeNodesReplicateTransfersAndSurviveTheLeader(t *testing.T) {
 			}
 		}
 	}()
-	waitFor(t, "three voters", func() bool { return len(a.Status().Voters) == 3 })
+	testutil.WaitFor(t, "three voters", func() bool { return len(a.Status().Voters) == 3 })
 
 	rec := Record{State: tftp.TransferState{ID: 1, Client: netip.MustParseAddrPort("127.0.0.1:40000"), Op: tftp.OpRRQ, Filename: "f", Started: time.Now()}}
 	if err := a.Begin(rec); err != nil {
@@ -104,7 +94,7 @@ func TestThreeNodesReplicateTransfersAndSurviveTheLeader(t *testing.T) {
 	}
 	for _, id := range []string{"a", "b", "c"} {
 		path := filepath.Join(dir, id, "root", "up.bin")
-		waitFor(t, "the upload on "+id, func() bool {
+		testutil.WaitFor(t, "the upload on "+id, func() bool {
 			got, err := os.ReadFile(path)
 			return err == nil && bytes.Equal(got, data)
 		})
@@ -122,14 +112,14 @@ func TestThreeNodesReplicateTransfersAndSurviveTheLeader(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, id := range []string{"a", "b", "c"} {
-		waitFor(t, "node "+id+" to drop the abandoned upload", func() bool {
+		testutil.WaitFor(t, "node "+id+" to drop the abandoned upload", func() bool {
 			ents, _ := os.ReadDir(filepath.Join(dir, id, "root"))
 			return len(ents) == 1 // up.bin only: no partial.bin, no temporary file
 		})
 	}
 	a.Close()
 	nodes[0] = nil
-	waitFor(t, "a new leader", func() bool { return leaderOf(nodes) != nil })
+	testutil.WaitFor(t, "a new leader", func() bool { return leaderOf(nodes) != nil })
 	l := leaderOf(nodes)
 	if err := l.Barrier(5 * time.Second); err != nil {
 		t.Fatal(err)
@@ -154,5 +144,5 @@ func TestThreeNodesReplicateTransfersAndSurviveTheLeader(t *testing.T) {
 		}
 	}()
 	nodes[0] = a2
-	waitFor(t, "a to catch up", func() bool { return a2.Status().Leader != "" && len(a2.Transfers()) == 0 })
+	testutil.WaitFor(t, "a to catch up", func() bool { return a2.Status().Leader != "" && len(a2.Transfers()) == 0 })
 }
