@@ -238,6 +238,12 @@ func (f *fsm) Apply(l *raft.Log) any {
 	if err := json.Unmarshal(l.Data, &c); err != nil {
 		return fmt.Errorf("cluster: bad log entry %d: %w", l.Index, err)
 	}
+	switch {
+	case (c.Op == opBegin || c.Op == opCommit) && c.Record == nil:
+		return fmt.Errorf("cluster: log entry %d: %q without a record", l.Index, c.Op)
+	case c.Op == opMember && c.Member == nil:
+		return fmt.Errorf("cluster: log entry %d: %q without a member", l.Index, c.Op)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	switch c.Op {
