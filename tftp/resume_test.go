@@ -39,34 +39,85 @@ func TestResumeFindsRealClients(t *testing.T) {
 		{"atftp", func(port, out string) []string {
 			return []string{"-g", "-r", "f", "-l", out, "127.0.0.1", port}
 		}},
+		{"atftp", func(port, out string) []string { // RFC 7440: a wide first window, no probe
+			return []string{"--option", "windowsize 16", "-g", "-r", "f", "-l", out, "127.0.0.1", port}
+		}},
+	}
+	for i, c := range clients {
+		bin := requireTool(t, c.name)
+		if i == len(clients)-1 {
+			c.name += "-windowsize-16"
+		}
+		for _, lag := range []uint64{0, 1, 2, 600} {
+			t.Run(fmt.Sprintf("%s/behind-%d", c.name, lag), func(t *testing.T) {
+				out := filepath.Join(t.TempDir(), "got")
+				pause := resumeDuringDownload(t, dir, "f", lag, func(port string) *exec.Cmd {
+					return exec.Command(bin, c.args(port, out)...)
+				}, out)
+				if got := fileSHA(t, out); got != want {
+					t.Fatalf("the file arrived different")
+				}
+				checkResumePause(t, c.name, lag, pause)
+			})
+		}
+	}
+}
+
+// TestResumeNetasciiFindsRealClients is TestResumeFindsRealClients for a
+// netascii download: the checkpoint holds the file offset and the
+// converter's state, and the resumed server converts its way from there
+// to the client's block. The clients convert back; the text must arrive
+// exactly as it is on disk.
+func TestResumeNetasciiFindsRealClients(t *testing.T) {
+	leakcheck.Check(t)
+	dir := t.TempDir()
+	text := strings.Repeat(netasciiSample, 3<<20/len(netasciiSample))
+	writeFile(t, dir, "t.txt", []byte(text))
+	clients := []struct {
+		name string
+		cmd  func(bin, port, out string) *exec.Cmd
+	}{
+		{"tftp", func(bin, port, out string) *exec.Cmd {
+			return exec.Command(bin, "-l", "-m", "netascii", "127.0.0.1", port, "-c", "get", "t.txt", out)
+		}},
+		{"atftp", func(bin, port, out string) *exec.Cmd {
+			cmd := exec.Command(bin, "127.0.0.1", port) // converts only in interactive mode
+			cmd.Stdin = strings.NewReader(fmt.Sprintf("mode netascii\nget t.txt %s\nquit\n", out))
+			return cmd
+		}},
 	}
 	for _, c := range clients {
 		bin := requireTool(t, c.name)
 		for _, lag := range []uint64{0, 1, 2, 600} {
 			t.Run(fmt.Sprintf("%s/behind-%d", c.name, lag), func(t *testing.T) {
 				out := filepath.Join(t.TempDir(), "got")
-				pause := resumeDuringDownload(t, dir, lag, func(port string) *exec.Cmd {
-					return exec.Command(bin, c.args(port, out)...)
+				pause := resumeDuringDownload(t, dir, "t.txt", lag, func(port string) *exec.Cmd {
+					return c.cmd(bin, port, out)
 				}, out)
-				if got := fileSHA(t, out); got != want {
-					t.Fatalf("the file arrived different")
+				if got, _ := os.ReadFile(out); string(got) != text {
+					t.Fatalf("the text arrived different: %d bytes, want %d", len(got), len(text))
 				}
-				t.Logf("%s, checkpoint %d blocks behind: pause %v", c.name, lag, pause)
-				if pause > 2500*time.Millisecond {
-					t.Fatalf("pause %v: the resumed server did not find the client's block (it waited for the client's timer)", pause)
-				}
+				checkResumePause(t, c.name, lag, pause)
 			})
 		}
 	}
 }
 
+func checkResumePause(t *testing.T, client string, lag uint64, pause time.Duration) {
+	t.Helper()
+	t.Logf("%s, checkpoint %d blocks behind: pause %v", client, lag, pause)
+	if pause > 2500*time.Millisecond {
+		t.Fatalf("pause %v: the resumed server did not find the client's block (it waited for the client's timer)", pause)
+	}
+}
+
 // resumeDuringDownload starts a single-port server on dir, starts the
-// client, stops the server once the client has a third of the file, and
-// resumes the transfer on a new server on the same port from a checkpoint
-// lag blocks behind what the first server last saw acknowledged. It waits
-// for the client and returns the longest pause in the growth of its file
-// after the stop.
-func resumeDuringDownload(t *testing.T, dir string, lag uint64, client func(port string) *exec.Cmd, out string) time.Duration {
+// client, stops the server once the client has a third of the file name,
+// and resumes the transfer on a new server on the same port from a
+// checkpoint lag blocks behind what the first server last saw
+// acknowledged. It waits for the client and returns the longest pause in
+// the growth of its file after the stop.
+func resumeDuringDownload(t *testing.T, dir, name string, lag uint64, client func(port string) *exec.Cmd, out string) time.Duration {
 	t.Helper()
 	sys, err := netio.NewSystem(netio.Config{Loops: 2, Logger: testLogger(t)})
 	if err != nil {
@@ -112,6 +163,9 @@ func resumeDuringDownload(t *testing.T, dir string, lag uint64, client func(port
 			if err != nil || strings.Contains(stderr.String(), "rror") {
 				t.Fatalf("client: %v: %s", err, stderr.String())
 			}
+			if b == nil {
+				t.Fatal("the download ended before the server was stopped")
+			}
 			return pause
 		case <-ctx.Done():
 			t.Fatal("the download did not end")
@@ -126,7 +180,7 @@ func resumeDuringDownload(t *testing.T, dir string, lag uint64, client func(port
 				}
 				last, lastGrow = fi.Size(), now
 			}
-			if b != nil || fi.Size() < size3rd {
+			if b != nil || fi.Size() < 1<<20 {
 				continue
 			}
 			states, err := a.Transfers(ctx)
@@ -137,6 +191,20 @@ func resumeDuringDownload(t *testing.T, dir string, lag uint64, client func(port
 			st := states[0]
 			st.Block -= min(lag, st.Block-1)
 			st.Offset = int64(st.Block) * int64(st.Negotiated.BlockSize)
+			if st.Mode == ModeNetascii {
+				// Where block Block ends in the file, and the converter's
+				// state there: by converting the file up to it.
+				f, err := os.Open(filepath.Join(dir, name))
+				if err != nil {
+					t.Fatal(err)
+				}
+				walk := newNetasciiSource(f, sourcePos{})
+				if _, _, err := walk.skip(st.Block, st.Negotiated.BlockSize); err != nil {
+					t.Fatal(err)
+				}
+				f.Close()
+				st.Offset, st.Netascii = walk.pos().Offset, uint8(walk.pos().Enc.owed)
+			}
 			cfg.Resume = []TransferState{st}
 			if b, err = NewServer(sys, cfg); err != nil {
 				t.Fatal(err)
@@ -146,4 +214,3 @@ func resumeDuringDownload(t *testing.T, dir string, lag uint64, client func(port
 	}
 }
 
-const size3rd = 1 << 20

@@ -103,8 +103,9 @@ type sender struct {
 	// probe, while not nil, searches for the block a resumed lock-step
 	// client waits for.
 	probe *probe
-	// lastBlock is the last block when known in advance (a resumed octet
-	// download of a file of known size); 0 otherwise.
+	// lastBlock is the last block when known before it is read (a resumed
+	// octet download of a file of known size, or a probe that reached the
+	// end of a netascii one); 0 otherwise.
 	lastBlock uint64
 	probes    uint64 // probe blocks sent
 	ns        []int
@@ -123,6 +124,7 @@ type sender struct {
 // and the client's own retransmitted ACK (jump).
 type probe struct {
 	next, last uint64        // the next block to send, and the last one
+	at         uint64        // the block the source reads next
 	gap        time.Duration // between two probes
 	buf        []byte        // DATA header and payload
 }
@@ -131,12 +133,17 @@ type probe struct {
 // arrives (a pass that finds nothing is tried again four times slower).
 const probeGap = 250 * time.Microsecond
 
-// seekSource is a block source over an octet file, which can read any
-// block and move to it.
+// seekSource is a block source over a file, octet or netascii: it can go
+// back to a position it reported and skip blocks forward, which is what a
+// resumed download needs to reach its client's block.
 type seekSource interface {
 	blockSource
-	readAt(p []byte, off int64) (int, error)
-	seek(off int64)
+	// seek moves the source to a position pos returned.
+	seek(at sourcePos)
+	// skip moves past the next n blocks of bs bytes. It returns how many
+	// it passed and whether the last of them was the input's last (shorter
+	// than bs); fewer than n means the input ended before.
+	skip(n uint64, bs int) (passed uint64, last bool, err error)
 }
 
 type sendSlot struct {
@@ -277,8 +284,8 @@ func (s *sender) ack(now time.Time, w uint16) event {
 
 // jump handles, on a resumed transfer before its first acknowledgement, an
 // ACK beyond the blocks sent: the client got further than the checkpoint
-// plus the resume window. An octet source can seek, so the transfer moves
-// to the block after the acknowledged one.
+// plus the resume window (or the probe found it there). The source skips
+// forward, and the transfer moves to the block after the acknowledged one.
 func (s *sender) jump(w uint16) (event, bool) {
 	src, ok := s.src.(seekSource)
 	if !ok {
@@ -292,20 +299,43 @@ func (s *sender) jump(w uint16) (event, bool) {
 	if !ok || j < s.next || (last > 0 && j > last) {
 		return evNone, false
 	}
+	pos := s.basePos
+	if j+1 >= s.produced {
+		// Blocks after j were not read yet: skip to j and read on there.
+		n := j + 1 - s.produced
+		passed, end, err := src.skip(n, s.bs)
+		if err != nil {
+			return s.fail(err), true
+		}
+		if passed < n {
+			// Not a block of this file: go back to where the source was.
+			src.seek(s.producedPos())
+			return evNone, false
+		}
+		if end {
+			last = j
+		}
+		s.produced, pos = j+1, src.pos()
+	} else {
+		pos = s.slot(j).pos
+	}
 	s.acked = int64(j) * int64(s.bs)
 	if j == last {
 		s.phase, s.pending = phaseDone, false
 		return evDone, true
 	}
-	if j+1 >= s.produced {
-		// Blocks after j were not read yet: read on from there.
-		s.produced = j + 1
-		src.seek(int64(j) * int64(s.bs))
-	}
-	s.basePos = sourcePos{Offset: int64(j) * int64(s.bs)}
+	s.basePos = pos
 	s.base, s.next = j+1, j+1
 	s.advanced()
 	return evProgress, true
+}
+
+// producedPos returns the source position at the start of block produced.
+func (s *sender) producedPos() sourcePos {
+	if s.produced > s.base && s.base > 0 {
+		return s.slot(s.produced - 1).pos
+	}
+	return s.basePos
 }
 
 // probed handles an ACK while probing: it names the client's block, the
@@ -315,7 +345,7 @@ func (s *sender) probed(w uint16) event {
 	if !ok {
 		return evNone
 	}
-	s.probe = nil
+	s.stopProbe()
 	if j == s.base-1 {
 		s.advanced() // the client is at the checkpoint
 		return evProgress
@@ -327,24 +357,64 @@ func (s *sender) probed(w uint16) event {
 	return evProgress
 }
 
-// startProbe makes a resumed lock-step octet download search for its
-// client's block, from the block after the checkpoint to at most span
-// blocks further (and not past last, the file's last block).
+// startProbe makes a resumed lock-step download search for its client's
+// block, from the block after the checkpoint to at most span blocks
+// further and not past last, the file's last block (0: not known in
+// advance, as for netascii, whose end the probe finds).
 func (s *sender) startProbe(span, last uint64) {
 	if _, ok := s.src.(seekSource); !ok || s.base == 0 || s.window != 1 {
 		return
 	}
 	s.lastBlock = last
-	s.probe = &probe{next: s.base, last: min(s.base+span, last), gap: probeGap, buf: make([]byte, 4+s.bs)}
+	end := s.base + span
+	if last > 0 {
+		end = min(end, last)
+	}
+	s.probe = &probe{next: s.base, last: end, at: s.base, gap: probeGap, buf: make([]byte, 4+s.bs)}
 }
 
-// emitProbe sends the next probe block.
+// stopProbe ends the probe and puts the source back where the transfer
+// goes on (or jumps from): the checkpoint.
+func (s *sender) stopProbe() {
+	s.probe = nil
+	s.src.(seekSource).seek(s.producedPos())
+}
+
+// emitProbe sends the next probe block. The probe reads its blocks with
+// the transfer's source, in order: a pass skips the block between two
+// probes, and a new pass starts again from the checkpoint.
 func (s *sender) emitProbe(now time.Time) [][]byte {
 	p := s.probe
-	n, err := s.src.(seekSource).readAt(p.buf[4:], int64(p.next-1)*int64(s.bs))
+	src := s.src.(seekSource)
+	if p.next < p.at {
+		src.seek(s.basePos)
+		p.at = s.base
+	}
+	if p.next > p.at {
+		passed, end, err := src.skip(p.next-p.at, s.bs)
+		p.at += passed
+		if err == nil && end {
+			// The file ended before this probe's block: probe its last
+			// block instead, the one just passed.
+			p.next, p.last, s.lastBlock = p.at-1, p.at-1, p.at-1
+			src.seek(s.basePos)
+			p.at = s.base
+			passed, _, err = src.skip(p.next-p.at, s.bs)
+			p.at += passed
+		}
+		if err != nil {
+			s.fail(err)
+			return nil
+		}
+	}
+	n, err := src.readBlock(p.buf[4:])
 	if err != nil {
 		s.fail(err)
 		return nil
+	}
+	p.at++
+	if n < s.bs {
+		p.last, s.lastBlock = p.next, p.next // netascii finds its end here
 	}
 	w := s.roll.wire(p.next)
 	p.buf[0], p.buf[1], p.buf[2], p.buf[3] = 0, byte(OpDATA), byte(w>>8), byte(w)
@@ -378,7 +448,12 @@ func (s *sender) timeout(now time.Time) event {
 		return evNone
 	}
 	if p := s.probe; p != nil {
-		p.next += 2
+		switch {
+		case p.next < p.last && p.next+2 > p.last:
+			p.next = p.last // a pass ends on the last block
+		default:
+			p.next += 2
+		}
 		if p.next > p.last {
 			if p.gap < probeGap*4 {
 				// No answer: the client may have been too busy to take
@@ -387,7 +462,7 @@ func (s *sender) timeout(now time.Time) event {
 			} else {
 				// Go back to the checkpoint and wait for the client's
 				// own retransmission.
-				s.probe = nil
+				s.stopProbe()
 			}
 		}
 		s.pending = true

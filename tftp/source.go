@@ -28,7 +28,12 @@ func (s *octetSource) readAt(p []byte, off int64) (int, error) {
 	return n, err
 }
 
-func (s *octetSource) seek(off int64) { s.off = off }
+func (s *octetSource) seek(at sourcePos) { s.off = at.Offset }
+
+func (s *octetSource) skip(n uint64, bs int) (uint64, bool, error) {
+	s.off += int64(n) * int64(bs)
+	return n, false, nil
+}
 
 // netasciiSource reads a file's blocks converted to netascii. Its position
 // is the offset of the next byte to convert and the encoder's state (a CR
@@ -40,6 +45,7 @@ type netasciiSource struct {
 	buf        []byte
 	start, end int // unconverted bytes are buf[start:end]
 	eof        bool
+	scratch    []byte // the blocks skip converts and drops
 }
 
 func newNetasciiSource(f io.ReaderAt, at sourcePos) *netasciiSource {
@@ -75,6 +81,28 @@ func (s *netasciiSource) readBlock(p []byte) (int, error) {
 
 func (s *netasciiSource) pos() sourcePos {
 	return sourcePos{Offset: s.bufOff + int64(s.start), Enc: s.enc}
+}
+
+func (s *netasciiSource) seek(at sourcePos) {
+	s.enc, s.bufOff, s.start, s.end, s.eof = at.Enc, at.Offset, 0, 0, false
+}
+
+// skip converts the next n blocks and drops them: where a netascii block
+// starts in the file is only known by converting what comes before it.
+func (s *netasciiSource) skip(n uint64, bs int) (uint64, bool, error) {
+	if len(s.scratch) != bs {
+		s.scratch = make([]byte, bs)
+	}
+	for i := uint64(1); i <= n; i++ {
+		m, err := s.readBlock(s.scratch)
+		if err != nil {
+			return i - 1, false, err
+		}
+		if m < bs {
+			return i, true, nil
+		}
+	}
+	return n, false, nil
 }
 
 // readerSource reads blocks from a stream (a client's upload).

@@ -679,28 +679,43 @@ func TestPairFileSource(t *testing.T) {
 }
 
 // A resumed sender sends a wide first window from its checkpoint; a client
-// further ahead than that acknowledges its own block, and an octet transfer
-// moves there, then continues with the negotiated window.
+// further ahead than that acknowledges its own block, and the transfer
+// moves there (an octet source seeks, a netascii one converts its way
+// there), then continues with the negotiated window. An ACK beyond the
+// file's end moves nothing.
 func TestResumedSenderJumpsToAClientAhead(t *testing.T) {
-	now := time.Unix(0, 0)
+	const bs, ckpt = 4, 10
 	f := patternFile{size: 4000}
-	s := newSender(senderConfig{blockSize: 4, window: 8, src: &octetSource{f: f, off: 40}, first: 11, rto: fixedRTO(time.Second), maxRetries: 3, prefetch: true})
-	s.resumed, s.restoreWindow = true, 1
-	out := s.emit(now)
-	if len(out) != 8 || !bytes.Equal(out[0][:4], []byte{0, 3, 0, 11}) {
-		t.Fatalf("resume window: %d datagrams, first %q", len(out), out[0][:4])
-	}
-	if ev := s.ack(now, 500); ev != evProgress { // far beyond block 18
-		t.Fatalf("ack 500: %v", ev)
-	}
-	out = s.emit(now)
-	want := make([]byte, 4)
-	f.ReadAt(want, 500*4)
-	if len(out) != 1 || !bytes.Equal(out[0][:4], []byte{0, 3, 0x01, 0xf5}) || !bytes.Equal(out[0][4:], want) {
-		t.Fatalf("after the jump: %d datagrams, %q", len(out), out[0])
-	}
-	if ev := s.ack(now, 2000); ev != evNone { // the window is back to 1: no more jumps
-		t.Fatalf("a second jump: %v", ev)
+	for _, mode := range []string{ModeOctet, ModeNetascii} {
+		t.Run(mode, func(t *testing.T) {
+			ref := referenceBlocks(f, mode, bs)
+			now := time.Unix(0, 0)
+			s := newSender(senderConfig{blockSize: bs, window: 8, src: resumeSource(f, mode, ckpt, bs), first: ckpt + 1, rto: fixedRTO(time.Second), maxRetries: 3, prefetch: true})
+			s.resumed, s.restoreWindow = true, 1
+			if mode == ModeOctet {
+				s.lastBlock = uint64(len(ref))
+			}
+			out := s.emit(now)
+			if len(out) != 8 || !bytes.Equal(out[0][:4], []byte{0, 3, 0, 11}) || !bytes.Equal(out[0][4:], ref[10]) {
+				t.Fatalf("resume window: %d datagrams, first %q", len(out), out[0])
+			}
+			if ev := s.ack(now, uint16(len(ref)+5)); ev != evNone {
+				t.Fatalf("an ACK beyond the last block: %v", ev)
+			}
+			if ev := s.ack(now, 500); ev != evProgress { // far beyond block 18
+				t.Fatalf("ack 500: %v", ev)
+			}
+			for k := 501; k <= 503; k++ {
+				out = s.emit(now)
+				if len(out) != 1 || int(out[0][2])<<8|int(out[0][3]) != k || !bytes.Equal(out[0][4:], ref[k-1]) {
+					t.Fatalf("after the jump: %d datagrams, %q, want block %d", len(out), out[0], k)
+				}
+				s.ack(now, uint16(k))
+			}
+			if ev := s.ack(now, 2000); ev != evNone { // the window is back to 1: no more jumps
+				t.Fatalf("a second jump: %v", ev)
+			}
+		})
 	}
 }
 
@@ -708,80 +723,146 @@ func TestResumedSenderJumpsToAClientAhead(t *testing.T) {
 // two blocks apart, and moves to the client's block on the first ACK; the
 // client model is RFC 1350's (tftp-hpa, curl): it takes the block it waits
 // for, acknowledges again a duplicate of its last block, and ignores the
-// rest.
+// rest. Octet and netascii: a netascii block's place in the file is only
+// known by converting what comes before it, and its last block only when
+// the conversion reaches it.
 func TestResumedSenderProbesForItsClient(t *testing.T) {
 	const bs = 4
-	f := patternFile{size: 4000} // blocks 1..1001, the last one empty
-	for _, tc := range []struct {
-		name         string
-		client       uint64 // the last block the client has
-		span         uint64
-		wantProbes   uint64
-		wantDone     bool
-		wantFallBack bool
-	}{
-		{"at the checkpoint", 10, 100, 1, false, false},
-		{"one ahead", 11, 100, 1, false, false},
-		{"two ahead", 12, 100, 2, false, false},
-		{"far ahead", 310, 1000, 151, false, false},
-		{"has every block but the last", 1000, 2000, 496, true, false},
-		{"beyond the span", 500, 100, 102, false, true}, // two passes
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			now := time.Unix(0, 0)
-			s := newSender(senderConfig{blockSize: bs, window: 1, src: &octetSource{f: f, off: 40}, first: 11, rto: fixedRTO(time.Second), maxRetries: 3, prefetch: true})
-			s.resumed = true
-			s.startProbe(tc.span, 1001)
-			client := tc.client
-			for i := 0; i < 5000 && s.probe != nil; i++ {
+	f := patternFile{size: 4000}
+	for _, c := range []struct {
+		mode string
+		ckpt uint64 // two: both parities of the probes against the last block
+	}{{ModeOctet, 10}, {ModeOctet, 11}, {ModeNetascii, 10}, {ModeNetascii, 11}} {
+		mode, ckpt := c.mode, c.ckpt
+		ref := referenceBlocks(f, mode, bs) // ref[k-1] is block k
+		nblocks := uint64(len(ref))
+		for _, tc := range []struct {
+			name         string
+			client       uint64 // the last block the client has
+			span         uint64
+			wantFallBack bool
+		}{
+			{"at the checkpoint", ckpt, 100, false},
+			{"one ahead", ckpt + 1, 100, false},
+			{"two ahead", ckpt + 2, 100, false},
+			{"far ahead", 310, 1000, false},
+			{"has every block but the last", nblocks - 1, 2 * nblocks, false},
+			{"has every block", nblocks, 2 * nblocks, false}, // the last ACK was lost with the server
+			{"beyond the span", 500, 100, true},
+		} {
+			t.Run(fmt.Sprintf("%s/checkpoint-%d/%s", mode, ckpt, tc.name), func(t *testing.T) {
+				now := time.Unix(0, 0)
+				src, last := resumeSource(f, mode, ckpt, bs), uint64(0)
+				if mode == ModeOctet {
+					last = nblocks
+				}
+				s := newSender(senderConfig{blockSize: bs, window: 1, src: src, first: ckpt + 1, rto: fixedRTO(time.Second), maxRetries: 3, prefetch: true})
+				s.resumed = true
+				s.startProbe(tc.span, last)
+				client := tc.client
+				for i := 0; i < 5000 && s.probe != nil; i++ {
+					out := s.emit(now)
+					if len(out) != 1 {
+						t.Fatalf("probe %d: %d datagrams", i, len(out))
+					}
+					k := uint64(out[0][2])<<8 | uint64(out[0][3])
+					if k == 0 || k > nblocks || !bytes.Equal(out[0][4:], ref[k-1]) {
+						t.Fatalf("probe of block %d carries the wrong bytes", k)
+					}
+					switch {
+					case k == client+1: // takes it
+						client++
+						s.ack(now, uint16(client))
+					case k == client: // a duplicate: acknowledged again
+						s.ack(now, uint16(client))
+					default: // ignored: the probe goes on
+						now = now.Add(4 * probeGap)
+						s.timeout(now)
+					}
+				}
+				// Probes go ckpt+1, ckpt+3, ... and a pass ends on the last
+				// block: the first at or past the client's block finds it;
+				// beyond the span, two passes of span/2+1 find nothing.
+				want := (tc.client-ckpt)/2 + 1
+				if tc.wantFallBack {
+					want = 2 * (tc.span/2 + 1)
+				}
+				if s.probes != want {
+					t.Errorf("probes: %d, want %d", s.probes, want)
+				}
+				if client == nblocks || s.phase == phaseDone {
+					if client != nblocks || s.phase != phaseDone {
+						t.Fatalf("phase %v, the client has %d of %d blocks", s.phase, client, nblocks)
+					}
+					return
+				}
 				out := s.emit(now)
 				if len(out) != 1 {
-					t.Fatalf("probe %d: %d datagrams", i, len(out))
+					t.Fatalf("after the probe: %d datagrams", len(out))
 				}
 				k := uint64(out[0][2])<<8 | uint64(out[0][3])
-				want := make([]byte, bs)
-				n, _ := f.ReadAt(want, int64(k-1)*bs)
-				if !bytes.Equal(out[0][4:], want[:n]) {
-					t.Fatalf("probe of block %d carries the wrong bytes", k)
+				if tc.wantFallBack {
+					if k != ckpt+1 || !bytes.Equal(out[0][4:], ref[k-1]) {
+						t.Fatalf("after an unanswered probe the sender sends block %d, want the checkpoint's next, %d", k, ckpt+1)
+					}
+					// The client's own retransmitted ACK still moves it there.
+					if ev := s.ack(now, uint16(client)); ev != evProgress || s.base != client+1 {
+						t.Fatalf("the client's ACK %d: %v, base %d", client, ev, s.base)
+					}
+					out = s.emit(now)
+					k = uint64(out[0][2])<<8 | uint64(out[0][3])
 				}
-				switch {
-				case k == client+1: // takes it
-					client++
-					s.ack(now, uint16(client))
-				case k == client: // a duplicate: acknowledged again
-					s.ack(now, uint16(client))
-				default: // ignored: the probe goes on
-					now = now.Add(4 * probeGap)
-					s.timeout(now)
+				if k != client+1 || !bytes.Equal(out[0][4:], ref[k-1]) {
+					t.Fatalf("after the probe the sender sends block %d (right bytes: %v), the client waits for %d", k, bytes.Equal(out[0][4:], ref[k-1]), client+1)
 				}
-			}
-			if s.probes != tc.wantProbes {
-				t.Errorf("probes: %d, want %d", s.probes, tc.wantProbes)
-			}
-			if tc.wantDone {
-				if s.phase != phaseDone {
-					t.Fatalf("phase %v: the client took the last block", s.phase)
+				// The rest of the file follows from there, intact.
+				for k < nblocks {
+					if s.ack(now, uint16(k)) != evProgress {
+						t.Fatalf("ack %d refused", k)
+					}
+					out = s.emit(now)
+					k = uint64(out[0][2])<<8 | uint64(out[0][3])
+					if !bytes.Equal(out[0][4:], ref[k-1]) {
+						t.Fatalf("block %d carries the wrong bytes", k)
+					}
 				}
-				return
-			}
-			out := s.emit(now)
-			if len(out) != 1 {
-				t.Fatalf("after the probe: %d datagrams", len(out))
-			}
-			k := uint64(out[0][2])<<8 | uint64(out[0][3])
-			if tc.wantFallBack {
-				if k != 11 {
-					t.Fatalf("after an unanswered probe the sender sends block %d, want the checkpoint's next, 11", k)
+				if s.ack(now, uint16(nblocks)) != evDone {
+					t.Fatal("the last ACK did not end the transfer")
 				}
-				// The client's own retransmitted ACK still moves it there.
-				if ev := s.ack(now, uint16(client)); ev != evProgress || s.base != client+1 {
-					t.Fatalf("the client's ACK %d: %v, base %d", client, ev, s.base)
-				}
-				return
-			}
-			if k != client+1 {
-				t.Fatalf("after the probe the sender sends block %d, the client waits for %d", k, client+1)
-			}
-		})
+			})
+		}
 	}
+}
+
+// referenceBlocks returns f's DATA payloads in mode, block by block.
+func referenceBlocks(f io.ReaderAt, mode string, bs int) [][]byte {
+	var src blockSource = &octetSource{f: f}
+	if mode == ModeNetascii {
+		src = newNetasciiSource(f, sourcePos{})
+	}
+	var blocks [][]byte
+	for {
+		b := make([]byte, bs)
+		n, err := src.readBlock(b)
+		if err != nil {
+			panic(err)
+		}
+		blocks = append(blocks, b[:n])
+		if n < bs {
+			return blocks
+		}
+	}
+}
+
+// resumeSource returns a source for f in mode at the start of block
+// ckpt+1, as a checkpoint records it.
+func resumeSource(f io.ReaderAt, mode string, ckpt uint64, bs int) seekSource {
+	if mode == ModeOctet {
+		return &octetSource{f: f, off: int64(ckpt) * int64(bs)}
+	}
+	walk := newNetasciiSource(f, sourcePos{})
+	if _, _, err := walk.skip(ckpt, bs); err != nil {
+		panic(err)
+	}
+	return newNetasciiSource(f, walk.pos())
 }

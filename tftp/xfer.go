@@ -217,12 +217,12 @@ func (x *xfer) resume(now time.Time, local netip.AddrPort, st TransferState) {
 		x.oack = oack
 	}
 	r, _ := x.timing()
-	// The checkpoint may be behind the client. A lock-step octet download
+	// The checkpoint may be behind the client. A lock-step download
 	// probes for the client's block one block at a time (see probe);
 	// otherwise the first window is wider: the blocks after the checkpoint
 	// at once (a client ignores those it has and acknowledges the one it
 	// waits for), then back to the negotiated window.
-	lockStep := octet && oack == nil && x.neg.WindowSize == 1
+	lockStep := oack == nil && x.neg.WindowSize == 1
 	window := x.neg.WindowSize
 	if !lockStep {
 		window = max(window, min(128, max(1, (96<<10)/x.neg.BlockSize)))
@@ -235,7 +235,11 @@ func (x *xfer) resume(now time.Time, local netip.AddrPort, st TransferState) {
 	x.snd.resumed = true
 	x.snd.restoreWindow = x.neg.WindowSize
 	if lockStep {
-		x.snd.startProbe(probeSpan, uint64(size/int64(x.neg.BlockSize))+1)
+		var last uint64 // netascii: found by the probe
+		if octet {
+			last = uint64(size/int64(x.neg.BlockSize)) + 1
+		}
+		x.snd.startProbe(probeSpan, last)
 	}
 	x.log.Info("tftp: resuming transfer", "block", st.Block, "offset", st.Offset, "window", window, "probe", lockStep)
 	x.flush(now)
