@@ -213,4 +213,3 @@ func resumeDuringDownload(t *testing.T, dir, name string, lag uint64, client fun
 		}
 	}
 }
-
