@@ -48,7 +48,7 @@ func BenchmarkClusterThroughput(b *testing.B) {
 	}
 	mbps := func(addr string) float64 {
 		start := time.Now()
-		got, _ := download(b, addr, "f.bin", func(int64) bool { return false })
+		got, _ := download(b, addr, "f.bin", "octet", func(int64) bool { return false })
 		if !bytes.Equal(got, file) {
 			b.Fatal("the file arrived different")
 		}

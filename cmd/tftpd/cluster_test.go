@@ -272,17 +272,17 @@ func (c *testCluster) waitLeader(d time.Duration) *clusterNode {
 	return leader
 }
 
-// download runs tftp-hpa (lock-step, 512-byte blocks, octet) and calls
+// download runs tftp-hpa (lock-step, 512-byte blocks, in mode) and calls
 // at(size) as the file grows, so the test can act at a given offset; it
 // returns the file and the longest pause in its growth.
-func download(t testing.TB, server, name string, at func(size int64) bool) ([]byte, time.Duration) {
+func download(t testing.TB, server, name, mode string, at func(size int64) bool) ([]byte, time.Duration) {
 	t.Helper()
 	requireTool(t, "tftp")
 	out := filepath.Join(t.TempDir(), "got")
 	host, port, _ := net.SplitHostPort(server)
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "tftp", "-l", "-m", "octet", host, port, "-c", "get", name, out)
+	cmd := exec.CommandContext(ctx, "tftp", "-l", "-m", mode, host, port, "-c", "get", name, out)
 	var stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stderr, &stderr
 	if err := cmd.Start(); err != nil {
@@ -340,8 +340,8 @@ func requireTool(t testing.TB, name string) {
 // row (halfway, within the first blocks, and during the rollover past block
 // 65535), each byte-identical, each pause printed; then two kills in one
 // download (the resumed transfer's own checkpoints must be committed, or
-// the second takeover starts from the first one's position); then a
-// graceful stop.
+// the second takeover starts from the first one's position); then a kill
+// in a netascii download; then a graceful stop.
 func TestClusterDownloadSurvivesLeaderDeath(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts three processes and moves 200 MiB; not in -short")
@@ -349,27 +349,35 @@ func TestClusterDownloadSurvivesLeaderDeath(t *testing.T) {
 	bin := buildTftpd(t)
 	file := make([]byte, 40<<20) // 81920 blocks of 512: crosses 65535
 	rand.Read(file)
-	want := sha256.Sum256(file)
-	c := startCluster(t, bin, map[string][]byte{"big.bin": file}, false)
+	// A text with bare CRs and LFs, which netascii converts (the checkpoint
+	// carries the converter's state).
+	text := bytes.Repeat([]byte("a line\nCR LF\r\nbare\rcr\n"), 8<<20/24)
+	c := startCluster(t, bin, map[string][]byte{"big.bin": file, "text.txt": text}, false)
 	cases := []struct {
 		name  string
 		at    int64
 		sig   syscall.Signal
 		twice bool
+		text  bool // netascii
 	}{
-		{"halfway", 20 << 20, syscall.SIGKILL, false},
-		{"first-10-blocks", 5 * 512, syscall.SIGKILL, false},
-		{"rollover", 65530 * 512, syscall.SIGKILL, false},
-		{"halfway-again", 20 << 20, syscall.SIGKILL, false},
-		{"early", 2 << 20, syscall.SIGKILL, false},
-		{"twice", 8 << 20, syscall.SIGKILL, true},
-		{"graceful", 20 << 20, syscall.SIGTERM, false},
+		{"halfway", 20 << 20, syscall.SIGKILL, false, false},
+		{"first-10-blocks", 5 * 512, syscall.SIGKILL, false, false},
+		{"rollover", 65530 * 512, syscall.SIGKILL, false, false},
+		{"halfway-again", 20 << 20, syscall.SIGKILL, false, false},
+		{"early", 2 << 20, syscall.SIGKILL, false, false},
+		{"twice", 8 << 20, syscall.SIGKILL, true, false},
+		{"netascii", 4 << 20, syscall.SIGKILL, false, true},
+		{"graceful", 20 << 20, syscall.SIGTERM, false, false},
 	}
 	for _, tc := range cases {
 		leader := c.waitLeader(20 * time.Second)
 		killed := make(chan error, 1)
 		var second *clusterNode
-		got, pause := download(t, c.listen, "big.bin", func(size int64) bool {
+		name, mode, want := "big.bin", "octet", file
+		if tc.text {
+			name, mode, want = "text.txt", "netascii", text
+		}
+		got, pause := download(t, c.listen, name, mode, func(size int64) bool {
 			if size < tc.at {
 				return false
 			}
@@ -389,7 +397,7 @@ func TestClusterDownloadSurvivesLeaderDeath(t *testing.T) {
 		if err := <-killed; err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
-		if sha256.Sum256(got) != want {
+		if !bytes.Equal(got, want) {
 			t.Fatalf("%s: the file arrived with %d bytes and another digest", tc.name, len(got))
 		}
 		t.Logf("%s (%v of %s at %d bytes): byte-identical; longest pause %v", tc.name, tc.sig, leader.id, tc.at, pause)
@@ -488,7 +496,7 @@ func BenchmarkClusterFailover(b *testing.B) {
 		for range 20 {
 			leader := c.waitLeader(20 * time.Second)
 			killed := make(chan struct{})
-			got, pause := download(b, c.listen, "f.bin", func(size int64) bool {
+			got, pause := download(b, c.listen, "f.bin", "octet", func(size int64) bool {
 				if size < 8<<20 {
 					return false
 				}

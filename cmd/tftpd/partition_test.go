@@ -257,7 +257,7 @@ func partitionInNetns(t *testing.T, bin string) {
 		err              error
 	}
 	captured := make(chan readings, 1)
-	got, pause := download(t, c.listen, "big.bin", func(size int64) bool {
+	got, pause := download(t, c.listen, "big.bin", "octet", func(size int64) bool {
 		if began.IsZero() {
 			began = time.Now()
 		}
@@ -400,7 +400,7 @@ func partitionInNetns(t *testing.T, bin string) {
 	if s := sc.scrape(oldIdx); !s.ok || s.readPresent {
 		t.Fatalf("after the heal the old leader %s serves TFTP (scrape ok=%v)", old.id, s.ok)
 	}
-	got, _ = download(t, c.listen, "small.bin", func(int64) bool { return false })
+	got, _ = download(t, c.listen, "small.bin", "octet", func(int64) bool { return false })
 	if sha256.Sum256(got) != sha256.Sum256(small) {
 		t.Fatalf("the download after the heal arrived with %d bytes and another digest", len(got))
 	}
