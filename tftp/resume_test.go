@@ -2,16 +2,20 @@ package tftp
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/ioactor/ioactor/internal/leakcheck"
+	"github.com/ioactor/ioactor/internal/testutil"
 	"github.com/ioactor/ioactor/netio"
 )
 
@@ -211,5 +215,79 @@ func resumeDuringDownload(t *testing.T, dir, name string, lag uint64, client fun
 			}
 			lastGrow = time.Now()
 		}
+	}
+}
+
+// holdReplicator is a Replicator whose replication stalls on demand.
+type holdReplicator struct{ stalled atomic.Bool }
+
+func (r *holdReplicator) Begin(TransferState) error { return nil }
+func (r *holdReplicator) Progress(TransferState)    {}
+func (r *holdReplicator) End(TransferState)         {}
+func (r *holdReplicator) Stalled(time.Time) bool    { return r.stalled.Load() }
+func (r *holdReplicator) CommitUpload(TransferState, io.Reader) error {
+	return errors.New("holdReplicator: no uploads")
+}
+
+// TestStalledReplicationHoldsDownloads stalls the replication in the middle
+// of a real client's download: the server sends nothing while it is
+// stalled (the client's file and the transfer's position stand still),
+// then goes on by itself once it is not, without waiting for the client's
+// retransmitted ACK (5 s for tftp-hpa), and the file arrives intact.
+func TestStalledReplicationHoldsDownloads(t *testing.T) {
+	leakcheck.Check(t)
+	bin := requireTool(t, "tftp")
+	dir := t.TempDir()
+	want := writePattern(t, dir, "f", 3<<20)
+	rep := &holdReplicator{}
+	srv := startServer(t, ServerConfig{Root: dir, SinglePort: true, Replicator: rep})
+	out := filepath.Join(t.TempDir(), "got")
+	cmd := exec.Command(bin, "-l", "-m", "octet", "127.0.0.1", fmt.Sprint(srv.Addr().Port()), "-c", "get", "f", out)
+	var stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stderr, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	defer func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-done
+		}
+	}()
+	size := func() int64 {
+		fi, err := os.Stat(out)
+		if err != nil {
+			return 0
+		}
+		return fi.Size()
+	}
+	block := func() uint64 {
+		st, err := srv.Transfers(context.Background())
+		if err != nil || len(st) != 1 {
+			t.Fatalf("transfers: %v %v", st, err)
+		}
+		return st[0].Block
+	}
+	testutil.WaitFor(t, "a third of the file", func() bool { return size() >= 1<<20 })
+	rep.stalled.Store(true)
+	time.Sleep(50 * time.Millisecond) // what was on its way arrives
+	held, b := size(), block()
+	time.Sleep(300 * time.Millisecond)
+	if size() != held || block() != b {
+		t.Fatalf("while replication stalled the download went on: %d → %d bytes, block %d → %d", held, size(), b, block())
+	}
+	resumed := time.Now()
+	rep.stalled.Store(false)
+	testutil.WaitFor(t, "the download to go on", func() bool { return size() > held })
+	if d := time.Since(resumed); d > 2*time.Second {
+		t.Fatalf("the download went on %v after the stall ended: it waited for the client's timer", d)
+	}
+	if err := <-done; err != nil || strings.Contains(stderr.String(), "rror") {
+		t.Fatalf("client: %v: %s", err, stderr.String())
+	}
+	if fileSHA(t, out) != want {
+		t.Fatal("the file arrived different")
 	}
 }

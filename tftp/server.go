@@ -91,10 +91,10 @@ type ServerConfig struct {
 	// Listen address in single-port mode, started and did not finish: this
 	// server takes them over as soon as it holds the port, before it reads
 	// a datagram (a client's ACK for one of them is then never taken for a
-	// stranger's). Each continues from its checkpoint: a lock-step octet
+	// stranger's). Each continues from its checkpoint: a lock-step
 	// download looks for the client's block (the checkpoint may be behind
 	// it) by sending single blocks until the client answers; a windowed
-	// or netascii one sends a wide first window. Uploads cannot resume
+	// one sends a wide first window. Uploads cannot resume
 	// (their data was on the other server): their records are ended
 	// through the Replicator, and the client's next DATA gets an ERROR.
 	// It requires SinglePort.
@@ -129,6 +129,13 @@ type Replicator interface {
 	// End removes a transfer that ended (not one cancelled by the server's
 	// own stop: another server may still resume that one).
 	End(st TransferState)
+	// Stalled reports that checkpoints have stopped committing (a node cut
+	// off from its cluster, until it learns it lost its leadership):
+	// downloads then hold their next blocks, so that they do not run ahead
+	// of the position another server would resume them from, and go on
+	// once it reports false. It is called on the loop, before each send of
+	// a download, and must be cheap.
+	Stalled(now time.Time) bool
 	// CommitUpload publishes a complete upload's content under
 	// st.Filename, in place of the local commit; the final ACK waits for
 	// it, so the client hears of success only once it is durable.

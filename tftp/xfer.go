@@ -255,6 +255,22 @@ func (x *xfer) probeFound() {
 	x.log.Info("tftp: resumed transfer found its client", "block", at, "ahead_of_checkpoint", at-x.ckpt, "probes", x.snd.probes)
 }
 
+// held reports that the download must not send now: its replication
+// stalled (Replicator.Stalled). It holds where another server would resume
+// it, with its timers (retransmission, probe) frozen, and looks again
+// shortly.
+func (x *xfer) held(now time.Time) bool {
+	if x.snd == nil || x.srv.cfg.Replicator == nil || !x.srv.cfg.Replicator.Stalled(now) {
+		return false
+	}
+	x.io.setTimer(x, now.Add(holdRecheck))
+	return true
+}
+
+// holdRecheck is how often a download held by a stalled Replicator looks
+// whether it may go on.
+const holdRecheck = 2 * time.Millisecond
+
 // probeSpan bounds how far past its checkpoint a resumed download looks
 // for its client: far below the 32768 blocks that keep the rollover epoch
 // unambiguous.
@@ -374,6 +390,9 @@ func (x *xfer) startWrite(now time.Time) error {
 // flight, and re-arms the timer.
 func (x *xfer) flush(now time.Time) {
 	if x.finished || x.committing {
+		return
+	}
+	if x.held(now) {
 		return
 	}
 	if !x.busy {
@@ -558,6 +577,9 @@ func (x *xfer) committed(now time.Time, err error) {
 // timer handles the driver's timer.
 func (x *xfer) timer(now time.Time) {
 	if x.finished || x.committing {
+		return
+	}
+	if x.held(now) {
 		return
 	}
 	if x.snd != nil {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -41,7 +42,18 @@ type replicator struct {
 	// markers; reap waits for them.
 	inflight chan inflight
 	reaped   chan struct{}
+	// waiting is when the oldest checkpoint still committing was taken
+	// (Unix ns), 0 when none is: Stalled compares it with holdAfter.
+	waiting atomic.Int64
 }
+
+// holdAfter is how long a checkpoint may take to commit before the node's
+// downloads hold (Stalled). A leader cut off from the others learns it
+// lost its leadership only when its lease (150 ms with the Fast timers)
+// runs out; holding sooner keeps its clients close to the last committed
+// checkpoint, which is where the next leader resumes them. A commit takes
+// a few milliseconds on a healthy cluster.
+const holdAfter = 50 * time.Millisecond
 
 // inflight is a checkpoint being committed, or (done set) a flush marker.
 type inflight struct {
@@ -78,6 +90,13 @@ func (r *replicator) Progress(st tftp.TransferState) {
 	r.pending[st.Client.String()] = Record{State: st, Updated: time.Now()}
 	r.mu.Unlock()
 	r.kick()
+}
+
+// Stalled reports that a checkpoint has been committing for more than
+// holdAfter (tftp.Replicator).
+func (r *replicator) Stalled(now time.Time) bool {
+	at := r.waiting.Load()
+	return at != 0 && now.UnixNano()-at > int64(holdAfter)
 }
 
 func (r *replicator) End(st tftp.TransferState) {
@@ -181,8 +200,14 @@ func (r *replicator) reap() {
 			close(in.done)
 			continue
 		}
-		if in.f.Error() == nil {
-			r.m.checkpoint.Observe(time.Since(in.at).Seconds())
+		r.waiting.Store(in.at.UnixNano())
+		err := in.f.Error()
+		r.waiting.Store(0)
+		if took := time.Since(in.at); err == nil {
+			r.m.checkpoint.Observe(took.Seconds())
+			if took > holdAfter {
+				r.n.log.Warn("cluster: a checkpoint took long to commit; downloads were held meanwhile", "took", took)
+			}
 		}
 	}
 }
