@@ -56,6 +56,8 @@ func (a *transferActor) Receive(ctx *netio.Context, msg any) {
 		x.timer(now)
 	case committedMsg:
 		x.committed(now, m.err)
+	case begunMsg:
+		x.begun(now, m.err)
 	case udp.Bound:
 		a.sock = m.Socket
 		x.start(now, m.LocalAddr)
@@ -102,6 +104,10 @@ func (a *transferActor) setTimer(x *xfer, at time.Time) {
 
 func (a *transferActor) commit(x *xfer, u *Upload) {
 	a.srv.commit(a.ctx.Self(), x, u)
+}
+
+func (a *transferActor) begin(x *xfer, st TransferState) {
+	a.srv.begin(a.ctx.Self(), x, st)
 }
 
 func (a *transferActor) finish(x *xfer) {

@@ -295,6 +295,9 @@ func (f *fuzzIO) resumeWriting(x *xfer)          {}
 func (f *fuzzIO) setTimer(x *xfer, at time.Time) {}
 func (f *fuzzIO) commit(x *xfer, u *Upload)      { f.commits = append(f.commits, u) }
 func (f *fuzzIO) finish(x *xfer)                 { f.done = true }
+func (f *fuzzIO) begin(x *xfer, st TransferState) {
+	panic("begin: the fuzzed server has no Replicator")
+}
 
 // FuzzServerTransfer feeds a server transfer a request and then a script of
 // events: packets from the client or from a stranger, timer ticks, send

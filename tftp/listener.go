@@ -413,6 +413,10 @@ func (l *listener) commit(x *xfer, u *Upload) {
 	l.srv.commit(l.ctx.Self(), x, u)
 }
 
+func (l *listener) begin(x *xfer, st TransferState) {
+	l.srv.begin(l.ctx.Self(), x, st)
+}
+
 func (l *listener) finish(x *xfer) {
 	e := x.ent
 	if e.timer != nil {

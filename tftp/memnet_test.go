@@ -260,4 +260,7 @@ func (d *memDriver) commit(x *xfer, u *Upload) {
 	err := u.Commit()
 	d.events = append(d.events, func() { x.committed(time.Now(), err) })
 }
+func (d *memDriver) begin(x *xfer, st TransferState) {
+	d.events = append(d.events, func() { x.begun(time.Now(), nil) })
+}
 func (d *memDriver) finish(x *xfer) { d.over = true }

@@ -30,6 +30,9 @@ type xferIO interface {
 	// commit runs u.Commit away from the event loop (it syncs to disk)
 	// and reports with committed.
 	commit(x *xfer, u *Upload)
+	// begin runs Replicator.Begin away from the event loop and reports
+	// with begun.
+	begin(x *xfer, st TransferState)
 	// finish releases what the driver keeps for the transfer; no call on
 	// x follows.
 	finish(x *xfer)
@@ -168,7 +171,7 @@ func (x *xfer) start(now time.Time, local netip.AddrPort) {
 	if x.srv.cfg.Replicator != nil {
 		// Nothing leaves before the transfer's identity is recorded.
 		x.committing = true
-		x.srv.begin(x.srv.lis, x, x.state())
+		x.io.begin(x, x.state())
 		return
 	}
 	x.flush(now)
