@@ -291,3 +291,31 @@ func TestStalledReplicationHoldsDownloads(t *testing.T) {
 		t.Fatal("the file arrived different")
 	}
 }
+
+// A hold does not outlive the transfer's deadline, nor holdMax: a
+// replication stalled for good ends a download at its deadline, or lets it
+// go on without replication after holdMax.
+func TestHoldEnds(t *testing.T) {
+	leakcheck.Check(t)
+	dir := t.TempDir()
+	want := writePattern(t, dir, "f", 4096)
+	rep := &holdReplicator{}
+	rep.stalled.Store(true) // from the first packet on
+	t.Run("at the deadline", func(t *testing.T) {
+		srv := startServer(t, ServerConfig{Root: dir, SinglePort: true, Replicator: rep, TransferDeadline: 300 * time.Millisecond})
+		start := time.Now()
+		_, err := (&Client{}).Get(context.Background(), srv.Addr().String(), "f", io.Discard)
+		if err == nil || time.Since(start) > holdMax {
+			t.Fatalf("a download held past its deadline: %v after %v", err, time.Since(start))
+		}
+		t.Logf("ended after %v: %v", time.Since(start).Round(time.Millisecond), err)
+	})
+	t.Run("after holdMax", func(t *testing.T) {
+		srv := startServer(t, ServerConfig{Root: dir, SinglePort: true, Replicator: rep})
+		start := time.Now()
+		got, _ := get(t, &Client{}, srv, "f")
+		if sha(got) != want || time.Since(start) < holdMax {
+			t.Fatalf("after %v: %d bytes, want the file after a hold of %v", time.Since(start), len(got), holdMax)
+		}
+	})
+}

@@ -308,12 +308,15 @@ func (s *sender) jump(w uint16) (event, bool) {
 			return s.fail(err), true
 		}
 		if passed < n {
-			// Not a block of this file: go back to where the source was.
+			// Not a block of this file: go back to where the source was,
+			// and remember where the file ends, so that the next such ACK
+			// costs no conversion.
+			s.lastBlock = s.produced - 1 + passed
 			src.seek(s.producedPos())
 			return evNone, false
 		}
 		if end {
-			last = j
+			last, s.lastBlock = j, j
 		}
 		s.produced, pos = j+1, src.pos()
 	} else {
@@ -359,16 +362,15 @@ func (s *sender) probed(w uint16) event {
 
 // startProbe makes a resumed lock-step download search for its client's
 // block, from the block after the checkpoint to at most span blocks
-// further and not past last, the file's last block (0: not known in
-// advance, as for netascii, whose end the probe finds).
-func (s *sender) startProbe(span, last uint64) {
+// further and not past lastBlock when it is known (netascii's is found by
+// the probe).
+func (s *sender) startProbe(span uint64) {
 	if _, ok := s.src.(seekSource); !ok || s.base == 0 || s.window != 1 {
 		return
 	}
-	s.lastBlock = last
 	end := s.base + span
-	if last > 0 {
-		end = min(end, last)
+	if s.lastBlock > 0 {
+		end = min(end, s.lastBlock)
 	}
 	s.probe = &probe{next: s.base, last: end, at: s.base, gap: probeGap, buf: make([]byte, 4+s.bs)}
 }

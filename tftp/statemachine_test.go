@@ -702,6 +702,9 @@ func TestResumedSenderJumpsToAClientAhead(t *testing.T) {
 			if ev := s.ack(now, uint16(len(ref)+5)); ev != evNone {
 				t.Fatalf("an ACK beyond the last block: %v", ev)
 			}
+			if s.lastBlock != uint64(len(ref)) { // netascii: found by converting, once
+				t.Fatalf("after an ACK beyond the end the last block is %d, want %d", s.lastBlock, len(ref))
+			}
 			if ev := s.ack(now, 500); ev != evProgress { // far beyond block 18
 				t.Fatalf("ack 500: %v", ev)
 			}
@@ -752,13 +755,12 @@ func TestResumedSenderProbesForItsClient(t *testing.T) {
 		} {
 			t.Run(fmt.Sprintf("%s/checkpoint-%d/%s", mode, ckpt, tc.name), func(t *testing.T) {
 				now := time.Unix(0, 0)
-				src, last := resumeSource(f, mode, ckpt, bs), uint64(0)
-				if mode == ModeOctet {
-					last = nblocks
-				}
-				s := newSender(senderConfig{blockSize: bs, window: 1, src: src, first: ckpt + 1, rto: fixedRTO(time.Second), maxRetries: 3, prefetch: true})
+				s := newSender(senderConfig{blockSize: bs, window: 1, src: resumeSource(f, mode, ckpt, bs), first: ckpt + 1, rto: fixedRTO(time.Second), maxRetries: 3, prefetch: true})
 				s.resumed = true
-				s.startProbe(tc.span, last)
+				if mode == ModeOctet {
+					s.lastBlock = nblocks // as resume sets it; netascii finds it
+				}
+				s.startProbe(tc.span)
 				client := tc.client
 				for i := 0; i < 5000 && s.probe != nil; i++ {
 					out := s.emit(now)
@@ -865,4 +867,28 @@ func resumeSource(f io.ReaderAt, mode string, ckpt uint64, bs int) seekSource {
 		panic(err)
 	}
 	return newNetasciiSource(f, walk.pos())
+}
+
+// The client's last ACK, reaching a resumed server while it probes (the
+// client had the whole file), ends the transfer, and the sender knows its
+// last block (the resume's lag metric reads it), netascii too.
+func TestResumedSenderLastAckWhileProbing(t *testing.T) {
+	const bs, ckpt = 4, 10
+	f := patternFile{size: 4000}
+	for _, mode := range []string{ModeOctet, ModeNetascii} {
+		n := uint64(len(referenceBlocks(f, mode, bs)))
+		s := newSender(senderConfig{blockSize: bs, window: 1, src: resumeSource(f, mode, ckpt, bs), first: ckpt + 1, rto: fixedRTO(time.Second), maxRetries: 3, prefetch: true})
+		s.resumed = true
+		if mode == ModeOctet {
+			s.lastBlock = n
+		}
+		s.startProbe(100)
+		now := time.Unix(0, 0)
+		if out := s.emit(now); len(out) != 1 {
+			t.Fatalf("%s: first probe: %d datagrams", mode, len(out))
+		}
+		if ev := s.ack(now, uint16(n)); ev != evDone || s.lastBlock != n {
+			t.Fatalf("%s: the last ACK while probing: %v, last block %d, want done at %d", mode, ev, s.lastBlock, n)
+		}
+	}
 }

@@ -117,8 +117,9 @@ type xfer struct {
 
 	ent *entry // the single-port driver's record
 
-	ckpt   uint64    // the block of the last checkpoint given to the replicator
-	ckptAt time.Time // and when
+	ckpt      uint64    // the block of the last checkpoint given to the replicator
+	ckptAt    time.Time // and when
+	heldSince time.Time // when the current hold began (held)
 
 	// Tokens the driver passes back as messages without allocating.
 	sentTok  sentToken
@@ -237,12 +238,13 @@ func (x *xfer) resume(now time.Time, local netip.AddrPort, st TransferState) {
 	})
 	x.snd.resumed = true
 	x.snd.restoreWindow = x.neg.WindowSize
+	if octet {
+		// Known in advance: no ACK beyond it moves the transfer. Netascii
+		// finds its last block by converting.
+		x.snd.lastBlock = uint64(size/int64(x.neg.BlockSize)) + 1
+	}
 	if lockStep {
-		var last uint64 // netascii: found by the probe
-		if octet {
-			last = uint64(size/int64(x.neg.BlockSize)) + 1
-		}
-		x.snd.startProbe(probeSpan, last)
+		x.snd.startProbe(probeSpan)
 	}
 	x.log.Info("tftp: resuming transfer", "block", st.Block, "offset", st.Offset, "window", window, "probe", lockStep)
 	x.flush(now)
@@ -261,9 +263,17 @@ func (x *xfer) probeFound() {
 // held reports that the download must not send now: its replication
 // stalled (Replicator.Stalled). It holds where another server would resume
 // it, with its timers (retransmission, probe) frozen, and looks again
-// shortly.
+// shortly. A hold ends at the transfer's deadline, and after holdMax: a
+// node whose replication is wedged while it stays the leader serves on
+// without it rather than hold its clients forever.
 func (x *xfer) held(now time.Time) bool {
-	if x.snd == nil || x.srv.cfg.Replicator == nil || !x.srv.cfg.Replicator.Stalled(now) {
+	if x.snd == nil || x.srv.cfg.Replicator == nil || x.snd.expired(now) || !x.srv.cfg.Replicator.Stalled(now) {
+		x.heldSince = time.Time{}
+		return false
+	}
+	if x.heldSince.IsZero() {
+		x.heldSince = now
+	} else if now.Sub(x.heldSince) > holdMax {
 		return false
 	}
 	x.io.setTimer(x, now.Add(holdRecheck))
@@ -271,8 +281,11 @@ func (x *xfer) held(now time.Time) bool {
 }
 
 // holdRecheck is how often a download held by a stalled Replicator looks
-// whether it may go on.
-const holdRecheck = 2 * time.Millisecond
+// whether it may go on; holdMax how long one hold lasts at most.
+const (
+	holdRecheck = 2 * time.Millisecond
+	holdMax     = time.Second
+)
 
 // probeSpan bounds how far past its checkpoint a resumed download looks
 // for its client: far below the 32768 blocks that keep the rollover epoch

@@ -42,9 +42,11 @@ type replicator struct {
 	// markers; reap waits for them.
 	inflight chan inflight
 	reaped   chan struct{}
-	// waiting is when the oldest checkpoint still committing was taken
-	// (Unix ns), 0 when none is: Stalled compares it with holdAfter.
+	// waiting is when the oldest checkpoint still committing went to
+	// raft, in ns since epoch plus one (monotonic), 0 when none is:
+	// Stalled compares it with holdAfter.
 	waiting atomic.Int64
+	epoch   time.Time
 }
 
 // holdAfter is how long a checkpoint may take to commit before the node's
@@ -58,7 +60,8 @@ const holdAfter = 50 * time.Millisecond
 // inflight is a checkpoint being committed, or (done set) a flush marker.
 type inflight struct {
 	f    raft.ApplyFuture
-	at   time.Time
+	at   time.Time // when the transfer took the checkpoint
+	sent time.Time // when it went to raft
 	done chan struct{}
 }
 
@@ -67,7 +70,7 @@ const maxInflight = 8
 func newReplicator(n *Node, fsys *tftp.FS, m *serveMetrics) *replicator {
 	r := &replicator{n: n, fs: fsys, sums: n.sums, m: m, pending: make(map[string]Record),
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
-		inflight: make(chan inflight, maxInflight), reaped: make(chan struct{})}
+		inflight: make(chan inflight, maxInflight), reaped: make(chan struct{}), epoch: time.Now()}
 	go r.run()
 	go r.reap()
 	return r
@@ -96,7 +99,7 @@ func (r *replicator) Progress(st tftp.TransferState) {
 // holdAfter (tftp.Replicator).
 func (r *replicator) Stalled(now time.Time) bool {
 	at := r.waiting.Load()
-	return at != 0 && now.UnixNano()-at > int64(holdAfter)
+	return at != 0 && now.Sub(r.epoch)-time.Duration(at-1) > holdAfter
 }
 
 func (r *replicator) End(st tftp.TransferState) {
@@ -172,7 +175,7 @@ func (r *replicator) run() {
 			if have {
 				if f := r.n.progressAsync(&rec); f != nil {
 					select {
-					case r.inflight <- inflight{f: f, at: rec.Updated}:
+					case r.inflight <- inflight{f: f, at: rec.Updated, sent: time.Now()}:
 					case <-r.stop:
 						return
 					}
@@ -200,12 +203,12 @@ func (r *replicator) reap() {
 			close(in.done)
 			continue
 		}
-		r.waiting.Store(in.at.UnixNano())
+		r.waiting.Store(int64(in.sent.Sub(r.epoch)) + 1)
 		err := in.f.Error()
 		r.waiting.Store(0)
-		if took := time.Since(in.at); err == nil {
-			r.m.checkpoint.Observe(took.Seconds())
-			if took > holdAfter {
+		if err == nil {
+			r.m.checkpoint.Observe(time.Since(in.at).Seconds())
+			if took := time.Since(in.sent); took > holdAfter {
 				r.n.log.Warn("cluster: a checkpoint took long to commit; downloads were held meanwhile", "took", took)
 			}
 		}
