@@ -125,8 +125,9 @@ func (f *fsm) applyProgress(b []byte) error {
 	if len(b) < 2 || len(b) < 2+int(b[1]) {
 		return errBadProgress
 	}
-	key := string(b[2 : 2+b[1]])
-	b = b[2+b[1]:]
+	k := 2 + int(b[1]) // int: a byte sum would wrap
+	key := string(b[2:k])
+	b = b[k:]
 	bad := false
 	uvarint := func() uint64 {
 		v, n := binary.Uvarint(b)
@@ -148,7 +149,7 @@ func (f *fsm) applyProgress(b []byte) error {
 	netascii := b[0]
 	b = b[1:]
 	ns := varint()
-	if bad || len(b) != 0 {
+	if bad || len(b) != 0 || netascii > 2 {
 		return errBadProgress
 	}
 	f.mu.Lock()
@@ -164,9 +165,10 @@ func (f *fsm) applyData(b []byte) error {
 	if len(b) < 2 || len(b) < 2+int(b[1])+8 {
 		return errors.New("cluster: truncated upload entry")
 	}
-	id := string(b[2 : 2+b[1]])
-	off := int64(binary.BigEndian.Uint64(b[2+b[1]:]))
-	data := b[2+int(b[1])+8:]
+	k := 2 + int(b[1]) // int: a byte sum would wrap
+	id := string(b[2:k])
+	off := int64(binary.BigEndian.Uint64(b[k:]))
+	data := b[k+8:]
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	st := f.uploads[id]
