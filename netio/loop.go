@@ -58,8 +58,9 @@ type Loop struct {
 	closed  bool
 	wakeSet atomic.Bool
 
-	delivered uint64 // owned by the loop; published to messages once per drain
-	yield     bool   // a goroutine was readied: yield before blocking
+	delivered uint64    // owned by the loop; published to messages once per drain
+	yield     bool      // a goroutine was readied: yield before blocking
+	yielded   time.Time // the last yield
 	messages  atomic.Uint64
 	wakeups   atomic.Uint64
 }
@@ -153,13 +154,17 @@ func (l *Loop) run() {
 		} else if t := l.timers.next(); t != nil {
 			timeout = max(time.Until(t.when), 0)
 		}
-		if timeout != 0 && l.yield {
+		if timeout != 0 && (l.yield || l.now.Sub(l.yielded) >= yieldEvery) {
 			// About to block after waking a goroutine: let it (it sits in
 			// this P's runnext) run first, instead of stranding it until
 			// sysmon retakes the P while the loop sleeps in the kernel.
 			// Only then: a yield on every block costs a thread hand-off
-			// per lock-step packet.
-			l.yield = false
+			// per lock-step packet. And every yieldEvery: a goroutine
+			// that never passes through the scheduler looks stuck to
+			// sysmon after 10 ms, which then takes its P away in the
+			// middle of a system call (a thread hand-off) and polls every
+			// 20 µs for a millisecond after.
+			l.yield, l.yielded = false, l.now
 			runtime.Gosched()
 		}
 		n, err := epollWait(l.epfd, l.events, timeout)
@@ -408,6 +413,10 @@ func (r *ring) pop() envelope {
 	r.n--
 	return e
 }
+
+// yieldEvery is how often a busy loop passes through the scheduler at
+// least: well within sysmon's 10 ms preemption period.
+const yieldEvery = 5 * time.Millisecond
 
 // pwait2 is 1 while epoll_pwait2 (Linux 5.11) is believed to work, 0 once
 // it returned ENOSYS or EPERM.
