@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/ioactor/ioactor/internal/loadgen"
+	"github.com/ioactor/ioactor/internal/term"
 )
 
 // loadConfig describes one load run.
@@ -73,7 +73,7 @@ func runLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	case "on":
 		pw = stderr
 	case "auto":
-		if isTerminal(stderr) {
+		if term.IsTerminal(stderr) {
 			pw = stderr
 		}
 	case "off":
@@ -86,15 +86,6 @@ func runLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return fmt.Errorf("load: interrupted: %w", ctx.Err())
 	}
 	return nil
-}
-
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
 // second is what completed in one second of the run.

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/ioactor/ioactor/internal/buildinfo"
+	"github.com/ioactor/ioactor/internal/term"
 	"github.com/ioactor/ioactor/tftp"
 )
 
@@ -112,7 +113,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(rest) == 3 {
 		b = rest[2]
 	}
-	if !quiet && (progress || isTerminal(stderr)) {
+	if !quiet && (progress || term.IsTerminal(stderr)) {
 		bar := &progressBar{w: stderr, name: a, start: time.Now()}
 		c.Progress = bar.update
 		defer bar.finish()
@@ -173,15 +174,6 @@ func put(ctx context.Context, c *tftp.Client, server, local, remote string) erro
 	}
 	_, err := c.Put(ctx, server, remote, r, size)
 	return err
-}
-
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
 // progressBar draws "name [=====>    ] 42% 12.0 MiB/28.5 MiB 31.2 MB/s" on
