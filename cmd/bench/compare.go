@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/ioactor/ioactor/bench"
-	"github.com/ioactor/ioactor/internal/buildinfo"
+	"github.com/ioactor/ioactor/internal/cli"
 	"github.com/ioactor/ioactor/internal/loadgen"
 )
 
@@ -104,7 +104,6 @@ func intList(s string) ([]int, error) {
 
 func compare(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	implsFlag := fs.String("impls", joinImpls(bench.Impls()), "contenders, in the order they run")
 	connsFlag := fs.String("conns", "1,64,1000", "connection counts")
 	sizesFlag := fs.String("sizes", "64,4096", "message sizes in bytes")
@@ -120,11 +119,15 @@ func compare(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	var opts serverOpts
 	fs.IntVar(&opts.loops, "loops", 0, "event loops of ioactor and gnet (0: one per core)")
 	fs.IntVar(&opts.netBuf, "netbuf", bench.DefaultNetBuffer, "per-connection buffer of the net echo")
-	if err := fs.Parse(args); err != nil {
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage:\n  bench [flags]        run the echo comparison\n  bench serve [flags]  one contender's server (the comparison starts these)\n  bench -version\n\nFlags:")
+		fs.PrintDefaults()
+	}
+	if err := cli.Parse(fs, args, stdout, stderr); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q (subcommand: serve)", fs.Args())
+		return cli.Usagef(stderr, "bench: unexpected arguments %q (subcommand: serve; bench -h for the flags)", fs.Args())
 	}
 	var impls []bench.Impl
 	for f := range strings.SplitSeq(*implsFlag, ",") {
@@ -156,7 +159,7 @@ func compare(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 	rep := &report{
 		Command: "go run ./cmd/bench " + strings.Join(args, " "),
-		Version: buildinfo.Version(), Started: time.Now().UTC(), CPUs: runtime.NumCPU(),
+		Version: cli.Version(), Started: time.Now().UTC(), CPUs: runtime.NumCPU(),
 		Rounds: *rounds, Warmup: warmup.String(), Duration: duration.String(),
 	}
 	for _, i := range impls {
@@ -363,10 +366,10 @@ func measureIdle(ctx context.Context, impl bench.Impl, n int, opts serverOpts, h
 			return idleSample{}, err
 		}
 		ic, err := loadgen.OpenIdle(ctx, ch.addr, n, 64)
-		defer ic.Close()
 		if err != nil {
 			return idleSample{}, err
 		}
+		defer ic.Close()
 		time.Sleep(time.Second)
 		after, err := loadgen.ReadProc(ch.pid())
 		if err != nil {

@@ -25,7 +25,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/ioactor/ioactor/internal/buildinfo"
+	"github.com/ioactor/ioactor/internal/cli"
 )
 
 func main() {
@@ -45,7 +45,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		case "serve":
 			return serve(ctx, args[1:], stdin, stdout, stderr)
 		case "-version", "--version", "version":
-			fmt.Fprintln(stdout, "bench", buildinfo.Version())
+			fmt.Fprintln(stdout, "bench", cli.Version())
 			return nil
 		}
 	}

@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ioactor/ioactor/internal/testutil"
 
 	"github.com/ioactor/ioactor/internal/leakcheck"
 )
@@ -87,4 +90,11 @@ func TestServeAnswersStats(t *testing.T) {
 	if err := ch.stop(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func TestHelpAndVersion(t *testing.T) {
+	run := func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+		return run(ctx, args, nil, stdout, stderr)
+	}
+	testutil.CheckHelp(t, "bench", run, [][]string{{"-h"}, {"serve", "-h"}})
 }

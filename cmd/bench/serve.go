@@ -17,6 +17,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ioactor/ioactor/internal/cli"
+
 	"github.com/ioactor/ioactor/bench"
 )
 
@@ -49,12 +51,11 @@ func readRuntimeStats() runtimeStats {
 
 func serve(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	implName := fs.String("impl", string(bench.IoactorAck), fmt.Sprintf("contender: %v", bench.Impls()))
 	listen := fs.String("listen", "127.0.0.1:0", "address to listen on")
 	loops := fs.Int("loops", 0, "event loops of ioactor and gnet (0: one per core)")
 	netBuf := fs.Int("netbuf", bench.DefaultNetBuffer, "per-connection buffer of the net echo")
-	if err := fs.Parse(args); err != nil {
+	if err := cli.Parse(fs, args, stdout, stderr); err != nil {
 		return err
 	}
 	impl, err := bench.ParseImpl(*implName)

@@ -13,28 +13,16 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/ioactor/ioactor/backpressure"
-	"github.com/ioactor/ioactor/internal/buildinfo"
+	"github.com/ioactor/ioactor/internal/cli"
 	"github.com/ioactor/ioactor/internal/loadgen"
 	"github.com/ioactor/ioactor/netio"
 	"github.com/ioactor/ioactor/tcp"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "echo:", err)
-		}
-		os.Exit(2)
-	}
-}
+func main() { cli.Main("echo", run) }
 
 const usage = `usage:
   echo serve [-flow ack|nack|pull] [-listen 127.0.0.1:7000] [-loops N]
@@ -43,8 +31,7 @@ const usage = `usage:
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, usage)
-		return flag.ErrHelp
+		return cli.Usagef(stderr, "%s", usage)
 	}
 	switch args[0] {
 	case "serve":
@@ -52,20 +39,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "load":
 		return load(ctx, args[1:], stdout, stderr)
 	case "-version", "--version", "version":
-		fmt.Fprintln(stdout, "echo", buildinfo.Version())
+		fmt.Fprintln(stdout, "echo", cli.Version())
 		return nil
 	}
-	fmt.Fprintln(stderr, usage)
-	return fmt.Errorf("unknown command %q", args[0])
+	if cli.IsHelp(args[0]) {
+		fmt.Fprintln(stdout, usage)
+		return nil
+	}
+	return cli.Usagef(stderr, "echo: unknown command %q\n%s", args[0], usage)
 }
 
 func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	flowName := fs.String("flow", "ack", "back-pressure flow: ack, nack or pull")
 	listen := fs.String("listen", "127.0.0.1:7000", "address to listen on")
 	loops := fs.Int("loops", 0, "event loops (0: one per core)")
-	if err := fs.Parse(args); err != nil {
+	if err := cli.Parse(fs, args, stdout, stderr); err != nil {
 		return err
 	}
 	flow, err := backpressure.ParseFlow(*flowName)
@@ -107,7 +96,6 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 func load(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("load", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	var cfg loadgen.Config
 	fs.StringVar(&cfg.Addr, "addr", "127.0.0.1:7000", "echo server address")
 	fs.IntVar(&cfg.Conns, "conns", 1, "connections")
@@ -115,7 +103,7 @@ func load(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&cfg.Pipeline, "pipeline", 1, "messages in flight per connection (1: closed loop)")
 	fs.DurationVar(&cfg.Warmup, "warmup", time.Second, "warm-up, not measured")
 	fs.DurationVar(&cfg.Duration, "duration", 5*time.Second, "measured window")
-	if err := fs.Parse(args); err != nil {
+	if err := cli.Parse(fs, args, stdout, stderr); err != nil {
 		return err
 	}
 	res, err := loadgen.Run(ctx, cfg)

@@ -45,3 +45,7 @@ func TestServeAndLoadEachFlow(t *testing.T) {
 		})
 	}
 }
+
+func TestHelpAndVersion(t *testing.T) {
+	testutil.CheckHelp(t, "echo", run, [][]string{{"-h"}, {"serve", "-h"}, {"load", "-h"}})
+}

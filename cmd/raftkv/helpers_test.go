@@ -94,12 +94,6 @@ func newTestCluster(t testing.TB, n int, options ...func(*Config)) *testCluster 
 	return c
 }
 
-func (c *testCluster) node(id string) *Node {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.nodes[id]
-}
-
 func (c *testCluster) addr(id string) string {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ioactor/ioactor/internal/cli"
+
 	"github.com/ioactor/ioactor/internal/loadgen"
 	"github.com/ioactor/ioactor/internal/term"
 )
@@ -38,7 +40,6 @@ type loadConfig struct {
 
 func runLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("load", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	var cfg loadConfig
 	nodes := fs.String("nodes", "", "comma-separated HTTP addresses of the nodes (required)")
 	fs.IntVar(&cfg.users, "users", 100, "concurrent users at the end of the ramp")
@@ -52,7 +53,7 @@ func runLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.DurationVar(&cfg.bucket, "bucket", 0, "time span of a row of the final table (0: about ten rows)")
 	fs.Uint64Var(&cfg.seed, "seed", uint64(time.Now().UnixNano()), "random seed")
 	progress := fs.String("progress", "auto", "per-second progress line on stderr: auto (if a terminal), on, off")
-	if err := fs.Parse(args); err != nil {
+	if err := cli.Parse(fs, args, stdout, stderr); err != nil {
 		return err
 	}
 	for _, a := range strings.Split(*nodes, ",") {

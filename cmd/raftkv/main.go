@@ -11,33 +11,19 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/ioactor/ioactor/internal/buildinfo"
+	"github.com/ioactor/ioactor/internal/cli"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	go func() {
-		<-ctx.Done()
-		stop() // a second signal kills the process
-	}()
-	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "raftkv:", err)
-		}
-		os.Exit(2)
-	}
-}
+func main() { cli.Main("raftkv", run) }
 
 const usage = `usage:
   raftkv node    -id ID -data DIR -raft IP:PORT -http IP:PORT [-join HTTP-ADDR]
@@ -47,8 +33,7 @@ const usage = `usage:
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, usage)
-		return flag.ErrHelp
+		return cli.Usagef(stderr, "%s", usage)
 	}
 	switch args[0] {
 	case "node":
@@ -58,14 +43,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "load":
 		return runLoad(ctx, args[1:], stdout, stderr)
 	case "-version", "--version", "version":
-		fmt.Fprintln(stdout, "raftkv", buildinfo.Version())
+		fmt.Fprintln(stdout, "raftkv", cli.Version())
 		return nil
 	case "-h", "-help", "--help", "help":
 		fmt.Fprintln(stdout, usage)
 		return nil
 	}
-	fmt.Fprintln(stderr, usage)
-	return fmt.Errorf("unknown command %q", args[0])
+	if cli.IsHelp(args[0]) {
+		fmt.Fprintln(stdout, usage)
+		return nil
+	}
+	return cli.Usagef(stderr, "raftkv: unknown command %q\n%s", args[0], usage)
 }
 
 // nodeFlags are the flags node and cluster share.
@@ -109,7 +97,6 @@ func newRegistry() *prometheus.Registry {
 
 func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("node", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	id := fs.String("id", "", "node ID, unique and stable across restarts (required)")
 	data := fs.String("data", "", "data directory (required)")
 	raftAddr := fs.String("raft", "127.0.0.1:7000", "raft transport address (numeric ip:port)")
@@ -117,7 +104,7 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	join := fs.String("join", "", "HTTP address of a member to join through (new node only)")
 	var nf nodeFlags
 	nf.register(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := cli.Parse(fs, args, stdout, stderr); err != nil {
 		return err
 	}
 	if *id == "" || *data == "" {
@@ -153,12 +140,11 @@ type clusterMember struct {
 
 func runCluster(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("cluster", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	size := fs.Int("n", 3, "number of nodes")
 	data := fs.String("data", "", "data directory: one subdirectory per node (required)")
 	var nf nodeFlags
 	nf.register(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := cli.Parse(fs, args, stdout, stderr); err != nil {
 		return err
 	}
 	if *data == "" || *size < 1 {

@@ -126,3 +126,7 @@ func TestNodeJoin(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestHelpAndVersion(t *testing.T) {
+	testutil.CheckHelp(t, "raftkv", run, [][]string{{"-h"}, {"node", "-h"}, {"cluster", "-h"}, {"load", "-h"}})
+}

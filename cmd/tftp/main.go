@@ -5,8 +5,9 @@
 //
 // The port defaults to 69. Flags ask for the RFC 2347 options: -blksize,
 // -windowsize, -tsize, -timeout. A download goes to a temporary file that
-// replaces LOCAL only once complete, so a failed one leaves nothing
-// behind. On a terminal a progress bar shows on stderr; otherwise the
+// becomes LOCAL only once complete, so a failed one leaves nothing behind;
+// an existing LOCAL is never replaced unless -force is given or the file
+// is named with -o FILE. On a terminal a progress bar shows on stderr; otherwise the
 // command is quiet unless something fails. The exit status is 0 on
 // success, 1 when the transfer failed, 2 for a usage error.
 package main
@@ -18,67 +19,44 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
-	"github.com/ioactor/ioactor/internal/buildinfo"
+	"github.com/ioactor/ioactor/internal/cli"
 	"github.com/ioactor/ioactor/internal/term"
 	"github.com/ioactor/ioactor/tftp"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	switch {
-	case err == nil:
-	case errors.Is(err, flag.ErrHelp), errors.Is(err, errUsage):
-		os.Exit(2)
-	default:
-		if msg := err.Error(); strings.HasPrefix(msg, "tftp: ") {
-			fmt.Fprintln(os.Stderr, msg)
-		} else {
-			fmt.Fprintln(os.Stderr, "tftp:", msg)
-		}
-		os.Exit(1)
-	}
-}
-
-var errUsage = errors.New("usage")
+func main() { cli.Main("tftp", run) }
 
 const usage = `usage:
-  tftp get [flags] HOST[:PORT] REMOTE [LOCAL]   (LOCAL "-" writes to stdout)
+  tftp get [flags] HOST[:PORT] REMOTE [LOCAL]   (LOCAL "-" writes to stdout; an existing LOCAL needs -force)
   tftp put [flags] HOST[:PORT] LOCAL [REMOTE]   (LOCAL "-" reads stdin)
   tftp -version
 Run "tftp get -h" for the flags.`
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprintln(stderr, usage)
-		return errUsage
-	}
-	switch args[0] {
-	case "get", "put":
-	case "-version", "--version", "version":
-		fmt.Fprintln(stdout, "tftp", buildinfo.Version())
+	switch {
+	case len(args) == 0:
+		return cli.Usagef(stderr, "%s", usage)
+	case args[0] == "get", args[0] == "put":
+	case cli.IsVersion(args[0]):
+		fmt.Fprintln(stdout, "tftp", cli.Version())
 		return nil
-	case "-h", "-help", "--help", "help":
+	case cli.IsHelp(args[0]):
 		fmt.Fprintln(stdout, usage)
 		return nil
 	default:
-		fmt.Fprintln(stderr, usage)
-		return errUsage
+		return cli.Usagef(stderr, "tftp: unknown command %q\n%s", args[0], usage)
 	}
 	op := args[0]
 	fs := flag.NewFlagSet("tftp "+op, flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	var c tftp.Client
 	var rollover string
-	var quiet, progress bool
+	var quiet, progress, force bool
+	var out string
 	fs.IntVar(&c.BlockSize, "blksize", 0, "request this block size, 8 to 65464 (0: no option, 512)")
 	fs.IntVar(&c.WindowSize, "windowsize", 0, "request this window size, blocks per ACK (0: no option, 1)")
 	fs.BoolVar(&c.TSize, "tsize", true, "send the tsize option (learn or announce the size)")
@@ -89,17 +67,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&rollover, "rollover", "zero", "block number the server uses after 65535: zero or one")
 	fs.BoolVar(&quiet, "q", false, "no progress bar, even on a terminal")
 	fs.BoolVar(&progress, "progress", false, "a progress bar even when stderr is no terminal")
+	if op == "get" {
+		fs.StringVar(&out, "o", "", "write the download to this file, replacing it if it exists (\"-\": stdout)")
+		fs.BoolVar(&force, "force", false, "replace LOCAL if it exists (without it, an existing file is never touched)")
+	}
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, usage+"\n\nFlags:")
+		fmt.Fprintln(fs.Output(), usage+"\n\nFlags:")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args[1:]); err != nil {
+	if err := cli.Parse(fs, args[1:], stdout, stderr); err != nil {
 		return err
 	}
 	rest := fs.Args()
 	if len(rest) < 2 || len(rest) > 3 {
+		fs.SetOutput(stderr)
 		fs.Usage()
-		return errUsage
+		return cli.ErrUsage
 	}
 	roll, err := tftp.ParseRollover(rollover)
 	if err != nil {
@@ -120,10 +103,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if op == "get" {
 		local := b
-		if local == "" {
+		switch {
+		case out != "" && b != "":
+			return cli.Usagef(stderr, "tftp get: give LOCAL or -o, not both")
+		case out != "":
+			local, force = out, true
+		case local == "":
 			local = filepath.Base(a)
 		}
-		return get(ctx, &c, server, a, local, stdout)
+		return get(ctx, &c, server, a, local, force, stdout)
 	}
 	remote := b
 	if remote == "" {
@@ -132,10 +120,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return put(ctx, &c, server, a, remote)
 }
 
-func get(ctx context.Context, c *tftp.Client, server, remote, local string, stdout io.Writer) error {
+// errExists refuses to replace a local file the user did not name with -o
+// or -force.
+var errExists = errors.New("exists; use -force to replace it, or -o FILE")
+
+func get(ctx context.Context, c *tftp.Client, server, remote, local string, force bool, stdout io.Writer) error {
 	if local == "-" {
 		_, err := c.Get(ctx, server, remote, stdout)
 		return err
+	}
+	if !force {
+		// Checked before the transfer, so that nothing is fetched for
+		// nothing; the final link below checks again, atomically.
+		if _, err := os.Lstat(local); err == nil {
+			return fmt.Errorf("%s %w", local, errExists)
+		}
 	}
 	dir := filepath.Dir(local)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(local)+".tftp-*")
@@ -151,7 +150,18 @@ func get(ctx context.Context, c *tftp.Client, server, remote, local string, stdo
 		return err
 	}
 	os.Chmod(tmp.Name(), 0o644)
-	return os.Rename(tmp.Name(), local)
+	if force {
+		return os.Rename(tmp.Name(), local)
+	}
+	// A hard link fails if local appeared meanwhile: never a silent
+	// replacement.
+	if err := os.Link(tmp.Name(), local); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("%s %w", local, errExists)
+		}
+		return err
+	}
+	return nil
 }
 
 func put(ctx context.Context, c *tftp.Client, server, local, remote string) error {

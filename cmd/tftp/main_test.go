@@ -11,7 +11,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ioactor/ioactor/internal/cli"
 	"github.com/ioactor/ioactor/internal/leakcheck"
+	"github.com/ioactor/ioactor/internal/testutil"
 	"github.com/ioactor/ioactor/netio"
 	"github.com/ioactor/ioactor/tftp"
 )
@@ -97,3 +99,44 @@ func TestUsage(t *testing.T) {
 }
 
 func errorsAs(err error, target **tftp.Error) bool { return errors.As(err, target) }
+
+func TestGetNeverReplacesAnExistingFile(t *testing.T) {
+	leakcheck.Check(t)
+	root, local := t.TempDir(), t.TempDir()
+	os.WriteFile(filepath.Join(root, "f.txt"), []byte("served"), 0o644)
+	addr := startServer(t, root)
+	dst := filepath.Join(local, "f.txt")
+	os.WriteFile(dst, []byte("mine"), 0o644)
+	var out, errOut bytes.Buffer
+	// Named as LOCAL, and by default (the remote name in the current
+	// directory): refused, untouched, nothing left behind.
+	t.Chdir(local)
+	for _, args := range [][]string{{"get", addr, "f.txt", dst}, {"get", addr, "f.txt"}} {
+		err := run(context.Background(), args, &out, &errOut)
+		if !errors.Is(err, errExists) {
+			t.Fatalf("%q: err %v", args, err)
+		}
+		if b, _ := os.ReadFile(dst); string(b) != "mine" {
+			t.Fatalf("%q replaced the file: %q", args, b)
+		}
+	}
+	for _, args := range [][]string{{"get", "-force", addr, "f.txt", dst}, {"get", "-o", dst, addr, "f.txt"}} {
+		os.WriteFile(dst, []byte("mine"), 0o644)
+		if err := run(context.Background(), args, &out, &errOut); err != nil {
+			t.Fatalf("%q: %v", args, err)
+		}
+		if b, _ := os.ReadFile(dst); string(b) != "served" {
+			t.Fatalf("%q: %q", args, b)
+		}
+	}
+	if ents, _ := os.ReadDir(local); len(ents) != 1 {
+		t.Fatalf("left %v", ents)
+	}
+	if err := run(context.Background(), []string{"get", "-o", dst, addr, "f.txt", dst}, &out, &errOut); !errors.Is(err, cli.ErrUsage) {
+		t.Fatalf("LOCAL and -o: %v", err)
+	}
+}
+
+func TestHelpAndVersion(t *testing.T) {
+	testutil.CheckHelp(t, "tftp", run, [][]string{{"-h"}, {"get", "-h"}, {"put", "-help"}})
+}

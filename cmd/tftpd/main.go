@@ -22,36 +22,21 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/ioactor/ioactor/internal/buildinfo"
+	"github.com/ioactor/ioactor/internal/cli"
 	"github.com/ioactor/ioactor/netio"
 	"github.com/ioactor/ioactor/tftp"
 	"github.com/ioactor/ioactor/tftp/cluster"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	go func() {
-		<-ctx.Done()
-		stop() // a second signal kills the process
-	}()
-	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "tftpd:", err)
-		}
-		os.Exit(2)
-	}
-}
+func main() { cli.Main("tftpd", run) }
 
 type options struct {
 	root, listen, metrics        string
@@ -71,12 +56,11 @@ type options struct {
 	join, status                        string
 }
 
-func parse(args []string, stderr io.Writer) (*options, error) {
+func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	o := &options{}
 	fs := flag.NewFlagSet("tftpd", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: tftpd [flags]\n\nServes the files under -root over TFTP.\n\nFlags:")
+		fmt.Fprintln(fs.Output(), "usage: tftpd [flags]\n\nServes the files under -root over TFTP.\n\nFlags:")
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&o.root, "root", ".", "directory to serve; nothing outside it is reachable")
@@ -107,12 +91,11 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.httpAddr, "cluster-http", "127.0.0.1:8969", "cluster: HTTP address for /join and /status")
 	fs.StringVar(&o.join, "join", "", "cluster: the -cluster-http address of any member to join (empty: start a new cluster, or restart from -data)")
 	fs.StringVar(&o.status, "status", "", "print the cluster status from this -cluster-http address and exit")
-	if err := fs.Parse(args); err != nil {
+	if err := cli.Parse(fs, args, stdout, stderr); err != nil {
 		return nil, err
 	}
 	if fs.NArg() > 0 {
-		fs.Usage()
-		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
+		return nil, cli.Usagef(stderr, "tftpd: unexpected arguments %q (tftpd -h lists the flags)", fs.Args())
 	}
 	return o, nil
 }
@@ -133,12 +116,12 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	o, err := parse(args, stderr)
+	o, err := parse(args, stdout, stderr)
 	if err != nil {
 		return err
 	}
 	if o.version {
-		fmt.Fprintln(stdout, "tftpd", buildinfo.Version())
+		fmt.Fprintln(stdout, "tftpd", cli.Version())
 		return nil
 	}
 	if o.status != "" {

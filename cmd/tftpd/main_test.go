@@ -141,3 +141,7 @@ func TestFlags(t *testing.T) {
 		}
 	}
 }
+
+func TestHelpAndVersion(t *testing.T) {
+	testutil.CheckHelp(t, "tftpd", run, [][]string{{"-h"}, {"-help"}})
+}

@@ -97,7 +97,6 @@ type procSampler struct {
 	stop  chan struct{}
 	done  chan struct{}
 	max   int64
-	err   error
 }
 
 // startSampling reads the process's counters now and samples its RSS every

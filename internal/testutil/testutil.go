@@ -8,9 +8,12 @@ import (
 	"context"
 	"io"
 	"regexp"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ioactor/ioactor/internal/cli"
 )
 
 // SyncBuffer is a bytes.Buffer safe for a command's goroutines and the
@@ -84,5 +87,32 @@ func WaitFor(t testing.TB, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// CheckHelp checks a command's habits (package cli): each of helpArgs
+// prints a usage to stdout, nothing to stderr, and exits 0; -version prints
+// "name " and the module path and exits 0; an unknown flag exits 2 with
+// the usage on stderr.
+func CheckHelp(t *testing.T, name string, run RunFunc, helpArgs [][]string) {
+	t.Helper()
+	for _, args := range helpArgs {
+		var out, errOut bytes.Buffer
+		err := run(context.Background(), args, &out, &errOut)
+		if code := cli.ExitCode(name, err, &errOut); code != 0 || !strings.Contains(strings.ToLower(out.String()), "usage") || errOut.Len() != 0 {
+			t.Errorf("%s %q: exit %d, stdout %q, stderr %q", name, args, code, out.String(), errOut.String())
+		}
+	}
+	var out, errOut bytes.Buffer
+	err := run(context.Background(), []string{"-version"}, &out, &errOut)
+	if code := cli.ExitCode(name, err, &errOut); code != 0 || !strings.HasPrefix(out.String(), name+" github.com/ioactor/ioactor ") {
+		t.Errorf("%s -version: exit %d, %q", name, code, out.String())
+	}
+	out.Reset()
+	errOut.Reset()
+	bad := append(append([]string(nil), helpArgs[len(helpArgs)-1][:len(helpArgs[len(helpArgs)-1])-1]...), "-no-such-flag")
+	err = run(context.Background(), bad, &out, &errOut)
+	if code := cli.ExitCode(name, err, &errOut); code != 2 || !strings.Contains(strings.ToLower(errOut.String()), "usage") {
+		t.Errorf("%s %q: exit %d, stderr %q", name, bad, code, errOut.String())
 	}
 }
