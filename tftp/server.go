@@ -231,7 +231,13 @@ func NewServer(sys *netio.System, cfg ServerConfig) (*Server, error) {
 	select {
 	case err = <-bound:
 	case <-s.lis.Done():
-		err = netio.ErrShutdown
+		// A listener that could not bind reports why, then stops: both
+		// may be ready, and the reason wins.
+		select {
+		case err = <-bound:
+		default:
+			err = netio.ErrShutdown
+		}
 	}
 	if err != nil {
 		s.lis.Stop()

@@ -14,6 +14,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -90,7 +91,7 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.raftAddr, "raft", "127.0.0.1:7969", "cluster: TCP address of the raft transport")
 	fs.StringVar(&o.httpAddr, "cluster-http", "127.0.0.1:8969", "cluster: HTTP address for /join and /status")
 	fs.StringVar(&o.join, "join", "", "cluster: the -cluster-http address of any member to join (empty: start a new cluster, or restart from -data)")
-	fs.StringVar(&o.status, "status", "", "print the cluster status from this -cluster-http address and exit")
+	fs.StringVar(&o.status, "status", "", "print the cluster status from this -cluster-http address and exit (status 1 when the node is unhealthy)")
 	if err := cli.Parse(fs, args, stdout, stderr); err != nil {
 		return nil, err
 	}
@@ -267,8 +268,19 @@ func printStatus(ctx context.Context, addr string, stdout io.Writer) error {
 		return fmt.Errorf("-status: %w", err)
 	}
 	defer resp.Body.Close()
-	_, err = io.Copy(stdout, resp.Body)
-	return err
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("-status: %w", err)
+	}
+	stdout.Write(body)
+	var st cluster.Status
+	if err := json.Unmarshal(body, &st); err != nil {
+		return fmt.Errorf("-status: %s answered %s, not a status: %w", addr, resp.Status, err)
+	}
+	if !st.Healthy {
+		return fmt.Errorf("node %s is unhealthy: %s", st.ID, st.Problem)
+	}
+	return nil
 }
 
 // retries maps the flag, where 0 means none, to the config, where 0 means

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -144,4 +145,43 @@ func TestFlags(t *testing.T) {
 
 func TestHelpAndVersion(t *testing.T) {
 	testutil.CheckHelp(t, "tftpd", run, [][]string{{"-h"}, {"-help"}})
+}
+
+var statusRE = regexp.MustCompile(`status http://(\S+)/status`)
+
+// A leader whose TFTP port is taken says so, in its log and in -status,
+// and is unhealthy (here a single node: it keeps leading and trying).
+func TestClusterLeaderThatCannotBindIsUnhealthy(t *testing.T) {
+	leakcheck.Check(t)
+	squatter, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer squatter.Close()
+	match, _, stderr, stop := testutil.Start(t, run, statusRE, 20*time.Second,
+		"-cluster", "-node-id", "n1", "-data", t.TempDir(), "-raft", "127.0.0.1:0", "-cluster-http", "127.0.0.1:0",
+		"-root", t.TempDir(), "-listen", squatter.LocalAddr().String())
+	defer stop()
+	httpAddr := match[1]
+	var out bytes.Buffer
+	testutil.WaitFor(t, "-status to report the node unhealthy", func() bool {
+		out.Reset()
+		err = run(context.Background(), []string{"-status", httpAddr}, &out, io.Discard)
+		return err != nil && strings.Contains(out.String(), `"healthy": false`)
+	})
+	if !strings.Contains(err.Error(), "cannot bind the TFTP port") || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("-status: %v", err)
+	}
+	testutil.WaitFor(t, "the log to say why", func() bool {
+		return strings.Contains(stderr.String(), "address already in use")
+	})
+	if strings.Contains(stderr.String(), "system shut down") {
+		t.Fatalf("misleading log:\n%s", stderr.String())
+	}
+	// The port frees: the leader binds and is healthy again.
+	squatter.Close()
+	testutil.WaitFor(t, "the node to be healthy", func() bool {
+		out.Reset()
+		return run(context.Background(), []string{"-status", httpAddr}, &out, io.Discard) == nil
+	})
 }

@@ -94,7 +94,9 @@ type Config struct {
 	FSM FSM
 
 	// Fast shortens raft's timers for loopback clusters (tests, demos):
-	// heartbeat and election 300 ms, leader lease 150 ms, commit 5 ms.
+	// heartbeat and election 300 ms, leader lease 300 ms (raft's largest
+	// for that heartbeat: a 150 ms lease made a leader on a busy host step
+	// down for a 200 ms scheduling stall), commit 5 ms.
 	// False keeps raft's defaults.
 	Fast bool
 	// Tune, if set, adjusts raft's configuration after the defaults and
@@ -140,8 +142,7 @@ func (c Config) withDefaults() Config {
 		c.RequestTimeout = 5 * time.Second
 	}
 	if c.RaftLogger == nil {
-		c.RaftLogger = hclog.FromStandardLogger(slog.NewLogLogger(c.Logger.Handler(), slog.LevelWarn),
-			&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn})
+		c.RaftLogger = NewRaftLogger(c.Logger, hclog.Warn)
 	}
 	return c
 }
@@ -230,7 +231,7 @@ func (n *Node) start(ctx context.Context) error {
 	if cfg.Fast {
 		rc.HeartbeatTimeout = 300 * time.Millisecond
 		rc.ElectionTimeout = 300 * time.Millisecond
-		rc.LeaderLeaseTimeout = 150 * time.Millisecond
+		rc.LeaderLeaseTimeout = 300 * time.Millisecond
 		rc.CommitTimeout = 5 * time.Millisecond
 	}
 	if cfg.Tune != nil {
@@ -392,12 +393,18 @@ func (n *Node) advertise() {
 }
 
 // Handover transfers leadership to another voter if this node leads;
-// raft bounds it (by its election timeout).
+// raft bounds each of its three tries by its election timeout.
 func (n *Node) Handover() error {
-	if !n.IsLeader() {
-		return nil
+	// A transfer times out when its target has not won within an
+	// election timeout, which a loaded host can miss: try three times
+	// while this node still leads.
+	var err error
+	for try := 0; try < 3 && n.IsLeader(); try++ {
+		if err = n.raft.LeadershipTransfer().Error(); err == nil {
+			return nil
+		}
 	}
-	if err := n.raft.LeadershipTransfer().Error(); err != nil {
+	if err != nil && n.IsLeader() {
 		return fmt.Errorf("raftnode: leadership transfer: %w", err)
 	}
 	return nil

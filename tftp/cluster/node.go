@@ -8,11 +8,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 
 	"github.com/ioactor/ioactor/internal/raftnode"
@@ -36,9 +35,14 @@ type NodeConfig struct {
 	// Join is the HTTP address of any member; empty starts a new cluster
 	// (or restarts an existing member from its data directory).
 	Join string
-	// Fast shortens raft's timers for loopback clusters (tests, demos):
-	// heartbeat and election 300 ms, leader lease 150 ms, commit 5 ms.
+	// Fast shortens raft's timers for a fast failover: heartbeat and
+	// election 300 ms, leader lease 300 ms, commit 5 ms. A cut-off leader
+	// holds its downloads 50 ms after its checkpoints stop committing
+	// (Replicator.Stalled), whatever the lease.
 	Fast bool
+	// Tune, when not nil, adjusts raft's configuration after Fast; it must
+	// not change LocalID, NotifyCh or Logger.
+	Tune func(*raft.Config)
 	// FS is this node's root: completed uploads are renamed into it on
 	// every node. Nil refuses replicated uploads.
 	FS *tftp.FS
@@ -61,9 +65,14 @@ type Node struct {
 	sums *sumCache      // file digests, by name, size and modification time
 	wg   sync.WaitGroup // the HTTP server and the digests
 
+	problem atomic.Value // string: why the node is unhealthy, "" when it is not
+
 	closeOnce sync.Once
 	closeErr  error
 }
+
+// setProblem records why the node is unhealthy ("": it is healthy again).
+func (n *Node) setProblem(p string) { n.problem.Store(p) }
 
 // joinTimeout bounds StartNode's join: a node whose seed does not take it
 // fails to start rather than waiting for ever.
@@ -119,11 +128,13 @@ func (n *Node) start(ctx context.Context) error {
 		Tune: func(rc *raft.Config) {
 			rc.SnapshotThreshold = 1024
 			rc.TrailingLogs = 1024
+			if cfg.Tune != nil {
+				cfg.Tune(rc)
+			}
 		},
 		NewTransport: cfg.NewTransport,
 		Logger:       n.log,
 		LogPrefix:    "cluster",
-		RaftLogger:   hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: os.Stderr}),
 	})
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)
@@ -150,8 +161,12 @@ func (n *Node) IsLeader() bool { return n.rn.IsLeader() }
 
 // Status is what /status reports.
 type Status struct {
-	ID        string   `json:"id"`
-	State     string   `json:"state"`
+	ID    string `json:"id"`
+	State string `json:"state"`
+	// Healthy is false while the node cannot do its part: a leader that
+	// cannot bind the TFTP port. Problem says why.
+	Healthy   bool     `json:"healthy"`
+	Problem   string   `json:"problem,omitempty"`
 	Leader    string   `json:"leader"`
 	Members   []Member `json:"members"`
 	Voters    []string `json:"voters"`
@@ -162,7 +177,8 @@ type Status struct {
 func (n *Node) Status() Status {
 	_, leader := n.raft.LeaderWithID()
 	s := n.fsm.state()
-	st := Status{ID: n.cfg.ID, State: n.raft.State().String(), Leader: string(leader), Members: s.Members, Transfers: s.Transfers}
+	problem, _ := n.problem.Load().(string)
+	st := Status{ID: n.cfg.ID, State: n.raft.State().String(), Healthy: problem == "", Problem: problem, Leader: string(leader), Members: s.Members, Transfers: s.Transfers}
 	if f := n.raft.GetConfiguration(); f.Error() == nil {
 		for _, srv := range f.Configuration().Servers {
 			st.Voters = append(st.Voters, string(srv.ID))

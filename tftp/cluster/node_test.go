@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/ioactor/ioactor/internal/leakcheck"
 	"github.com/ioactor/ioactor/internal/testutil"
 	"github.com/ioactor/ioactor/tftp"
@@ -27,7 +28,7 @@ func startNode(t *testing.T, dir, id, join string) *Node {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { fsys.Close() })
-	n, err := StartNode(ctx, NodeConfig{ID: id, DataDir: filepath.Join(dir, id), RaftAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Join: join, Fast: true, FS: fsys})
+	n, err := StartNode(ctx, NodeConfig{ID: id, DataDir: filepath.Join(dir, id), RaftAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Join: join, Fast: true, Tune: relaxedTimers, FS: fsys})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,6 +37,16 @@ func startNode(t *testing.T, dir, id, join string) *Node {
 		}
 	}()
 	return n
+}
+
+// relaxedTimers are raft's timers for tests that check what the cluster
+// replicates, not how fast it fails over: a leader on a loaded machine
+// running -race may not hear from its followers for 200 ms and more, and
+// must not step down in the middle of the test for it.
+func relaxedTimers(rc *raft.Config) {
+	rc.HeartbeatTimeout = time.Second
+	rc.ElectionTimeout = time.Second
+	rc.LeaderLeaseTimeout = time.Second
 }
 
 func leaderOf(nodes []*Node) *Node {
@@ -135,7 +146,7 @@ func TestThreeNodesReplicateTransfersAndSurviveTheLeader(t *testing.T) {
 		t.Fatalf("%d transfers after End", n)
 	}
 	// The old leader comes back from its data directory and catches up.
-	a2, err := StartNode(context.Background(), NodeConfig{ID: "a", DataDir: filepath.Join(dir, "a"), RaftAddr: a.rn.RaftAddr(), HTTPAddr: "127.0.0.1:0", Fast: true})
+	a2, err := StartNode(context.Background(), NodeConfig{ID: "a", DataDir: filepath.Join(dir, "a"), RaftAddr: a.rn.RaftAddr(), HTTPAddr: "127.0.0.1:0", Fast: true, Tune: relaxedTimers})
 	if err != nil {
 		t.Fatal(err)
 	}

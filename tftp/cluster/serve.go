@@ -51,7 +51,7 @@ type replicator struct {
 
 // holdAfter is how long a checkpoint may take to commit before the node's
 // downloads hold (Stalled). A leader cut off from the others learns it
-// lost its leadership only when its lease (150 ms with the Fast timers)
+// lost its leadership only when its lease (300 ms with the Fast timers)
 // runs out; holding sooner keeps its clients close to the last committed
 // checkpoint, which is where the next leader resumes them. A commit takes
 // a few milliseconds on a healthy cluster.
@@ -285,6 +285,10 @@ type ServeConfig struct {
 	TFTP tftp.ServerConfig
 	// Registerer, when not nil, receives the failover metrics.
 	Registerer prometheus.Registerer
+	// BindTimeout is how long a new leader tries to bind the TFTP port
+	// before it reports itself unhealthy and hands leadership over (zero:
+	// 5 s). On one host the old leader may hold the port for a moment.
+	BindTimeout time.Duration
 }
 
 // Serve runs the replicated TFTP service until ctx ends: while the node
@@ -337,6 +341,7 @@ func Serve(ctx context.Context, sys *netio.System, n *Node, cfg ServeConfig) err
 			leading = isLeader
 			if !isLeader {
 				stopServing()
+				n.setProblem("")
 				continue
 			}
 			// Apply everything committed before resuming from it; retry
@@ -364,19 +369,7 @@ func Serve(ctx context.Context, sys *netio.System, n *Node, cfg ServeConfig) err
 				states = append(states, r.State)
 			}
 			tcfg.Resume = states
-			// On one host the old leader may still hold the port for a
-			// moment (it releases it when it steps down): retry.
-			var err error
-			for try := 0; n.IsLeader() && ctx.Err() == nil; try++ {
-				if srv, err = tftp.NewServer(sys, tcfg); err == nil {
-					break
-				}
-				if try%50 == 0 {
-					n.log.Warn("cluster: bind the TFTP port; retrying", "err", err)
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
-			if srv == nil {
+			if srv = bindLeader(ctx, sys, n, tcfg, cfg.BindTimeout); srv == nil {
 				continue
 			}
 			m.failovers.Inc()
@@ -384,6 +377,51 @@ func Serve(ctx context.Context, sys *netio.System, n *Node, cfg ServeConfig) err
 			n.log.Info("cluster: serving TFTP", "addr", srv.Addr().String(), "resumed", len(states))
 		}
 	}
+}
+
+// bindLeader binds the TFTP port while n leads and ctx lasts. On one host
+// the old leader may still hold the port for a moment (it releases it when
+// it steps down), so it retries every 10 ms. A leader that cannot bind
+// within bindTimeout is unhealthy: it says why in its log and its Status,
+// and hands leadership over once, so that a node that can bind serves. It
+// goes on trying, once a second, for as long as it still leads.
+func bindLeader(ctx context.Context, sys *netio.System, n *Node, tcfg tftp.ServerConfig, bindTimeout time.Duration) *tftp.Server {
+	if bindTimeout <= 0 {
+		bindTimeout = 5 * time.Second
+	}
+	start := time.Now()
+	var logged time.Time
+	handedOver := false
+	for n.IsLeader() && ctx.Err() == nil {
+		srv, err := tftp.NewServer(sys, tcfg)
+		if err == nil {
+			n.setProblem("")
+			return srv
+		}
+		wait := 10 * time.Millisecond
+		if time.Since(start) >= bindTimeout {
+			wait = time.Second
+			problem := fmt.Sprintf("the leader cannot bind the TFTP port %v: %v", tcfg.Listen, err)
+			n.setProblem(problem)
+			if time.Since(logged) >= 30*time.Second {
+				logged = time.Now()
+				n.log.Error("cluster: "+problem, "after", time.Since(start).Round(time.Millisecond))
+			}
+			if !handedOver {
+				handedOver = true
+				n.log.Warn("cluster: handing leadership over to a node that can bind the TFTP port")
+				if err := n.Handover(); err != nil {
+					n.log.Warn("cluster: leadership transfer failed; still trying to bind", "err", err)
+				}
+				continue
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+	}
+	return nil
 }
 
 type serveMetrics struct {
