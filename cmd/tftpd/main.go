@@ -239,7 +239,7 @@ func runCluster(ctx context.Context, o *options, sys *netio.System, tcfg tftp.Se
 		return err
 	}
 	defer node.Close()
-	fmt.Fprintf(stdout, "tftpd cluster node %s: raft %s, status http://%s/status; serving %s on %v while leader\n", id, o.raftAddr, node.HTTPAddr(), tcfg.Root, tcfg.Listen)
+	fmt.Fprintf(stdout, "tftpd cluster node %s: raft %s, status http://%s/status; serving %s on %v while leader\n", id, node.RaftAddr(), node.HTTPAddr(), tcfg.Root, tcfg.Listen)
 	var httpSrv *http.Server
 	if o.metrics != "" {
 		ln, err := net.Listen("tcp", o.metrics)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -184,4 +185,22 @@ func TestClusterLeaderThatCannotBindIsUnhealthy(t *testing.T) {
 		out.Reset()
 		return run(context.Background(), []string{"-status", httpAddr}, &out, io.Discard) == nil
 	})
+}
+
+// The demo checks its TFTP port before it builds anything.
+func TestClusterDemoFailsFastOnATakenPort(t *testing.T) {
+	squatter, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer squatter.Close()
+	_, port, _ := net.SplitHostPort(squatter.LocalAddr().String())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "bash", "../../scripts/cluster-demo.sh")
+	cmd.Env = append(os.Environ(), "TFTP_PORT="+port)
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil || err == nil || !strings.Contains(string(out), "127.0.0.1:"+port+" is taken") {
+		t.Fatalf("cluster-demo.sh with its port taken: %v (context: %v)\n%s", err, ctx.Err(), out)
+	}
 }

@@ -190,6 +190,9 @@ func (n *Node) Status() Status {
 // HTTPAddr is the address the node's HTTP endpoint listens on.
 func (n *Node) HTTPAddr() string { return n.ln.Addr().String() }
 
+// RaftAddr is the address the node's raft transport listens on.
+func (n *Node) RaftAddr() string { return n.rn.RaftAddr() }
+
 func (n *Node) apply(c command) error {
 	b, err := json.Marshal(c)
 	if err != nil {
