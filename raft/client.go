@@ -150,7 +150,14 @@ func (c *clientConn) Receive(ctx *netio.Context, msg any) {
 	case kickMsg:
 		c.w.pump(ctx, c.conn, c.t.m)
 	case sweepTick:
-		c.expire(ctx.Now())
+		if err := c.expire(ctx.Now()); err != nil {
+			// The server answers a connection's requests in order, and
+			// one that raft never answers holds back every answer after
+			// it: drop the connection, as raft.NetworkTransport does, so
+			// that the next call dials a fresh one instead of waiting
+			// behind it. The other calls in flight on it fail now.
+			c.end(ctx, err, true)
+		}
 	case tcp.Connected:
 		c.dialing = false
 		if c.ending {
@@ -277,14 +284,21 @@ func failCall(cl *call, err error) {
 	cl.done <- struct{}{}
 }
 
-// expire fails the calls whose deadline passed (actor only).
-func (c *clientConn) expire(now time.Time) {
+// expire fails the calls whose deadline passed (actor only) and returns
+// the first one's error, nil when none expired.
+func (c *clientConn) expire(now time.Time) error {
+	var first error
 	c.w.mu.Lock()
 	for c.phead < len(c.pend) && now.After(c.pend[c.phead].deadline) {
 		cl := c.takeLocked(c.pend[c.phead].id)
-		failCall(cl, fmt.Errorf("%w after %v", ErrTimeout, now.Sub(cl.start).Round(time.Millisecond)))
+		err := fmt.Errorf("%w after %v", ErrTimeout, now.Sub(cl.start).Round(time.Millisecond))
+		failCall(cl, err)
+		if first == nil {
+			first = err
+		}
 	}
 	c.w.mu.Unlock()
+	return first
 }
 
 // enqueue registers cl and queues its request frame.
