@@ -46,6 +46,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/ioactor/ioactor/netio"
 	iraft "github.com/ioactor/ioactor/raft"
 )
 
@@ -105,8 +106,13 @@ type Config struct {
 	LogCache int
 
 	// NewTransport builds the raft transport; nil means this module's
-	// transport (package raft) with RaftTimeout, Logger and Registerer.
+	// transport (package raft) with System, RaftTimeout, Logger and
+	// Registerer.
 	NewTransport func(bind string) (raft.Transport, error)
+	// System runs the default transport's sockets; nil means a private
+	// one that the transport shuts down. A System given here must be shut
+	// down after the node is closed.
+	System *netio.System
 	// RaftTimeout bounds every RPC of the default transport; zero means 2 s.
 	RaftTimeout time.Duration
 	// Registerer receives the default transport's metrics; nil means none.
@@ -220,7 +226,7 @@ func (n *Node) start(ctx context.Context) error {
 	newTransport := cfg.NewTransport
 	if newTransport == nil {
 		newTransport = func(bind string) (raft.Transport, error) {
-			return iraft.New(iraft.Config{BindAddr: bind, Timeout: cfg.RaftTimeout, Logger: n.log, Registerer: cfg.Registerer})
+			return iraft.New(iraft.Config{System: cfg.System, BindAddr: bind, Timeout: cfg.RaftTimeout, Logger: n.log, Registerer: cfg.Registerer})
 		}
 	}
 	if n.trans, err = newTransport(cfg.RaftAddr); err != nil {

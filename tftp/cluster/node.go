@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/ioactor/ioactor/internal/raftnode"
+	"github.com/ioactor/ioactor/netio"
 	"github.com/ioactor/ioactor/tftp"
 )
 
@@ -43,10 +44,13 @@ type NodeConfig struct {
 	// every node. Nil refuses replicated uploads.
 	FS *tftp.FS
 	// NewTransport builds the raft transport; nil uses this module's
-	// transport (package raft of ioactor), on the event loop that package
-	// shares among the transports of a process (not the TFTP server's).
+	// transport (package raft of ioactor) on System.
 	NewTransport func(bind string) (raft.Transport, error)
-	Logger       *slog.Logger
+	// System runs the default transport's sockets (it may be the TFTP
+	// server's); nil means a private one that the transport shuts down.
+	// A System given here must be shut down after Close.
+	System *netio.System
+	Logger *slog.Logger
 }
 
 // Node is one member of the replicated TFTP service's raft cluster.
@@ -121,6 +125,7 @@ func (n *Node) start(ctx context.Context) error {
 			rc.TrailingLogs = 1024
 		},
 		NewTransport: cfg.NewTransport,
+		System:       cfg.System,
 		Logger:       n.log,
 		LogPrefix:    "cluster",
 		RaftLogger:   hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: os.Stderr}),
