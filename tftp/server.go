@@ -147,7 +147,9 @@ type ServerConfig struct {
 	// ioactor_tftp_transfers_total{op,result}, ioactor_tftp_bytes_total{op},
 	// ioactor_tftp_retransmits_total, ioactor_tftp_active_transfers,
 	// ioactor_tftp_transfer_duration_seconds{op},
-	// ioactor_tftp_stray_packets_total{kind} and, for resumed downloads,
+	// ioactor_tftp_stray_packets_total{kind},
+	// ioactor_tftp_requests_refused_total{reason},
+	// ioactor_tftp_errors_suppressed_total and, for resumed downloads,
 	// ioactor_tftp_resume_lag_blocks.
 	Registerer prometheus.Registerer
 }
