@@ -28,17 +28,6 @@ import (
 // addresses than the legitimate client's (127.0.0.2 and up) must not take
 // the service away from it.
 
-// rawFrom is a bare UDP socket bound to a loopback address of choice.
-func rawFrom(t testing.TB, addr string) *rawConn {
-	t.Helper()
-	c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return &rawConn{t: t, c: c}
-}
-
 // TestAttackSlotHold is point 1: from 127.0.0.2, requests asking for the
 // longest timeout, some acknowledging the OACK and falling silent, while
 // curl downloads from 127.0.0.1. The attacker gets its share and ERRORs
