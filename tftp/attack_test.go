@@ -325,14 +325,26 @@ func TestAttackLogAmplification(t *testing.T) {
 	// 3,500 of them, from fresh ports.
 	before = w.n.Load()
 	start := time.Now()
-	// One at a time, each waiting for its ERROR, so that none is lost in
-	// a full receive buffer: every one costs the server its log.
-	for range 3500 {
-		c := rawFrom(t, "127.0.0.4:0")
-		c.send(srv.Addr(), req)
-		c.recv(2 * time.Second)
-		c.c.Close()
+	// 16 senders, each waiting for its ERROR before the next, so that none
+	// is lost in a full receive buffer: every one costs the server its log.
+	var wg sync.WaitGroup
+	for g := range 16 {
+		wg.Go(func() {
+			buf := make([]byte, 1024)
+			for i := g; i < 3500; i += 16 {
+				c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.4:0")))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				c.WriteToUDPAddrPort(req, srv.Addr())
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				c.ReadFromUDPAddrPort(buf)
+				c.Close()
+			}
+		})
 	}
+	wg.Wait()
 	var served float64
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		if served = gather(t, reg)[`ioactor_tftp_transfers_total{op="read",result="refused"}`]; served >= 3501 {
