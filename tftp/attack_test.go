@@ -397,3 +397,41 @@ func TestAttackAmplification(t *testing.T) {
 		t.Fatal("the request is not the 15-byte RRQ of the issue")
 	}
 }
+
+// TestAttackRefusalsNotSilenced: a flood of refused requests from one
+// address gets a few ERRORs and then silence, but does not use up the
+// ERRORs that tell another client why it is refused.
+func TestAttackRefusalsNotSilenced(t *testing.T) {
+	leakcheck.Check(t)
+	dir := t.TempDir()
+	writePattern(t, dir, "f", 1<<20)
+	reg := prometheus.NewRegistry()
+	srv := startServer(t, ServerConfig{Root: dir, MaxClientTransfers: 1, ClientRate: -1, ErrorRate: 5, Registerer: reg})
+	// The attacker holds its one transfer and floods.
+	hold := rawFrom(t, "127.0.0.7:0")
+	hold.send(srv.Addr(), rrq("f"))
+	hold.mustRecv("DATA 1")
+	var errs int
+	start := time.Now()
+	for range 500 {
+		c := rawFrom(t, "127.0.0.7:0")
+		c.send(srv.Addr(), rrq("f"))
+		if _, _, ok := c.recv(5 * time.Millisecond); ok {
+			errs++
+		}
+		c.c.Close()
+	}
+	// The legitimate client, over its own share, is told why.
+	mine := rawFrom(t, "127.0.0.1:0")
+	mine.send(srv.Addr(), rrq("f"))
+	mine.mustRecv("DATA 1")
+	again := rawFrom(t, "127.0.0.1:0")
+	again.send(srv.Addr(), rrq("f"))
+	pkt, _ := again.mustRecv("a refusal")
+	expectError(t, pkt, ErrUndefined, "the legitimate client's second request")
+	m := gather(t, reg)
+	t.Logf("the flood of 500 refused requests got %d ERRORs (%v suppressed); the other client's refusal arrived: %q", errs, m["ioactor_tftp_errors_suppressed_total"], pkt[4:len(pkt)-1])
+	if max := refusalBurst + int(time.Since(start).Seconds()+1)*refusalRate; errs > max {
+		t.Fatalf("the flood got %d ERRORs in %v, more than %d", errs, time.Since(start), max)
+	}
+}

@@ -88,7 +88,8 @@
 //     without an ERROR: an unanswered 15-byte RRQ draws 1,032 bytes
 //     (69×, tftpd-hpa 207×). An ERROR is never answered, and ERROR 5 to
 //     strangers is rate-limited per transfer port and server-wide
-//     ([ServerConfig.ErrorRate]).
+//     ([ServerConfig.ErrorRate]); refusals are rate-limited per client,
+//     so that one flood does not silence the refusals of others.
 //   - Logs: file names and errors are cut short in log lines, and a
 //     refusal is logged once per client per sweep (10 s); a wrapper such
 //     as tftpd's summarises repeated records of one kind.

@@ -36,7 +36,17 @@ type share struct {
 	active int
 	lim    *rate.Limiter
 	warned bool // its refusal was logged since the last sweep
+	// refusals bounds the ERRORs that refuse its requests; made on first
+	// use.
+	refusals *rate.Limiter
 }
+
+// refusalRate and refusalBurst bound the refusals one client is told of:
+// past them, its refused requests go unanswered (and are counted).
+const (
+	refusalRate  = 10
+	refusalBurst = 20
+)
 
 // shares is the listener's table of clients. It is bounded: past
 // maxShares clients, the newcomers share one overflow entry (so a flood of
@@ -114,7 +124,7 @@ func (s *shares) admit(now time.Time, sh *share) string {
 func (s *shares) sweep(now time.Time) {
 	for k, sh := range s.m {
 		sh.warned = false
-		if sh.active == 0 && sh.lim.TokensAt(now) >= float64(s.burst) {
+		if sh.active == 0 && sh.lim.TokensAt(now) >= float64(s.burst) && (sh.refusals == nil || sh.refusals.TokensAt(now) >= refusalBurst) {
 			delete(s.m, k)
 		}
 	}

@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/ioactor/ioactor/netio"
 	"github.com/ioactor/ioactor/udp"
 )
@@ -287,7 +289,7 @@ func (l *listener) datagram(now time.Time, from netip.AddrPort, b []byte) {
 	case err != nil:
 		l.shard.badRequests.Add(1)
 		if len(b) >= 2 {
-			l.reply(now, from, ErrIllegalOperation, "illegal TFTP operation")
+			l.reply(now, from, ErrIllegalOperation, "illegal TFTP operation", nil)
 		}
 	case op == OpRRQ || op == OpWRQ:
 		l.request(now, from, b)
@@ -295,17 +297,27 @@ func (l *listener) datagram(now time.Time, from netip.AddrPort, b []byte) {
 		// Never answer an ERROR.
 	default:
 		l.shard.foreign.Add(1)
-		l.reply(now, from, ErrUnknownTID, "unknown transfer ID")
+		l.reply(now, from, ErrUnknownTID, "unknown transfer ID", nil)
 	}
 }
 
 // reply sends an ERROR from the server port, within the server's
-// ErrorRate.
-func (l *listener) reply(now time.Time, to netip.AddrPort, code ErrorCode, msg string) {
+// ErrorRate, or, for a client's refusals (sh not nil), within that
+// client's own allowance: a flood from one address must not use up the
+// ERRORs that tell another client why it is refused.
+func (l *listener) reply(now time.Time, to netip.AddrPort, code ErrorCode, msg string, sh *share) {
 	if l.sock.IsZero() {
 		return
 	}
-	if !l.srv.allowError(now, nil) {
+	if sh != nil {
+		if sh.refusals == nil {
+			sh.refusals = rate.NewLimiter(refusalRate, refusalBurst)
+		}
+		if !sh.refusals.AllowN(now, 1) {
+			l.shard.errorsSuppressed.Add(1)
+			return
+		}
+	} else if !l.srv.allowError(now, nil) {
 		l.shard.errorsSuppressed.Add(1)
 		return
 	}
@@ -322,11 +334,11 @@ func (l *listener) request(now time.Time, from netip.AddrPort, b []byte) {
 		if errors.Is(err, ErrMalformed) && bytes.Contains([]byte(err.Error()), []byte("unknown mode")) {
 			msg = "unknown transfer mode"
 		}
-		l.reply(now, from, ErrIllegalOperation, msg)
+		l.reply(now, from, ErrIllegalOperation, msg, nil)
 		return
 	}
 	if l.draining || l.closing {
-		l.refuse(now, from, refuseShutdown, "server is shutting down")
+		l.refuse(now, from, refuseShutdown, "server is shutting down", nil)
 		return
 	}
 	if e := l.entries[from]; e != nil {
@@ -347,15 +359,15 @@ func (l *listener) request(now time.Time, from netip.AddrPort, b []byte) {
 		}
 		l.cancel(e, "superseded by a new request from the client")
 	}
+	sh := l.shares.get(from.Addr())
 	if max := l.srv.cfg.MaxTransfers; max > 0 && l.active() >= max {
 		if !l.busyWarned {
 			l.busyWarned = true
 			l.srv.log.Warn("tftp: too many transfers; requests refused (logged once per sweep interval; see ioactor_tftp_requests_refused_total)", "client", from.String(), "max", max)
 		}
-		l.refuse(now, from, refuseBusy, "server busy, try again later")
+		l.refuse(now, from, refuseBusy, "server busy, try again later", sh)
 		return
 	}
-	sh := l.shares.get(from.Addr())
 	if why := l.shares.admit(now, sh); why != "" {
 		if !sh.warned {
 			sh.warned = true
@@ -366,17 +378,17 @@ func (l *listener) request(now time.Time, from netip.AddrPort, b []byte) {
 		if why == refuseClientRate {
 			msg = "too many requests from your address, slow down"
 		}
-		l.refuse(now, from, why, msg)
+		l.refuse(now, from, why, msg, sh)
 		return
 	}
 	l.start(now, from, req, b, sh)
 }
 
 // refuse answers a request with an ERROR 0 and counts it.
-func (l *listener) refuse(now time.Time, from netip.AddrPort, why, msg string) {
+func (l *listener) refuse(now time.Time, from netip.AddrPort, why, msg string, sh *share) {
 	l.shard.refused[refuseIndex(why)].Add(1)
 	l.srv.log.Debug("tftp: request refused", "client", from.String(), "reason", why)
-	l.reply(now, from, ErrUndefined, msg)
+	l.reply(now, from, ErrUndefined, msg, sh)
 }
 
 func (l *listener) start(now time.Time, from netip.AddrPort, req Request, b []byte, sh *share) {

@@ -113,10 +113,13 @@ type ServerConfig struct {
 	// address) and 64 (one IPv6 subnet).
 	ClientPrefix4, ClientPrefix6 int
 	// ErrorRate bounds the ERROR packets per second the server sends to
-	// strangers (unknown transfer IDs, malformed requests, refusals),
-	// across all transfers, with bursts of as many; each transfer port
-	// also answers strangers at most a few times a second. 0 means 200,
-	// negative means no limit. An ERROR packet itself is never answered.
+	// strangers (unknown transfer IDs, malformed requests), across all
+	// transfers, with bursts of as many; each transfer port also answers
+	// strangers at most 4 times, then once a second. 0 means 200, negative
+	// means no limit. An ERROR packet itself is never answered. Refusals
+	// (MaxTransfers, MaxClientTransfers, ClientRate) are bounded per
+	// client instead, 20 then 10 a second, so that one flood cannot
+	// silence the refusals of everyone else.
 	ErrorRate float64
 
 	// Replicator, when set, records every transfer so that another server

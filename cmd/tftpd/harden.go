@@ -37,7 +37,7 @@ func (h *hardening) flags(fs *flag.FlagSet) {
 	fs.IntVar(&h.clientBurst, "client-burst", 40, "burst of the -client-rate token bucket (0: twice the rate)")
 	fs.IntVar(&h.clientPrefix4, "client-prefix4", 32, "IPv4 prefix length that makes one client for the per-client limits (24: a /24 shares one)")
 	fs.IntVar(&h.clientPrefix6, "client-prefix6", 64, "IPv6 prefix length that makes one client for the per-client limits")
-	fs.Float64Var(&h.errorRate, "error-rate", 200, "ERROR packets per second to strangers (unknown transfer IDs, bad or refused requests), server-wide; 0 or negative: no limit")
+	fs.Float64Var(&h.errorRate, "error-rate", 200, "ERROR packets per second to strangers (unknown transfer IDs, malformed requests), server-wide (refusals: 20, then 10/s per client); 0 or negative: no limit")
 	fs.IntVar(&h.logRepeat, "log-repeat", 100, "log records of one kind (level and message) written per -log-interval; the rest are counted in a summary; 0 or negative: no limit")
 	fs.DurationVar(&h.logInterval, "log-interval", 10*time.Second, "interval of -log-repeat")
 	fs.StringVar(&h.user, "user", "", "after binding the port and opening the root, drop to this user and its group (needs root; uploads are then written as that user)")
