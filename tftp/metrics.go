@@ -73,7 +73,7 @@ var (
 	descRetrans   = prometheus.NewDesc("ioactor_tftp_retransmits_total", "DATA, OACK and ACK packets the server sent again.", nil, nil)
 	descActive    = prometheus.NewDesc("ioactor_tftp_active_transfers", "TFTP transfers in progress.", nil, nil)
 	descRefused   = prometheus.NewDesc("ioactor_tftp_requests_refused_total", "Requests refused with an ERROR before a transfer started, by reason: busy (max transfers), client_transfers (max per client), client_rate (the client's request rate), shutting_down.", []string{"reason"}, nil)
-	descSuppress  = prometheus.NewDesc("ioactor_tftp_errors_suppressed_total", "ERROR packets to strangers not sent: over the per-transfer or the server's error rate.", nil, nil)
+	descSuppress  = prometheus.NewDesc("ioactor_tftp_errors_suppressed_total", "ERROR packets not sent: over the per-transfer, per-client (refusals) or server-wide error rate.", nil, nil)
 	descStray     = prometheus.NewDesc("ioactor_tftp_stray_packets_total", "Datagrams that were not part of a transfer, by kind: foreign_tid (answered with ERROR 5), ignored (malformed or unexpected, from the client), bad_request (to the server port).", []string{"kind"}, nil)
 )
 
