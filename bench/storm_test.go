@@ -1,0 +1,396 @@
+package bench
+
+// Boot storm: N PXE-like clients start at once and each fetches a boot set
+// in sequence, lock-step, from one server; every contender in one run,
+// interleaved:
+//
+//	go test -run '^$' -bench Storm -benchtime 1x -timeout 60m ./bench/
+//	STORM_CLIENTS=20,200 STORM_ROUNDS=3 go test -run '^$' -bench Storm -benchtime 1x -timeout 60m ./bench/
+//
+// The boot set is a 40,000-byte first stage, a 1.5 MiB second stage and a
+// 10 MiB kernel; at N ≥ 1000 the kernel is left out (STORM_FULL=1 keeps
+// it), so that the run stays within minutes on two cores. Half the
+// clients are UEFI-like (a tsize probe, an ERROR 8 to the OACK, then the
+// file at blksize 1468 with tsize), half BIOS-like (blksize 512 with
+// tsize); see loadgen.Storm. The load generator is this process: a
+// goroutine and a socket per transfer, this module's tftp.Client.
+//
+// Contenders: cmd/tftpd with a port per transfer (ioactor), in single-port
+// mode (ioactor-single), and a three-node cluster of it, the leader serving
+// (ioactor-cluster; the CPU column is the leader's, the followers' is
+// printed apart); tftpd-hpa; atftpd (--maxthread raised to 4096 from its
+// 100); pin/tftp (this test binary re-executed, as in BenchmarkTFTP).
+// Every client comes from 127.0.0.1, so the per-client limits of cmd/tftpd
+// (-max-client-transfers, -client-rate, issue 16) are turned off for the
+// run: with them, one address gets 32 transfers at once and 20 requests a
+// second.
+//
+// Reported per N: aggregate MB/s (10^6 bytes of file data over the time
+// until the last client finished), the server's CPU seconds per GiB (from
+// /proc; tftpd-hpa's forked children sampled every 20 ms), the time until
+// the last client finished, the p50 and p99 of per-client completion
+// times, failed clients, the clients' retransmissions, and the server's
+// peak RSS (VmHWM, over the whole run so far; not for tftpd-hpa, a process
+// per transfer).
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ioactor/ioactor/internal/loadgen"
+)
+
+type stormContender struct {
+	*tftpServer
+	followers []*tftpServer // ioactor-cluster
+}
+
+func (c *stormContender) followerCPU() time.Duration {
+	var d time.Duration
+	for _, f := range c.followers {
+		d += f.cpu()
+	}
+	return d
+}
+
+// peakRSS is the server's VmHWM in bytes, 0 when unknown.
+func (s *tftpServer) peakRSS() int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+type stormEnv struct {
+	root       string
+	full, boot []loadgen.StormFile // with and without the kernel
+	servers    []*stormContender
+}
+
+func stormFiles(b *testing.B, root string) (full, small []loadgen.StormFile) {
+	for _, f := range []struct {
+		name string
+		size int64
+	}{{"probe", 1}, {"stage1.efi", 40000}, {"stage2.img", 1536 << 10}, {"vmlinuz", 10 << 20}} {
+		data := make([]byte, f.size)
+		for i := range data {
+			data[i] = byte(i*13 + i>>9 + int(f.size))
+		}
+		p := filepath.Join(root, f.name)
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			b.Fatal(err)
+		}
+		os.Chmod(p, 0o644)
+		if f.name == "probe" {
+			continue
+		}
+		sf := loadgen.StormFile{Name: f.name, Size: f.size, CRC: crc32.ChecksumIEEE(data)}
+		full = append(full, sf)
+		if f.name != "vmlinuz" {
+			small = append(small, sf)
+		}
+	}
+	return full, small
+}
+
+// stormLimitsOff are cmd/tftpd's flags that let one address run a storm.
+var stormLimitsOff = []string{"-max-client-transfers", "0", "-client-rate", "0", "-max-transfers", "8192", "-log-level", "warn"}
+
+func newStormEnv(b *testing.B) *stormEnv {
+	hpa, err := exec.LookPath("in.tftpd")
+	if err != nil {
+		b.Fatal("in.tftpd is not installed: apt-get install tftpd-hpa (the service need not run)")
+	}
+	atftpd := findAtftpd(b)
+	root, err := os.MkdirTemp("", "ioactor-storm-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(root) })
+	os.Chmod(root, 0o755)
+	e := &stormEnv{root: root}
+	e.full, e.boot = stormFiles(b, root)
+	bin := filepath.Join(b.TempDir(), "tftpd")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/ioactor/ioactor/cmd/tftpd").CombinedOutput(); err != nil {
+		b.Fatalf("go build: %v\n%s", err, out)
+	}
+	b.Cleanup(func() {
+		for _, s := range e.servers {
+			s.stop()
+			for _, f := range s.followers {
+				f.stop()
+			}
+		}
+	})
+	ours := func(name string, extra ...string) *stormContender {
+		s := startTFTPExternal(b, name, true, bin, func(port int) []string {
+			return append(append([]string{"-root", root, "-listen", fmt.Sprintf("127.0.0.1:%d", port)}, stormLimitsOff...), extra...)
+		})
+		return &stormContender{tftpServer: s}
+	}
+	only := map[string]bool{}
+	for _, n := range strings.Split(os.Getenv("STORM_SERVERS"), ",") {
+		if n != "" {
+			only[n] = true
+		}
+	}
+	want := func(n string) bool { return len(only) == 0 || only[n] }
+	if want("ioactor") {
+		e.servers = append(e.servers, ours("ioactor"))
+	}
+	if want("ioactor-single") {
+		e.servers = append(e.servers, ours("ioactor-single", "-single-port"))
+	}
+	if want("ioactor-cluster") {
+		e.servers = append(e.servers, startStormCluster(b, bin, root))
+	}
+	if want("tftpd-hpa") {
+		hpaSrv := startTFTPExternal(b, "tftpd-hpa", false, hpa, func(port int) []string {
+			return []string{"-L", "-s", "-a", fmt.Sprintf("127.0.0.1:%d", port), root}
+		})
+		hpaSrv.forks = true
+		hpaSrv.childTick = 20 * time.Millisecond
+		e.servers = append(e.servers, &stormContender{tftpServer: hpaSrv})
+	}
+	if want("atftpd") {
+		e.servers = append(e.servers, &stormContender{tftpServer: startTFTPExternal(b, "atftpd", true, atftpd, func(port int) []string {
+			return []string{"--daemon", "--no-fork", "--port", strconv.Itoa(port), "--bind-address", "127.0.0.1", "--maxthread", "4096",
+				"--user", "nobody", "--group", "nogroup", "--logfile", "/dev/null", root}
+		})})
+	}
+	if want("pin") {
+		e.servers = append(e.servers, &stormContender{tftpServer: startTFTPHelper(b, "pin", root)})
+	}
+	return e
+}
+
+// startStormCluster starts three cmd/tftpd -cluster nodes on one TFTP
+// address and root, and waits until the leader answers.
+func startStormCluster(b *testing.B, bin, root string) *stormContender {
+	dir := b.TempDir()
+	listen := fmt.Sprintf("127.0.0.1:%d", freePort(b, "udp"))
+	var nodes []*idleNode
+	var procs []*tftpServer
+	start := func(i int, join string) {
+		n := &idleNode{id: fmt.Sprintf("n%d", i), http: fmt.Sprintf("127.0.0.1:%d", freePort(b, "tcp"))}
+		args := append([]string{"-cluster", "-node-id", n.id, "-data", filepath.Join(dir, n.id+".data"),
+			"-raft", fmt.Sprintf("127.0.0.1:%d", freePort(b, "tcp")), "-cluster-http", n.http,
+			"-root", root, "-listen", listen}, stormLimitsOff...)
+		if join != "" {
+			args = append(args, "-join", join)
+		}
+		n.cmd = exec.Command(bin, args...)
+		logf, err := os.Create(filepath.Join(dir, n.id+".log"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { logf.Close() })
+		n.cmd.Stdout, n.cmd.Stderr = logf, logf
+		if err := n.cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		nodes = append(nodes, n)
+		procs = append(procs, &tftpServer{name: n.id, addr: listen, cmd: n.cmd})
+	}
+	start(1, "")
+	waitIdleLeader(b, nodes, 1)
+	start(2, nodes[0].http)
+	start(3, nodes[0].http)
+	leader := waitIdleLeader(b, nodes, 3)
+	c := &stormContender{}
+	for i, n := range nodes {
+		p := procs[i]
+		if n.id == leader {
+			p.name = "ioactor-cluster"
+			c.tftpServer = p
+		} else {
+			c.followers = append(c.followers, p)
+		}
+	}
+	// The leader answers once it has bound the port.
+	for i := 0; ; i++ {
+		if stormProbe(listen) {
+			break
+		}
+		if i == 100 {
+			b.Fatal("the cluster's leader does not answer on " + listen)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return c
+}
+
+func stormProbe(addr string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	r, err := loadgen.Storm(ctx, loadgen.StormConfig{Addr: addr, Clients: 1, Files: []loadgen.StormFile{{Name: "probe"}},
+		Timeout: 200 * time.Millisecond, Retries: 3, Profile: func(int) loadgen.StormProfile { return loadgen.StormBIOS }})
+	return err == nil && r.Failed == 0
+}
+
+type stormSample struct {
+	res              loadgen.StormResult
+	cpu, followerCPU time.Duration
+	rss              int64
+}
+
+func (e *stormEnv) measure(n int, files []loadgen.StormFile, s *stormContender) (stormSample, error) {
+	cpu0, fcpu0 := s.cpu(), s.followerCPU()
+	var children <-chan time.Duration
+	stopChildren := make(chan struct{})
+	if s.forks {
+		children = s.childCPU(stopChildren)
+	}
+	res, err := loadgen.Storm(context.Background(), loadgen.StormConfig{Addr: s.addr, Clients: n, Files: files})
+	time.Sleep(50 * time.Millisecond) // the server's last packets
+	smp := stormSample{res: res, cpu: s.cpu() - cpu0, followerCPU: s.followerCPU() - fcpu0}
+	if children != nil {
+		close(stopChildren)
+		smp.cpu += <-children
+	} else {
+		smp.rss = s.peakRSS()
+	}
+	if err == nil && res.Failed > 0 {
+		err = fmt.Errorf("%d of %d clients failed; the first: %w", res.Failed, n, res.FirstErr)
+	}
+	return smp, err
+}
+
+// BenchmarkStorm runs the boot storm of the top of the file.
+func BenchmarkStorm(b *testing.B) {
+	ns := []int{20, 200, 1000}
+	if v := os.Getenv("STORM_CLIENTS"); v != "" {
+		ns = nil
+		for _, f := range strings.Split(v, ",") {
+			n, err := strconv.Atoi(f)
+			if err != nil || n <= 0 {
+				b.Fatalf("STORM_CLIENTS: %q", v)
+			}
+			ns = append(ns, n)
+		}
+	}
+	rounds := 1
+	if r, err := strconv.Atoi(os.Getenv("STORM_ROUNDS")); err == nil && r > 0 {
+		rounds = r
+	}
+	e := newStormEnv(b)
+	var out strings.Builder
+	for _, n := range ns {
+		files := e.full
+		if n >= 1000 && os.Getenv("STORM_FULL") == "" {
+			files = e.boot
+		}
+		var names []string
+		for _, f := range files {
+			names = append(names, f.Name)
+		}
+		samples := map[string][]stormSample{}
+		b.Run(fmt.Sprintf("N%d", n), func(b *testing.B) {
+			for b.Loop() {
+				for range rounds {
+					for _, s := range e.servers {
+						smp, err := e.measure(n, files, s)
+						if err != nil {
+							b.Errorf("%s, N=%d: %v", s.name, n, err)
+						}
+						samples[s.name] = append(samples[s.name], smp)
+						time.Sleep(time.Second) // let the last transfers end
+					}
+				}
+			}
+			for _, s := range e.servers {
+				if m := stormMedian(samples[s.name]); m != nil {
+					b.ReportMetric(m.res.MBps(), s.name+"-MB/s")
+				}
+			}
+		})
+		stormTable(&out, n, names, rounds, e.servers, samples)
+	}
+	fmt.Print(out.String())
+}
+
+// stormMedian is the sample of median MB/s.
+func stormMedian(v []stormSample) *stormSample {
+	if len(v) == 0 {
+		return nil
+	}
+	best := make([]stormSample, len(v))
+	copy(best, v)
+	for i := range best { // insertion sort by MB/s: a handful of samples
+		for j := i; j > 0 && best[j].res.MBps() < best[j-1].res.MBps(); j-- {
+			best[j], best[j-1] = best[j-1], best[j]
+		}
+	}
+	return &best[len(best)/2]
+}
+
+func stormTable(w *strings.Builder, n int, files []string, rounds int, servers []*stormContender, samples map[string][]stormSample) {
+	fmt.Fprintf(w, "\nBoot storm, N=%d clients (half blksize 1468 with tsize probes, half 512), each fetching %s; median of %d interleaved round(s)\n\n",
+		n, strings.Join(files, " + "), rounds)
+	w.WriteString("| server | MB/s | CPU s/GiB | last client s | p50 s | p99 s | p99/p50 | failed | retransmits | peak RSS MiB |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	var best, least, single float64
+	var notes []string
+	for _, s := range servers {
+		m := stormMedian(samples[s.name])
+		if m == nil {
+			continue
+		}
+		r := &m.res
+		gib := float64(r.Bytes) / (1 << 30)
+		cpu := m.cpu.Seconds() / gib
+		rss := "n/a"
+		if m.rss > 0 {
+			rss = fmt.Sprintf("%.0f", float64(m.rss)/(1<<20))
+		}
+		fmt.Fprintf(w, "| %s | %.1f | %.2f | %.2f | %.2f | %.2f | %.2f | %d | %d | %s |\n", s.name, r.MBps(), cpu,
+			r.Elapsed.Seconds(), r.Quantile(0.5).Seconds(), r.Quantile(0.99).Seconds(),
+			r.Quantile(0.99).Seconds()/max(r.Quantile(0.5).Seconds(), 1e-9), r.Failed, r.Retransmits, rss)
+		if strings.HasPrefix(s.name, "ioactor") {
+			if s.name == "ioactor-single" {
+				single = r.MBps()
+			}
+			if len(s.followers) > 0 {
+				notes = append(notes, fmt.Sprintf("ioactor-cluster followers: %.2f CPU s/GiB together.", m.followerCPU.Seconds()/gib))
+				if single > 0 {
+					notes = append(notes, fmt.Sprintf("ioactor-cluster / ioactor-single: %.2fx MB/s.", r.MBps()/single))
+				}
+			}
+			continue
+		}
+		best = max(best, r.MBps())
+		if least == 0 || cpu < least {
+			least = cpu
+		}
+	}
+	if best > 0 {
+		var buf bytes.Buffer
+		for _, s := range servers {
+			m := stormMedian(samples[s.name])
+			if m == nil || !strings.HasPrefix(s.name, "ioactor") {
+				continue
+			}
+			gib := float64(m.res.Bytes) / (1 << 30)
+			fmt.Fprintf(&buf, "%s: %.2fx the best other's MB/s, %.2fx the leanest other's CPU/GiB. ", s.name, m.res.MBps()/best, m.cpu.Seconds()/gib/least)
+		}
+		notes = append(notes, buf.String())
+	}
+	for _, n := range notes {
+		fmt.Fprintf(w, "\n%s\n", n)
+	}
+}
