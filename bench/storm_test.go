@@ -37,7 +37,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"hash/crc32"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -83,32 +82,6 @@ type stormEnv struct {
 	servers    []*stormContender
 }
 
-func stormFiles(b *testing.B, root string) (full, small []loadgen.StormFile) {
-	for _, f := range []struct {
-		name string
-		size int64
-	}{{"probe", 1}, {"stage1.efi", 40000}, {"stage2.img", 1536 << 10}, {"vmlinuz", 10 << 20}} {
-		data := make([]byte, f.size)
-		for i := range data {
-			data[i] = byte(i*13 + i>>9 + int(f.size))
-		}
-		p := filepath.Join(root, f.name)
-		if err := os.WriteFile(p, data, 0o644); err != nil {
-			b.Fatal(err)
-		}
-		os.Chmod(p, 0o644)
-		if f.name == "probe" {
-			continue
-		}
-		sf := loadgen.StormFile{Name: f.name, Size: f.size, CRC: crc32.ChecksumIEEE(data)}
-		full = append(full, sf)
-		if f.name != "vmlinuz" {
-			small = append(small, sf)
-		}
-	}
-	return full, small
-}
-
 // stormLimitsOff are cmd/tftpd's flags that let one address run a storm.
 var stormLimitsOff = []string{"-max-client-transfers", "0", "-client-rate", "0", "-max-transfers", "8192", "-log-level", "warn"}
 
@@ -125,7 +98,10 @@ func newStormEnv(b *testing.B) *stormEnv {
 	b.Cleanup(func() { os.RemoveAll(root) })
 	os.Chmod(root, 0o755)
 	e := &stormEnv{root: root}
-	e.full, e.boot = stormFiles(b, root)
+	if err := loadgen.WriteBootSet(root); err != nil {
+		b.Fatal(err)
+	}
+	e.full, e.boot = loadgen.BootSet(true), loadgen.BootSet(false)
 	bin := filepath.Join(b.TempDir(), "tftpd")
 	if out, err := exec.Command("go", "build", "-o", bin, "github.com/ioactor/ioactor/cmd/tftpd").CombinedOutput(); err != nil {
 		b.Fatalf("go build: %v\n%s", err, out)

@@ -120,7 +120,7 @@ func compare(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.IntVar(&opts.loops, "loops", 0, "event loops of ioactor and gnet (0: one per core)")
 	fs.IntVar(&opts.netBuf, "netbuf", bench.DefaultNetBuffer, "per-connection buffer of the net echo")
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage:\n  bench [flags]        run the echo comparison\n  bench serve [flags]  one contender's server (the comparison starts these)\n  bench -version\n\nFlags:")
+		fmt.Fprintln(fs.Output(), "usage:\n  bench [flags]        run the echo comparison\n  bench serve [flags]  one contender's server (the comparison starts these)\n  bench storm [flags]  a TFTP boot storm against one running server\n  bench -version\n\nFlags:")
 		fs.PrintDefaults()
 	}
 	if err := cli.Parse(fs, args, stdout, stderr); err != nil {

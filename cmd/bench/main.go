@@ -6,6 +6,8 @@
 //
 //	bench [-rounds 3] [-duration 5s] [-conns 1,64,1000] [-sizes 64,4096]
 //	      [-pipelines 1,16] [-idle 10000] [-json bench.json] [-plot DIR]
+//	bench storm -addr HOST:PORT [-pid PID] [-clients 20,200] [-kernel=false]
+//	bench storm -write-set DIR
 //	bench serve -impl ioactor-ack|ioactor-nack|ioactor-pull|gnet|net [-listen 127.0.0.1:0]
 //
 // The serve subcommand is the server process the comparison starts (it
@@ -44,6 +46,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		switch args[0] {
 		case "serve":
 			return serve(ctx, args[1:], stdin, stdout, stderr)
+		case "storm":
+			return storm(ctx, args[1:], stdout, stderr)
 		case "-version", "--version", "version":
 			fmt.Fprintln(stdout, "bench", cli.Version())
 			return nil

@@ -7,6 +7,8 @@ import (
 	"hash/crc32"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"sync"
@@ -249,4 +251,51 @@ func probeSize(ctx context.Context, server netip.AddrPort, f StormFile, timeout 
 		}
 	}
 	return tftp.ErrTimeout
+}
+
+// The boot set of the storm benchmarks: a first stage (a PXE network
+// bootstrap program or shim), a second stage (a boot loader with its
+// modules) and a kernel.
+var bootSet = []struct {
+	name string
+	size int64
+}{{"stage1.efi", 40000}, {"stage2.img", 1536 << 10}, {"vmlinuz", 10 << 20}}
+
+func bootData(size int64) []byte {
+	data := make([]byte, size)
+	for i := range data {
+		data[i] = byte(i*13 + i>>9 + int(size))
+	}
+	return data
+}
+
+// BootSet returns the boot set in fetching order, with its sizes and
+// CRCs; without kernel, it leaves the kernel out.
+func BootSet(kernel bool) []StormFile {
+	var set []StormFile
+	for _, f := range bootSet {
+		if kernel || f.name != "vmlinuz" {
+			set = append(set, StormFile{Name: f.name, Size: f.size, CRC: crc32.ChecksumIEEE(bootData(f.size))})
+		}
+	}
+	return set
+}
+
+// WriteBootSet writes the whole boot set into dir, world-readable (servers
+// that drop privileges serve it too), and a one-byte file "probe".
+func WriteBootSet(dir string) error {
+	files := map[string][]byte{"probe": {1}}
+	for _, f := range bootSet {
+		files[f.name] = bootData(f.size)
+	}
+	for name, data := range files {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			return err
+		}
+		if err := os.Chmod(p, 0o644); err != nil { // past the umask
+			return err
+		}
+	}
+	return nil
 }
