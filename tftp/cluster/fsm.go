@@ -105,59 +105,28 @@ func encodeData(id string, off int64, data []byte) []byte {
 
 // encodeProgress builds the log entry of a checkpoint.
 func encodeProgress(r *Record) []byte {
-	key := r.Key()
-	b := make([]byte, 0, 2+len(key)+4*binary.MaxVarintLen64+1)
-	b = append(b, progressTag, byte(len(key)))
-	b = append(b, key...)
-	b = binary.AppendUvarint(b, r.State.ID)
-	b = binary.AppendUvarint(b, r.State.Block)
-	b = binary.AppendVarint(b, r.State.Offset)
-	b = append(b, r.State.Netascii)
-	return binary.AppendVarint(b, r.Updated.UnixNano())
+	b := make([]byte, 0, 2+len(r.Key())+4*binary.MaxVarintLen64+1)
+	return appendProgressBody(append(b, progressTag), r)
 }
 
 var errBadProgress = errors.New("cluster: malformed checkpoint entry")
 
-// applyProgress moves a transfer's record to a later checkpoint; a
-// checkpoint of another transfer of the same client (an older ID) or an
-// earlier block is ignored.
+// applyProgress moves a transfer's record to a later checkpoint (see
+// moveLocked).
 func (f *fsm) applyProgress(b []byte) error {
-	if len(b) < 2 || len(b) < 2+int(b[1]) {
+	if len(b) < 1 {
 		return errBadProgress
 	}
-	k := 2 + int(b[1]) // int: a byte sum would wrap
-	key := string(b[2:k])
-	b = b[k:]
-	bad := false
-	uvarint := func() uint64 {
-		v, n := binary.Uvarint(b)
-		if n <= 0 {
-			bad = true
-			return 0
-		}
-		b = b[n:]
-		return v
+	p, rest, err := parseProgressBody(b[1:])
+	if err != nil {
+		return err
 	}
-	varint := func() int64 { // zig-zag, as binary.AppendVarint wrote it
-		u := uvarint()
-		return int64(u>>1) ^ -int64(u&1)
-	}
-	id, block, off := uvarint(), uvarint(), varint()
-	if bad || len(b) < 1 {
-		return errBadProgress
-	}
-	netascii := b[0]
-	b = b[1:]
-	ns := varint()
-	if bad || len(b) != 0 || netascii > 2 {
+	if len(rest) != 0 {
 		return errBadProgress
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if r, ok := f.transfers[key]; ok && r.State.ID == id && block >= r.State.Block {
-		r.State.Block, r.State.Offset, r.State.Netascii, r.Updated = block, off, netascii, time.Unix(0, ns)
-		f.transfers[key] = r
-	}
+	f.moveLocked(&p)
 	return nil
 }
 
@@ -234,6 +203,8 @@ func (f *fsm) Apply(l *raft.Log) any {
 			return f.applyData(l.Data)
 		case progressTag:
 			return f.applyProgress(l.Data)
+		case progressBatchTag:
+			return f.applyProgressBatch(l.Data)
 		}
 	}
 	var c command

@@ -65,6 +65,9 @@ func FuzzApplyEntry(f *testing.F) {
 	rec := Record{State: tftp.TransferState{ID: 3, Op: tftp.OpRRQ, Client: netip.MustParseAddrPort("127.0.0.1:1"), Filename: "f"}}
 	rec.State.Block = 9
 	f.Add(encodeProgress(&rec))
+	other := rec
+	other.State.Client, other.State.Block = netip.MustParseAddrPort("[::1]:69"), 70000
+	f.Add(encodeProgressBatch([]Record{rec, other}))
 	f.Add(encodeData("127.0.0.1:1", 0, []byte("data")))
 	f.Add([]byte(`{"op":"end","id":"127.0.0.1:1"}`))
 	f.Add([]byte(`{"op":"member","member":{"id":"n1","raft":"a","http":"b"}}`))

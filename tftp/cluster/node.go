@@ -230,15 +230,6 @@ func (n *Node) Begin(r Record) error { return n.apply(command{Op: opBegin, Recor
 // Progress commits a checkpoint of a transfer's position.
 func (n *Node) Progress(r Record) error { return n.applyEntry("progress", encodeProgress(&r)) }
 
-// progressAsync starts committing a checkpoint and returns at once; nil
-// when the node does not lead.
-func (n *Node) progressAsync(r *Record) raft.ApplyFuture {
-	if !n.IsLeader() {
-		return nil
-	}
-	return n.raft.Apply(encodeProgress(r), 5*time.Second)
-}
-
 // UploadData replicates a chunk of the upload keyed key, at offset off of
 // the file; chunks must come in order. It returns once a quorum has it.
 func (n *Node) UploadData(key string, off int64, data []byte) error {

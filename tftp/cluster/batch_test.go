@@ -1,0 +1,82 @@
+package cluster
+
+import (
+	"log/slog"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/ioactor/ioactor/tftp"
+)
+
+// A batch entry moves every transfer it names forward, by the same rules
+// as a single checkpoint; a malformed one moves none.
+func TestProgressBatchEntry(t *testing.T) {
+	f := newFSM(nil, slog.New(slog.DiscardHandler))
+	var recs []Record
+	for i := range 300 {
+		r := Record{State: tftp.TransferState{ID: uint64(i + 1), Op: tftp.OpRRQ, Filename: "f", Mode: "octet",
+			Client: netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), uint16(1000+i))}}
+		beginRecord(t, f, r)
+		r.State.Block, r.State.Offset, r.Updated = uint64(10*i+5), int64(512*(10*i+5)), time.Unix(1700000000, int64(i))
+		recs = append(recs, r)
+	}
+	recs[7].State.ID = 999                                                                                       // another transfer of that client: ignored
+	recs[8].State.Block = 0                                                                                      // earlier than the record: ignored
+	recs = append(recs, Record{State: tftp.TransferState{ID: 1, Client: netip.MustParseAddrPort("10.9.9.9:1")}}) // unknown: ignored
+	entry := encodeProgressBatch(recs)
+	// Every truncation is refused and moves nothing.
+	for n := 1; n < len(entry); n++ {
+		if err, _ := f.Apply(&raft.Log{Data: entry[:n]}).(error); err == nil {
+			t.Fatalf("a batch cut to %d of %d bytes was accepted", n, len(entry))
+		}
+	}
+	for _, r := range f.state().Transfers {
+		if r.State.Block != 0 {
+			t.Fatalf("a truncated batch moved %v", r.State.Client)
+		}
+	}
+	if err, _ := f.Apply(&raft.Log{Data: entry}).(error); err != nil {
+		t.Fatal(err)
+	}
+	got := map[netip.AddrPort]Record{}
+	for _, r := range f.state().Transfers {
+		got[r.State.Client] = r
+	}
+	if len(got) != 300 {
+		t.Fatalf("%d transfers, want 300", len(got))
+	}
+	for i, want := range recs[:300] {
+		r := got[want.State.Client]
+		if i == 7 {
+			if r.State.Block != 0 {
+				t.Errorf("transfer %d moved to %d by a foreign or older checkpoint", i, r.State.Block)
+			}
+			continue
+		}
+		if r.State.Block != want.State.Block || r.State.Offset != want.State.Offset || !r.Updated.Equal(want.Updated) {
+			t.Errorf("transfer %d: %+v at %v, want block %d offset %d", i, r.State, r.Updated, want.State.Block, want.State.Offset)
+		}
+	}
+	// An earlier checkpoint does not move a record back.
+	back := recs[9]
+	back.State.Block = 1
+	if err, _ := f.Apply(&raft.Log{Data: encodeProgressBatch([]Record{back})}).(error); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range f.state().Transfers {
+		if r.State.Client == back.State.Client && r.State.Block != recs[9].State.Block {
+			t.Errorf("an earlier checkpoint moved a record back to %d", r.State.Block)
+		}
+	}
+	// A count over the bound, or bytes after the last checkpoint, are
+	// malformed.
+	if err, _ := f.Apply(&raft.Log{Data: append(entry, 0)}).(error); err == nil {
+		t.Error("trailing bytes accepted")
+	}
+	if err, _ := f.Apply(&raft.Log{Data: []byte{progressBatchTag, 0x81, 0x10}}).(error); err == nil {
+		t.Error("a count over maxBatch accepted")
+	}
+}
