@@ -46,6 +46,7 @@ type testCluster struct {
 	bin    string
 	listen string
 	nodes  []*clusterNode
+	args   []string // more flags for every node
 }
 
 func freeTCP(t testing.TB) string {
@@ -98,13 +99,15 @@ type clusterLayout struct {
 	// gid gives node i's group ID (its user stays the test's), so that
 	// nftables can tell its packets apart (meta skgid).
 	gid func(i int) int
+	// args are more flags for every node.
+	args []string
 }
 
 // startClusterWith starts three nodes serving copies of files, laid out as
 // l says; node 0 bootstraps, the others join through it.
 func startClusterWith(t testing.TB, bin string, files map[string][]byte, l clusterLayout) *testCluster {
 	t.Helper()
-	c := &testCluster{t: t, bin: bin, listen: l.listen}
+	c := &testCluster{t: t, bin: bin, listen: l.listen, args: l.args}
 	if c.listen == "" {
 		c.listen = freeUDP(t)
 	}
@@ -190,6 +193,7 @@ func (c *testCluster) start(n *clusterNode, join string, allowWrite bool) {
 	if n.metrics != "" {
 		args = append(args, "-metrics-listen", n.metrics)
 	}
+	args = append(args, c.args...)
 	n.log = &testutil.SyncBuffer{}
 	cmd := exec.Command(c.bin, args...)
 	cmd.Stdout, cmd.Stderr = n.log, n.log
