@@ -548,10 +548,17 @@ func TestSnapshotReadAheadIsBounded(t *testing.T) {
 			var resp hraft.InstallSnapshotResponse
 			done <- client.InstallSnapshot("id", server.LocalAddr(), snapshotRequest(size), &resp, data)
 		}()
-		time.Sleep(300 * time.Millisecond)
-		a := data.read.Load()
-		time.Sleep(300 * time.Millisecond)
-		b := data.read.Load()
+		// The sender stalls once the read-ahead and the socket buffers are
+		// full: wait for two looks 300 ms apart that agree (how soon that
+		// is depends on the machine), then check the bound.
+		var a, b int64
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			a = data.read.Load()
+			time.Sleep(300 * time.Millisecond)
+			if b = data.read.Load(); a == b || time.Now().After(deadline) {
+				break
+			}
+		}
 		close(stall)
 		if err := <-done; err != nil {
 			t.Fatal(err)
@@ -559,6 +566,7 @@ func TestSnapshotReadAheadIsBounded(t *testing.T) {
 		if a != b {
 			t.Errorf("the sender kept sending (%d, then %d bytes) while the receiver stalled", a, b)
 		}
+		t.Logf("the sender stalled %d bytes ahead", b)
 		// 4 MiB read-ahead, two 1 MiB chunks, the socket buffers.
 		if limit := int64(16 << 20); b > limit {
 			t.Errorf("sender got %d bytes ahead of a stalled receiver, want ≤ %d", b, limit)
