@@ -32,7 +32,10 @@ var (
 	raftPointTime = flag.Duration("raft.point", 300*time.Millisecond, "BenchmarkRaftClusterRounds: time per point and round")
 )
 
-func newRoundsCluster(b *testing.B, im raftImpl, bolt bool) *benchCluster {
+// newStoreCluster starts a 3-node cluster on im whose nodes store their
+// logs in memory, or with bolt in raft-boltdb files, and waits for its
+// leader.
+func newStoreCluster(b *testing.B, im raftImpl, bolt bool) *benchCluster {
 	c := &benchCluster{}
 	var servers []hraft.Server
 	for i := range 3 {
@@ -130,7 +133,7 @@ func BenchmarkRaftClusterRounds(b *testing.B) {
 	impls := []raftImpl{raftOurs, raftNet, raftInmem}
 	clusters := make([]*benchCluster, len(impls))
 	for i, im := range impls {
-		clusters[i] = newRoundsCluster(b, im, *raftBolt)
+		clusters[i] = newStoreCluster(b, im, *raftBolt)
 	}
 	type point struct{ conc, size int }
 	var points []point

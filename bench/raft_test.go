@@ -374,59 +374,7 @@ type benchCluster struct {
 }
 
 func newBenchCluster(b *testing.B, im raftImpl) *benchCluster {
-	c := &benchCluster{}
-	var servers []hraft.Server
-	for i := range 3 {
-		tr := im.make(b)
-		c.trans = append(c.trans, tr)
-		servers = append(servers, hraft.Server{ID: hraft.ServerID(fmt.Sprint("n", i)), Address: tr.LocalAddr()})
-	}
-	for _, a := range c.trans {
-		for _, t := range c.trans {
-			if a != t {
-				im.link(a, t)
-			}
-		}
-	}
-	for i, tr := range c.trans {
-		conf := hraft.DefaultConfig()
-		conf.LocalID = servers[i].ID
-		conf.Logger = hclog.NewNullLogger()
-		conf.HeartbeatTimeout = 500 * time.Millisecond
-		conf.ElectionTimeout = 500 * time.Millisecond
-		conf.LeaderLeaseTimeout = 500 * time.Millisecond
-		conf.SnapshotThreshold = 1 << 40
-		conf.SnapshotInterval = time.Hour
-		logs, snaps := hraft.NewInmemStore(), hraft.NewInmemSnapshotStore()
-		if i == 0 {
-			if err := hraft.BootstrapCluster(conf, logs, logs, snaps, tr, hraft.Configuration{Servers: servers}); err != nil {
-				b.Fatal(err)
-			}
-		}
-		r, err := hraft.NewRaft(conf, nopFSM{}, logs, logs, snaps, tr)
-		if err != nil {
-			b.Fatal(err)
-		}
-		c.rafts = append(c.rafts, r)
-	}
-	b.Cleanup(c.close)
-	deadline := time.Now().Add(10 * time.Second)
-	for c.leader == nil {
-		for _, r := range c.rafts {
-			if r.State() == hraft.Leader {
-				c.leader = r
-			}
-		}
-		if time.Now().After(deadline) {
-			b.Fatal("no leader")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	// Let the followers' pipelines settle before measuring.
-	if err := c.leader.Barrier(5 * time.Second).Error(); err != nil {
-		b.Fatal(err)
-	}
-	return c
+	return newStoreCluster(b, im, false)
 }
 
 func (c *benchCluster) close() {
