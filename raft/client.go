@@ -377,7 +377,10 @@ func (c *clientConn) enqueue(cl *call, kind rpcKind, args any) error {
 	c.npend.Add(1)
 	arm := !c.armed
 	c.armed = true
-	kick := c.w.sendLocked(c.t.m)
+	// A pipeline with appends in flight has more coming: let the actor
+	// batch them. Everything else is a lone call, written at once.
+	direct := c.role != rolePipeline || len(c.pend)-c.phead == 1
+	kick := c.w.sendLocked(c.t.m, direct)
 	c.w.mu.Unlock()
 	switch {
 	case kick:

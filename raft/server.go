@@ -493,7 +493,10 @@ func (d *dispatcher) answer(p pending, r hraft.RPCResponse) {
 	b[flagAt] = flags
 	b, err := endFrame(b, start, d.t.cfg.MaxFrameSize)
 	s.w.out = b
-	kick := err == nil && s.w.sendLocked(d.t.m)
+	// The last answer due is written at once; with more due, the actor
+	// batches them.
+	direct := len(d.inflight) == 0 && s.queueLen() == 0
+	kick := err == nil && s.w.sendLocked(d.t.m, direct)
 	s.w.mu.Unlock()
 	if err != nil {
 		d.t.log.Error("raft transport: answer too large", "err", err)
