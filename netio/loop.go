@@ -347,9 +347,13 @@ func (l *Loop) waitEvents(d time.Duration) (int, error) {
 		return epollWait(l.epfd, l.events, d)
 	}
 	start := time.Now()
-	n, err := epollWait(l.epfd, l.events, l.rawWait)
-	if n != 0 || err != nil {
-		return n, err
+	var n int
+	var err error
+	if l.rawWait > 0 {
+		// (With no raw wait, the first look is the one in the Read below.)
+		if n, err = epollWait(l.epfd, l.events, l.rawWait); n != 0 || err != nil {
+			return n, err
+		}
 	}
 	var deadline time.Time
 	if d >= 0 {
