@@ -189,6 +189,7 @@ func BenchmarkRaftTransport(b *testing.B) {
 	for _, im := range impls {
 		b.Run("heartbeat/"+im.name, func(b *testing.B) {
 			client, server := transportPair(b, im)
+			//lint:ignore SA1019 raft v1.8 still sets and reads the deprecated Leader
 			req := &hraft.AppendEntriesRequest{RPCHeader: hraft.RPCHeader{ID: []byte("leader"), Addr: []byte("127.0.0.1:1")}, Term: 3, Leader: []byte("127.0.0.1:1")}
 			lat := roundTrips(b, func() error {
 				var resp hraft.AppendEntriesResponse
