@@ -189,6 +189,7 @@ func BenchmarkRaftTransport(b *testing.B) {
 	for _, im := range impls {
 		b.Run("heartbeat/"+im.name, func(b *testing.B) {
 			client, server := transportPair(b, im)
+			//lint:ignore SA1019 raft v1.8 still sets and reads the deprecated Leader
 			req := &hraft.AppendEntriesRequest{RPCHeader: hraft.RPCHeader{ID: []byte("leader"), Addr: []byte("127.0.0.1:1")}, Term: 3, Leader: []byte("127.0.0.1:1")}
 			lat := roundTrips(b, func() error {
 				var resp hraft.AppendEntriesResponse
@@ -374,59 +375,7 @@ type benchCluster struct {
 }
 
 func newBenchCluster(b *testing.B, im raftImpl) *benchCluster {
-	c := &benchCluster{}
-	var servers []hraft.Server
-	for i := range 3 {
-		tr := im.make(b)
-		c.trans = append(c.trans, tr)
-		servers = append(servers, hraft.Server{ID: hraft.ServerID(fmt.Sprint("n", i)), Address: tr.LocalAddr()})
-	}
-	for _, a := range c.trans {
-		for _, t := range c.trans {
-			if a != t {
-				im.link(a, t)
-			}
-		}
-	}
-	for i, tr := range c.trans {
-		conf := hraft.DefaultConfig()
-		conf.LocalID = servers[i].ID
-		conf.Logger = hclog.NewNullLogger()
-		conf.HeartbeatTimeout = 500 * time.Millisecond
-		conf.ElectionTimeout = 500 * time.Millisecond
-		conf.LeaderLeaseTimeout = 500 * time.Millisecond
-		conf.SnapshotThreshold = 1 << 40
-		conf.SnapshotInterval = time.Hour
-		logs, snaps := hraft.NewInmemStore(), hraft.NewInmemSnapshotStore()
-		if i == 0 {
-			if err := hraft.BootstrapCluster(conf, logs, logs, snaps, tr, hraft.Configuration{Servers: servers}); err != nil {
-				b.Fatal(err)
-			}
-		}
-		r, err := hraft.NewRaft(conf, nopFSM{}, logs, logs, snaps, tr)
-		if err != nil {
-			b.Fatal(err)
-		}
-		c.rafts = append(c.rafts, r)
-	}
-	b.Cleanup(c.close)
-	deadline := time.Now().Add(10 * time.Second)
-	for c.leader == nil {
-		for _, r := range c.rafts {
-			if r.State() == hraft.Leader {
-				c.leader = r
-			}
-		}
-		if time.Now().After(deadline) {
-			b.Fatal("no leader")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	// Let the followers' pipelines settle before measuring.
-	if err := c.leader.Barrier(5 * time.Second).Error(); err != nil {
-		b.Fatal(err)
-	}
-	return c
+	return newStoreCluster(b, im, false)
 }
 
 func (c *benchCluster) close() {
