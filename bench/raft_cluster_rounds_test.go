@@ -140,7 +140,7 @@ func (c *benchCluster) applyFor(conc, size int, d time.Duration) (ops, cpuPerOp 
 }
 
 func BenchmarkRaftClusterRounds(b *testing.B) {
-	impls := []raftImpl{raftOurs, raftNet, raftInmem}
+	impls := []raftImpl{raftOurs, raftOursOneLoop(b), raftNet, raftInmem}
 	clusters := make([]*benchCluster, len(impls))
 	for i, im := range impls {
 		clusters[i] = newStoreCluster(b, im, *raftBolt)
@@ -181,7 +181,7 @@ func BenchmarkRaftClusterRounds(b *testing.B) {
 	for _, im := range impls {
 		fmt.Fprintf(&sb, " %16s", im.name)
 	}
-	fmt.Fprintf(&sb, " %16s\n", "ioactor/Network")
+	fmt.Fprintf(&sb, " %16s %16s\n", "ioactor/Network", "1loop/Network")
 	for _, metric := range []string{"ops/s", "cpu-µs/op"} {
 		for _, p := range points {
 			row := fmt.Sprintf("c%d %s %s", p.conc, sizeName(p.size), metric)
@@ -189,7 +189,8 @@ func BenchmarkRaftClusterRounds(b *testing.B) {
 			for _, im := range impls {
 				fmt.Fprintf(&sb, " %16.4g", median(vals[row+"/"+im.name]))
 			}
-			fmt.Fprintf(&sb, " %15.2fx\n", median(vals[row+"/"+raftOurs.name])/median(vals[row+"/"+raftNet.name]))
+			net := median(vals[row+"/"+raftNet.name])
+			fmt.Fprintf(&sb, " %15.2fx %15.2fx\n", median(vals[row+"/"+raftOurs.name])/net, median(vals[row+"/"+impls[1].name])/net)
 		}
 	}
 	fmt.Print(sb.String())

@@ -25,7 +25,7 @@ var raftRounds = flag.Int("raft.rounds", 7, "BenchmarkRaftRounds: interleaved ro
 const roundCalls = 3000
 
 func BenchmarkRaftRounds(b *testing.B) {
-	impls := []raftImpl{raftOurs, raftNet, raftInmem}
+	impls := []raftImpl{raftOurs, raftOursOneLoop(b), raftNet, raftInmem}
 	type pair struct{ client, server raftTransport }
 	pairs := make([]pair, len(impls))
 	for i, im := range impls {
@@ -141,14 +141,15 @@ func BenchmarkRaftRounds(b *testing.B) {
 	for _, im := range impls {
 		fmt.Fprintf(&sb, " %16s", im.name)
 	}
-	fmt.Fprintf(&sb, " %16s\n", "ioactor/Network")
+	fmt.Fprintf(&sb, " %16s %16s\n", "ioactor/Network", "1loop/Network")
 	for _, m := range metrics {
 		fmt.Fprintf(&sb, "%-28s", m)
 		for _, im := range impls {
 			fmt.Fprintf(&sb, " %16.4g", median(vals[m+"/"+im.name]))
 		}
-		ratio := median(vals[m+"/"+raftOurs.name]) / median(vals[m+"/"+raftNet.name])
-		fmt.Fprintf(&sb, " %15.2fx\n", ratio)
+		net := median(vals[m+"/"+raftNet.name])
+		ratio := median(vals[m+"/"+raftOurs.name]) / net
+		fmt.Fprintf(&sb, " %15.2fx %15.2fx\n", ratio, median(vals[m+"/"+impls[1].name])/net)
 		unit := strings.NewReplacer(" ", "_", "µs", "us", "/", "_per_").Replace(m)
 		b.ReportMetric(ratio, unit+"-ratio")
 	}

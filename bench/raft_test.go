@@ -13,6 +13,7 @@ package bench
 // benchmark ends with a table of ratios against NetworkTransport.
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -30,6 +31,7 @@ import (
 	"github.com/hashicorp/go-msgpack/v2/codec"
 	hraft "github.com/hashicorp/raft"
 
+	"github.com/ioactor/ioactor/netio"
 	ioraft "github.com/ioactor/ioactor/raft"
 )
 
@@ -74,6 +76,33 @@ var (
 			from.(*hraft.InmemTransport).Connect(to.LocalAddr(), to)
 		}}
 )
+
+// raftOursOneLoop is ours with every transport of the benchmark on one
+// System of one loop (the caller's choice, Config.System), shut down at the
+// end of the benchmark: what the benchmarks measured before transports got
+// a private System each. In one process on few cores it saves a thread
+// hand-off per hop between transports; a deployment has one transport per
+// process, like the private default.
+func raftOursOneLoop(b *testing.B) raftImpl {
+	sys, err := netio.NewSystem(netio.Config{Loops: 1, Logger: slog.New(slog.DiscardHandler), RawWait: -1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		sys.Shutdown(ctx)
+	})
+	return raftImpl{name: "ioactor-1loop",
+		make: func(b *testing.B) raftTransport {
+			tr, err := ioraft.New(ioraft.Config{System: sys, Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				b.Fatal(err)
+			}
+			return tr
+		},
+		link: func(from, to raftTransport) {}}
+}
 
 // results collects one metric per benchmark for the ratio tables.
 type results struct {
