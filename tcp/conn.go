@@ -101,6 +101,8 @@ type conn struct {
 	spill         []byte // holds the unwritten rest of transient writes
 	spillBig      bool   // spill grew past maxSpillKept: drop it once idle
 
+	direct *DirectWriter // attached at Register; nil when none
+
 	// Closing.
 	closing     closeKind
 	closeSender netio.Ref
@@ -368,6 +370,10 @@ func (c *conn) register(ctx *netio.Context, r Register) {
 		c.timer = nil
 	}
 	ctx.Watch(c.handler)
+	if r.Direct != nil && c.closing == closeNone {
+		c.direct = r.Direct
+		c.direct.attach(c.fd, c.pending, c.stats)
+	}
 	// Reading may have been suspended or resumed before Register: that state
 	// stands. The socket may already hold data (edge-triggered: the edge may
 	// have passed before Register), so try a read.
@@ -469,6 +475,7 @@ func (c *conn) releaseSegments() {
 
 func (c *conn) start(ctx *netio.Context) {
 	c.pending = true
+	c.direct.setBusy(true)
 	c.segi = 0
 	c.ackTo = replyTo(ctx, c.handler)
 	if c.writable {
@@ -618,6 +625,7 @@ const maxSpillKept = 64 << 10
 
 // afterWrite runs when no write is pending any more.
 func (c *conn) afterWrite(ctx *netio.Context) {
+	c.direct.setBusy(false)
 	if c.spillBig {
 		c.spill, c.spillBig = nil, false
 	}
@@ -646,6 +654,7 @@ func (c *conn) startClose(ctx *netio.Context, k closeKind, sender netio.Ref) {
 		c.handler = sender
 	}
 	c.closing, c.closeSender = k, sender
+	c.direct.detach()
 	if c.state != stateOpen || !c.pending {
 		c.closeFlushed(ctx)
 	}
@@ -709,6 +718,7 @@ func (c *conn) finish(ctx *netio.Context, ev ConnectionClosed, reason string) {
 }
 
 func (c *conn) closeNow(ctx *netio.Context) {
+	c.direct.detach()
 	if c.fd >= 0 {
 		ctx.CloseFD(c.fd)
 		c.fd = -1
@@ -740,6 +750,7 @@ func (c *conn) fail(ctx *netio.Context, op string, err error) {
 }
 
 func (c *conn) PostStop(ctx *netio.Context) {
+	c.direct.detach()
 	if c.fd >= 0 && !c.registered {
 		unix.Close(c.fd) // never reached its loop (the system shut down)
 	}
