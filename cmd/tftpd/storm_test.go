@@ -108,7 +108,7 @@ func TestClusterStormSurvivesLeaderDeath(t *testing.T) {
 		}
 		t.Fatal("the storm ended before the kill")
 	}
-	at := time.Now()
+	at, atBytes := time.Now(), got.Load()
 	c.kill(leader, syscall.SIGKILL)
 	<-ended
 	for i := range transfers {
@@ -119,6 +119,9 @@ func TestClusterStormSurvivesLeaderDeath(t *testing.T) {
 		}
 	}
 	if t.Failed() {
+		for _, n := range c.nodes {
+			t.Logf("%s, warnings and errors:\n%s", n.id, tail(grepLines(n.log.String(), "level=WARN", "level=ERROR", "resum"), 6000))
+		}
 		return
 	}
 	// The transfers in flight at the kill, as the clients saw them.
@@ -139,7 +142,7 @@ func TestClusterStormSurvivesLeaderDeath(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("%d clients, leader %s killed at %d of %d bytes: %d transfers in flight, %d at an edge, %d resumed by %s",
-		clients, leader.id, got.Load(), total, live, edge, resumed, next.id)
+		clients, leader.id, atBytes, total, live, edge, resumed, next.id)
 	if resumed < live || resumed > live+edge {
 		t.Fatalf("%d transfers resumed; %d were in flight (and %d at an edge)", resumed, live, edge)
 	}
