@@ -135,3 +135,21 @@ func (n *Node) progressBatchAsync(recs []Record) raft.ApplyFuture {
 	}
 	return n.raft.Apply(encodeProgressBatch(recs), 5*time.Second)
 }
+
+// ended is a transfer's end waiting to be replicated. It names the
+// transfer's ID besides its key (the client's address): a client's next
+// transfer may come from the same address and port (an ephemeral port
+// used again, which a boot storm of many sockets hits), and begins
+// synchronously while the end of the earlier one is still queued; an end
+// by key alone would then remove the new transfer's record, and a new
+// leader would not resume it.
+type ended struct {
+	key string
+	id  uint64
+}
+
+// endTransfer removes the record of transfer id under key, if it is still
+// that transfer's.
+func (n *Node) endTransfer(key string, id uint64) error {
+	return n.apply(command{Op: opEnd, ID: key, Xfer: id})
+}

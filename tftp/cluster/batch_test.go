@@ -80,3 +80,32 @@ func TestProgressBatchEntry(t *testing.T) {
 		t.Error("a count over maxBatch accepted")
 	}
 }
+
+// The end of a transfer removes its record only: not that of the client's
+// next transfer from the same address and port, begun before the end was
+// applied. An end without an ID (an older log) removes by key.
+func TestEndOfAnEarlierTransferKeepsTheNextOne(t *testing.T) {
+	f := newFSM(nil, slog.New(slog.DiscardHandler))
+	client := netip.MustParseAddrPort("127.0.0.1:40000")
+	beginRecord(t, f, Record{State: tftp.TransferState{ID: 1, Op: tftp.OpRRQ, Client: client, Filename: "stage1"}})
+	beginRecord(t, f, Record{State: tftp.TransferState{ID: 2, Op: tftp.OpRRQ, Client: client, Filename: "stage2"}})
+	end := func(b string) {
+		t.Helper()
+		if err, _ := f.Apply(&raft.Log{Data: []byte(b)}).(error); err != nil {
+			t.Fatal(err)
+		}
+	}
+	end(`{"op":"end","id":"127.0.0.1:40000","xfer":1}`)
+	if tr := f.state().Transfers; len(tr) != 1 || tr[0].State.ID != 2 {
+		t.Fatalf("the end of transfer 1 left %+v", tr)
+	}
+	end(`{"op":"end","id":"127.0.0.1:40000","xfer":2}`)
+	if tr := f.state().Transfers; len(tr) != 0 {
+		t.Fatalf("the end of transfer 2 left %+v", tr)
+	}
+	beginRecord(t, f, Record{State: tftp.TransferState{ID: 3, Op: tftp.OpRRQ, Client: client, Filename: "f"}})
+	end(`{"op":"end","id":"127.0.0.1:40000"}`)
+	if tr := f.state().Transfers; len(tr) != 0 {
+		t.Fatalf("an end without an ID left %+v", tr)
+	}
+}

@@ -65,6 +65,9 @@ type command struct {
 	Op     opKind  `json:"op"`
 	Record *Record `json:"record,omitempty"`
 	ID     string  `json:"id,omitempty"`
+	// Xfer, on an end, is the transfer's ID: the end then removes the
+	// record only if it is that transfer's (see batch.go's ended).
+	Xfer   uint64  `json:"xfer,omitempty"`
 	Member *Member `json:"member,omitempty"`
 }
 
@@ -226,6 +229,9 @@ func (f *fsm) Apply(l *raft.Log) any {
 			f.onBegin(*c.Record)
 		}
 	case opEnd:
+		if r, ok := f.transfers[c.ID]; ok && c.Xfer != 0 && r.State.ID != c.Xfer {
+			return nil // the end of an earlier transfer from the same address and port
+		}
 		delete(f.transfers, c.ID)
 		if st := f.uploads[c.ID]; st != nil {
 			delete(f.uploads, c.ID)

@@ -35,7 +35,7 @@ type replicator struct {
 
 	mu      sync.Mutex
 	pending map[string]Record // latest checkpoint per transfer
-	ends    []string
+	ends    []ended
 	flushes []chan struct{}
 	wake    chan struct{}
 	stop    chan struct{}
@@ -107,8 +107,10 @@ func (r *replicator) Stalled(now time.Time) bool {
 func (r *replicator) End(st tftp.TransferState) {
 	r.mu.Lock()
 	key := st.Client.String()
-	delete(r.pending, key)
-	r.ends = append(r.ends, key)
+	if p, ok := r.pending[key]; ok && p.State.ID == st.ID {
+		delete(r.pending, key)
+	}
+	r.ends = append(r.ends, ended{key: key, id: st.ID})
 	r.mu.Unlock()
 	r.kick()
 }
@@ -173,8 +175,8 @@ func (r *replicator) run() {
 				delete(r.pending, k)
 			}
 			r.mu.Unlock()
-			for _, k := range ends {
-				r.n.End(k)
+			for _, e := range ends {
+				r.n.endTransfer(e.key, e.id)
 			}
 			if len(batch) > 0 {
 				oldest := batch[0].Updated
