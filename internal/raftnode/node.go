@@ -220,12 +220,20 @@ func (n *Node) start(ctx context.Context) error {
 	newTransport := cfg.NewTransport
 	if newTransport == nil {
 		newTransport = func(bind string) (raft.Transport, error) {
-			return iraft.New(iraft.Config{BindAddr: bind, Timeout: cfg.RaftTimeout, Logger: n.log, Registerer: cfg.Registerer})
+			t, err := iraft.New(iraft.Config{BindAddr: bind, Timeout: cfg.RaftTimeout, Logger: n.log, Registerer: cfg.Registerer})
+			if err != nil {
+				// Not t: a nil *Transport in the interface is not nil,
+				// and Close would call its method.
+				return nil, err
+			}
+			return t, nil
 		}
 	}
-	if n.trans, err = newTransport(cfg.RaftAddr); err != nil {
+	trans, err := newTransport(cfg.RaftAddr)
+	if err != nil {
 		return fmt.Errorf("raftnode: raft transport on %s: %w", cfg.RaftAddr, err)
 	}
+	n.trans = trans
 	rc := raft.DefaultConfig()
 	if cfg.Fast {
 		rc.HeartbeatTimeout = 300 * time.Millisecond
