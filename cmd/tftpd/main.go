@@ -3,6 +3,8 @@
 //
 //	tftpd -root /srv/tftp                      # read-only, 127.0.0.1:6969
 //	tftpd -root /srv/tftp -listen 0.0.0.0:69 -allow-write -metrics-listen 127.0.0.1:9169
+//	tftpd cert ca -dir ca && tftpd cert node -ca ca -node-id n1 -host 127.0.0.1 -dir n1
+//	tftpd -cluster -cluster-tls n1 -node-id n1 -data n1/data ...
 //
 // It serves -root (the current directory by default) and nothing outside
 // it: ".." and symbolic links that leave the root are refused. Uploads are
@@ -133,6 +135,9 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "cert" {
+		return runCert(args[1:], stdout, stderr)
+	}
 	o, err := parse(args, stderr)
 	if err != nil {
 		return err

@@ -1,0 +1,66 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+
+	"github.com/ioactor/ioactor/internal/clustertls"
+)
+
+const certUsage = `usage:
+  tftpd cert ca -dir CA
+      writes a new cluster CA: CA/ca.crt and CA/ca.key (0600)
+  tftpd cert node -ca CA -node-id ID -host 127.0.0.1[,HOST...] -dir DIR
+      writes DIR/ca.crt, DIR/node.crt (the node id and hosts bound in) and DIR/node.key (0600);
+      a node takes them with -cluster-tls DIR
+`
+
+// runCert is "tftpd cert ca|node": the certificates of a cluster.
+func runCert(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, certUsage)
+		return errors.New("cert: ca or node?")
+	}
+	fs := flag.NewFlagSet("tftpd cert "+args[0], flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, certUsage) }
+	dir := fs.String("dir", "", "directory to write to (created 0700 if missing)")
+	switch args[0] {
+	case "ca":
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		if *dir == "" || fs.NArg() > 0 {
+			fs.Usage()
+			return errors.New("cert ca: -dir is required and nothing else")
+		}
+		if err := clustertls.NewCA(*dir); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "wrote %s and %s\n", filepath.Join(*dir, clustertls.CACert), filepath.Join(*dir, clustertls.CAKey))
+		return nil
+	case "node":
+		ca := fs.String("ca", "", "the CA directory (tftpd cert ca -dir)")
+		id := fs.String("node-id", "", "the node's -node-id, bound into the certificate")
+		hosts := fs.String("host", "", "comma-separated IP addresses and DNS names the node is reached at")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		if *dir == "" || *ca == "" || *id == "" || *hosts == "" || fs.NArg() > 0 {
+			fs.Usage()
+			return errors.New("cert node: -ca, -node-id, -host and -dir are required")
+		}
+		if err := clustertls.NewNode(*ca, *id, strings.Split(*hosts, ","), *dir); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "wrote %s, %s and %s for node %s\n", filepath.Join(*dir, clustertls.CACert),
+			filepath.Join(*dir, clustertls.NodeCert), filepath.Join(*dir, clustertls.NodeKey), *id)
+		return nil
+	}
+	fmt.Fprint(stderr, certUsage)
+	return fmt.Errorf("cert: unknown command %q (ca or node)", args[0])
+}
