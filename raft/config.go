@@ -1,6 +1,8 @@
 package raft
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"log/slog"
 	"time"
 
@@ -67,6 +69,17 @@ type Config struct {
 	ReconnectBackoff time.Duration
 	// MaxReconnectBackoff caps the back-off; zero means 1 s.
 	MaxReconnectBackoff time.Duration
+
+	// TLS, when set, secures every connection with mutual TLS (see
+	// tls.go): it must hold this node's certificate, the cluster CA as
+	// RootCAs and ClientCAs, and ClientAuth RequireAndVerifyClientCert.
+	// Nil means plain TCP.
+	TLS *tls.Config
+	// PeerID reads a node id out of a verified peer certificate; with TLS
+	// a request whose RPC header names another node is refused. Nil means
+	// the "urn:ioactor:node:" URI SAN of package clustertls's
+	// certificates.
+	PeerID func(*x509.Certificate) (string, error)
 
 	// Logger receives the transport's logs; nil means slog.Default().
 	Logger *slog.Logger

@@ -56,6 +56,9 @@ var (
 // New starts a transport: it is listening when New returns.
 func New(cfg Config) (*Transport, error) {
 	cfg = cfg.withDefaults()
+	if err := checkTLS(cfg); err != nil {
+		return nil, err
+	}
 	bind, err := resolve(cfg.BindAddr)
 	if err != nil {
 		return nil, fmt.Errorf("raft transport: bind address: %w", err)

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"path/filepath"
 	"strings"
 
@@ -63,4 +65,33 @@ func runCert(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprint(stderr, certUsage)
 	return fmt.Errorf("cert: unknown command %q (ca or node)", args[0])
+}
+
+// errInsecure is the refusal of a cluster node with neither -cluster-tls
+// nor -cluster-insecure.
+var errInsecure = errors.New("-cluster needs -cluster-tls DIR (certificates made with `tftpd cert ca` and `tftpd cert node`), " +
+	"or -cluster-insecure to run without authentication: then anyone who reaches -raft or -cluster-http can join the cluster, read every upload and disrupt it")
+
+// clusterTLS loads -cluster-tls, or warns about -cluster-insecure; it
+// returns the node's TLS config (nil when insecure) and the node id of its
+// certificate.
+func clusterTLS(o *options, logger *slog.Logger) (*tls.Config, string, error) {
+	switch {
+	case o.tlsDir != "" && o.insecure:
+		return nil, "", errors.New("-cluster-tls and -cluster-insecure exclude each other")
+	case o.insecure:
+		if o.statusOpen {
+			return nil, "", errors.New("-cluster-status-open needs -cluster-tls")
+		}
+		logger.Warn("tftpd: -cluster-insecure: no TLS on -raft and -cluster-http; anyone who reaches them can join the cluster, read every upload and disrupt it",
+			"raft", o.raftAddr, "cluster-http", o.httpAddr)
+		return nil, "", nil
+	case o.tlsDir == "":
+		return nil, "", errInsecure
+	}
+	ident, err := clustertls.Load(o.tlsDir)
+	if err != nil {
+		return nil, "", fmt.Errorf("-cluster-tls: %w", err)
+	}
+	return ident.Config(), ident.ID, nil
 }

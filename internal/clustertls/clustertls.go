@@ -218,6 +218,15 @@ func Load(dir string) (*Identity, error) {
 	return &Identity{ID: id, Cert: cert, Pool: pool}, nil
 }
 
+// Config is ServerConfig and ClientConfig in one, for a node that is both:
+// a tls.Config's server fields and client fields do not interfere.
+func (id *Identity) Config() *tls.Config {
+	c := id.ServerConfig()
+	c.RootCAs = id.Pool
+	c.ClientSessionCache = tls.NewLRUClientSessionCache(64)
+	return c
+}
+
 // ServerConfig accepts TLS 1.3 clients that present a certificate of the
 // cluster CA.
 func (id *Identity) ServerConfig() *tls.Config {

@@ -30,6 +30,7 @@ package raftnode
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -111,6 +112,16 @@ type Config struct {
 	RaftTimeout time.Duration
 	// Registerer receives the default transport's metrics; nil means none.
 	Registerer prometheus.Registerer
+	// TLS, when set, secures the HTTP side: joins and advertisements go
+	// over https with it (it must carry this node's certificate and the
+	// cluster CA as RootCAs), and HandleJoin takes a join for id X only
+	// from a client whose certificate names X (see [ErrIdentity]). Nil
+	// means plain HTTP and no proof of identity.
+	TLS *tls.Config
+	// RaftTLS, when set, is the default transport's Config.TLS, and the
+	// handshake that checks a joining node's raft address. Nil means
+	// plain TCP.
+	RaftTLS *tls.Config
 	// RequestTimeout bounds each join request (redirects included) and
 	// raft's acceptance of a new voter or member record; zero means 5 s.
 	RequestTimeout time.Duration
@@ -157,6 +168,7 @@ type Node struct {
 	store    *raftboltdb.BoltStore
 	clientTr *http.Transport // joins and advertisements
 	client   *http.Client
+	health   *health   // voters' reachability and the membership rate limit
 	notify   chan bool // raft's NotifyCh
 	leader   chan bool // deduplicated leadership changes, for the owner
 
@@ -179,13 +191,17 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, errors.New("raftnode: ID, DataDir, RaftAddr, HTTPAddr and FSM are required")
 	}
 	cfg = cfg.withDefaults()
-	n := &Node{cfg: cfg, log: cfg.Logger, notify: make(chan bool, 16), leader: make(chan bool, 16)}
+	n := &Node{cfg: cfg, log: cfg.Logger, health: newHealth(), notify: make(chan bool, 16), leader: make(chan bool, 16)}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.clientTr = &http.Transport{
 		DialContext:         (&net.Dialer{Timeout: cfg.RequestTimeout}).DialContext,
 		MaxIdleConnsPerHost: 2,
 		IdleConnTimeout:     30 * time.Second,
 		DisableCompression:  true,
+	}
+	if cfg.TLS != nil {
+		n.clientTr.TLSClientConfig = cfg.TLS.Clone()
+		n.clientTr.TLSHandshakeTimeout = cfg.RequestTimeout
 	}
 	n.client = &http.Client{Transport: n.clientTr}
 	if err := n.start(ctx); err != nil {
@@ -220,7 +236,7 @@ func (n *Node) start(ctx context.Context) error {
 	newTransport := cfg.NewTransport
 	if newTransport == nil {
 		newTransport = func(bind string) (raft.Transport, error) {
-			t, err := iraft.New(iraft.Config{BindAddr: bind, Timeout: cfg.RaftTimeout, Logger: n.log, Registerer: cfg.Registerer})
+			t, err := iraft.New(iraft.Config{BindAddr: bind, Timeout: cfg.RaftTimeout, TLS: cfg.RaftTLS, Logger: n.log, Registerer: cfg.Registerer})
 			if err != nil {
 				// Not t: a nil *Transport in the interface is not nil,
 				// and Close would call its method.
@@ -254,10 +270,15 @@ func (n *Node) start(ctx context.Context) error {
 	if n.raft, err = raft.NewRaft(rc, cfg.FSM, logs, n.store, snaps, n.trans); err != nil {
 		return fmt.Errorf("raftnode: start raft: %w", err)
 	}
-	n.wg.Add(1)
+	n.raft.RegisterObserver(n.health.obs)
+	n.wg.Add(2)
 	go func() {
 		defer n.wg.Done()
 		n.watch()
+	}()
+	go func() {
+		defer n.wg.Done()
+		n.health.run(n.ctx)
 	}()
 
 	switch {
@@ -336,8 +357,13 @@ func (n *Node) watch() {
 // AddMember makes m a voter (unless it is one at that raft address) and
 // records its HTTP address through the FSM (unless recorded already). The
 // leader only: elsewhere raft's errors (raft.ErrNotLeader) come back
-// wrapped.
-func (n *Node) AddMember(m Member) error {
+// wrapped. The caller has not proven it is m: a change of an existing
+// member's raft address is refused (ErrNotOwner), and a new voter must
+// pass the checks described at [ErrQuorum].
+func (n *Node) AddMember(m Member) error { return n.addMember(m, false) }
+
+// addMember is AddMember; owner says the request comes from m itself.
+func (n *Node) addMember(m Member, owner bool) error {
 	f := n.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
 		return fmt.Errorf("raftnode: read configuration: %w", err)
@@ -349,6 +375,9 @@ func (n *Node) AddMember(m Member) error {
 		}
 	}
 	if !voter {
+		if err := n.checkVoterChange(f.Configuration(), m, owner); err != nil {
+			return fmt.Errorf("raftnode: add voter %s at %s: %w", m.ID, m.RaftAddr, err)
+		}
 		if err := n.raft.AddVoter(raft.ServerID(m.ID), raft.ServerAddress(m.RaftAddr), 0, n.cfg.RequestTimeout).Error(); err != nil {
 			return fmt.Errorf("raftnode: add voter %s: %w", m.ID, err)
 		}
@@ -384,7 +413,7 @@ func (n *Node) advertise() {
 	for n.cfg.FSM.MemberHTTP(m.ID) != m.HTTPAddr {
 		var err error
 		if n.IsLeader() {
-			err = n.AddMember(m)
+			err = n.addMember(m, true)
 		} else if addr := n.LeaderHTTP(); addr != "" {
 			err = n.postJoin(n.ctx, addr)
 		}

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
+	"golang.org/x/net/netutil"
 
 	"github.com/ioactor/ioactor/internal/raftnode"
 	"github.com/ioactor/ioactor/tftp"
@@ -47,7 +49,32 @@ type NodeConfig struct {
 	// shares among the transports of a process (not the TFTP server's).
 	NewTransport func(bind string) (raft.Transport, error)
 	Logger       *slog.Logger
+
+	// TLS, when set, turns on mutual TLS on the HTTP endpoint (a client
+	// certificate of the cluster CA is required, and /join for id X needs
+	// X's) and on the default raft transport. It must hold this node's
+	// certificate, the cluster CA as RootCAs and ClientCAs, and
+	// ClientAuth RequireAndVerifyClientCert (clustertls's Identity.Config
+	// does). Nil means plain HTTP and TCP: anyone who reaches the ports is
+	// a member.
+	TLS *tls.Config
+	// StatusOpen serves GET /status to clients without a certificate too
+	// (it is read-only; /join still needs one). Only with TLS.
+	StatusOpen bool
+	// MaxHTTPConns caps the HTTP endpoint's connections; zero means 2048.
+	MaxHTTPConns int
 }
+
+// Limits of the cluster HTTP endpoint: every connection is closed within
+// them, whatever the client does.
+const (
+	httpHeaderTimeout = 5 * time.Second // TLS handshake and request headers
+	httpReadTimeout   = 10 * time.Second
+	httpWriteTimeout  = 10 * time.Second
+	httpIdleTimeout   = 30 * time.Second
+	httpMaxHeader     = 8 << 10
+	httpMaxConns      = 2048
+)
 
 // Node is one member of the replicated TFTP service's raft cluster.
 type Node struct {
@@ -110,6 +137,7 @@ func (n *Node) start(ctx context.Context) error {
 	if n.ln, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
 		return fmt.Errorf("cluster: http listen: %w", err)
 	}
+	var raftTLS *tls.Config // TLS on the raft transport: next commit
 	ctx, cancel := context.WithTimeout(ctx, joinTimeout)
 	defer cancel()
 	n.rn, err = raftnode.Start(ctx, raftnode.Config{
@@ -121,6 +149,8 @@ func (n *Node) start(ctx context.Context) error {
 			rc.TrailingLogs = 1024
 		},
 		NewTransport: cfg.NewTransport,
+		TLS:          cfg.TLS,
+		RaftTLS:      raftTLS,
 		Logger:       n.log,
 		LogPrefix:    "cluster",
 		RaftLogger:   hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: os.Stderr}),
@@ -130,13 +160,34 @@ func (n *Node) start(ctx context.Context) error {
 	}
 	n.raft = n.rn.Raft()
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /join", n.rn.HandleJoin)
+	mux.HandleFunc("POST /join", n.rn.HandleJoin) // with TLS it checks the certificate's node id
 	mux.HandleFunc("GET /status", raftnode.StatusHandler(n.Status))
-	n.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	n.http = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: httpHeaderTimeout,
+		ReadTimeout:       httpReadTimeout,
+		WriteTimeout:      httpWriteTimeout,
+		IdleTimeout:       httpIdleTimeout,
+		MaxHeaderBytes:    httpMaxHeader,
+		// A stranger's failed handshakes are debug logs, not a flood.
+		ErrorLog: slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
+	}
+	maxConns := cfg.MaxHTTPConns
+	if maxConns <= 0 {
+		maxConns = httpMaxConns
+	}
+	ln := netutil.LimitListener(n.ln, maxConns)
+	if cfg.TLS != nil {
+		tc := cfg.TLS.Clone()
+		if cfg.StatusOpen {
+			tc.ClientAuth = tls.VerifyClientCertIfGiven
+		}
+		ln = tls.NewListener(ln, tc)
+	}
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
-		n.http.Serve(n.ln)
+		n.http.Serve(ln)
 	}()
 	return nil
 }
