@@ -76,9 +76,12 @@ type Config struct {
 	// Nil means plain TCP.
 	TLS *tls.Config
 	// PeerID reads a node id out of a verified peer certificate; with TLS
-	// a request whose RPC header names another node is refused. Nil means
-	// the "urn:ioactor:node:" URI SAN of package clustertls's
-	// certificates.
+	// a request whose RPC header names another node is refused
+	// (ErrIdentity), and a peer whose certificate gives an error is
+	// refused at the handshake. An empty id without an error means the
+	// certificate proves membership but names no node: its headers are
+	// not checked. Nil means the "urn:ioactor:node:" URI SAN of the
+	// certificates tftpd cert makes.
 	PeerID func(*x509.Certificate) (string, error)
 
 	// Logger receives the transport's logs; nil means slog.Default().

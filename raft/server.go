@@ -55,7 +55,15 @@ func (l *listener) Receive(ctx *netio.Context, msg any) {
 		l.result <- m.Cause
 		ctx.Stop()
 	case tcp.Connected:
-		s := &serverConn{t: l.t, conn: m.Conn, connRef: m.Conn, remote: m.Remote}
+		conn := m.Conn
+		if l.t.cfg.TLS != nil {
+			var err error
+			if conn, err = l.t.startTLS(ctx, m.Conn, m.Remote, true); err != nil {
+				m.Conn.Tell(tcp.Abort{})
+				return
+			}
+		}
+		s := &serverConn{t: l.t, conn: conn, connRef: m.Conn, remote: m.Remote}
 		s.rd.max = l.t.cfg.MaxFrameSize
 		s.rd.fresh = true
 		// On the connection's loop, so its reads reach us without a copy.
@@ -71,7 +79,7 @@ func (l *listener) Receive(ctx *netio.Context, msg any) {
 		l.t.servers[s] = struct{}{}
 		l.t.tcpConns[m.Conn] = struct{}{}
 		l.t.mu.Unlock()
-		ctx.Tell(m.Conn, tcp.Register{Handler: ref})
+		ctx.Tell(conn, tcp.Register{Handler: ref})
 	case closeReq:
 		ctx.Stop() // the tcp listener watches us: it closes the socket
 	}
@@ -109,7 +117,8 @@ type serverConn struct {
 	stopCh     chan struct{}
 	closing    bool
 	self       netio.Ref
-	woke       bool // this read queued a request for the dispatcher
+	woke       bool   // this read queued a request for the dispatcher
+	peer       string // the node id of the TLS peer, before its first request
 }
 
 // inbound is a request for the dispatcher.
@@ -166,6 +175,8 @@ func (s *serverConn) Receive(ctx *netio.Context, msg any) {
 		s.pump(ctx)
 	case protocolError:
 		s.reject(ctx, m.err)
+	case tlsPeer:
+		s.peer = m.id
 	case tcp.ConnectionClosed:
 		s.conn = netio.Ref{}
 		ctx.Stop()
@@ -365,6 +376,9 @@ func (d *dispatcher) run() {
 		if !has && len(d.inflight) < serverInFlight {
 			if in, ok := d.s.pop(d.self); ok {
 				rpc, ch, kind, err := d.decode(in)
+				if err == nil {
+					err = d.t.checkPeer(d.s.peer, rpc.Command)
+				}
 				if err != nil {
 					d.self.Tell(protocolError{err: err})
 					return

@@ -56,7 +56,7 @@ var (
 // New starts a transport: it is listening when New returns.
 func New(cfg Config) (*Transport, error) {
 	cfg = cfg.withDefaults()
-	if err := checkTLS(cfg); err != nil {
+	if err := tlsSetup(&cfg); err != nil {
 		return nil, err
 	}
 	bind, err := resolve(cfg.BindAddr)

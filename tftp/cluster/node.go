@@ -137,7 +137,10 @@ func (n *Node) start(ctx context.Context) error {
 	if n.ln, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
 		return fmt.Errorf("cluster: http listen: %w", err)
 	}
-	var raftTLS *tls.Config // TLS on the raft transport: next commit
+	var raftTLS *tls.Config
+	if cfg.TLS != nil && cfg.NewTransport == nil {
+		raftTLS = cfg.TLS
+	}
 	ctx, cancel := context.WithTimeout(ctx, joinTimeout)
 	defer cancel()
 	n.rn, err = raftnode.Start(ctx, raftnode.Config{
