@@ -1,8 +1,8 @@
 package raft
 
 import (
-	"crypto/x509"
 	"bytes"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"

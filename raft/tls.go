@@ -79,10 +79,10 @@ type (
 	// comes before the first Received.
 	tlsPeer struct{ id string }
 
-	tlsUp      struct{ id string } // handshake done (reader)
-	tlsRead    struct{ data []byte }
-	tlsReadEnd struct{ err error }
-	tlsWrote   struct{ err error }
+	tlsUp         struct{ id string } // handshake done (reader)
+	tlsRead       struct{ data []byte }
+	tlsReadEnd    struct{ err error }
+	tlsWrote      struct{ err error }
 	tlsWriterDone struct{} // after close_notify, on the user's Close
 
 	lcWrite struct {
@@ -114,10 +114,10 @@ type tlsShim struct {
 	lc *loopConn
 	tc *tls.Conn
 
-	writes   chan []byte // to the writer (wbuf); nil once the user closed
-	credit   chan struct{}   // to the reader: the last chunk was passed on
-	resume   chan struct{}   // to the reader: reading is on again
-	paused   atomic.Bool     // the user suspended reading
+	writes   chan []byte   // to the writer (wbuf); nil once the user closed
+	credit   chan struct{} // to the reader: the last chunk was passed on
+	resume   chan struct{} // to the reader: reading is on again
+	paused   atomic.Bool   // the user suspended reading
 	stopCh   chan struct{}
 	stopOnce sync.Once
 
@@ -130,7 +130,7 @@ type tlsShim struct {
 	userClosing  any // tcp.Close or tcp.Abort, once asked
 	readerDone   bool
 	closedCause  error
-	told         bool // the user got its ConnectionClosed
+	told         bool   // the user got its ConnectionClosed
 	wpending     any    // the Ack of the user's write being encrypted, or nil
 	writing      bool   // a write is with the writer
 	early        bool   // a write waits for Register
