@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	hraft "github.com/hashicorp/raft"
 
@@ -55,6 +56,9 @@ func (l *listener) Receive(ctx *netio.Context, msg any) {
 		l.result <- m.Cause
 		ctx.Stop()
 	case tcp.Connected:
+		if !l.t.admit(m.Conn) {
+			return
+		}
 		conn := m.Conn
 		if l.t.cfg.TLS != nil {
 			var err error
@@ -119,15 +123,19 @@ type serverConn struct {
 	self       netio.Ref
 	woke       bool   // this read queued a request for the dispatcher
 	peer       string // the node id of the TLS peer, before its first request
+	born       time.Time
+	lastRead   time.Time
+	guard      *netio.Timer // deadlines (limits.go)
 }
 
 // inbound is a request for the dispatcher.
 type inbound struct {
 	kind rpcKind
 	id   uint64
-	body []byte // owned: decoded messages alias it
-	cmd  any    // already decoded (InstallSnapshot)
-	pipe *snapPipe
+	body   []byte // owned: decoded messages alias it
+	cmd    any    // already decoded (InstallSnapshot)
+	pipe   *snapPipe
+	charge int // of the transport's budget, given back when popped
 }
 
 type resumeReading struct{}
@@ -141,6 +149,7 @@ func (s *serverConn) PreStart(ctx *netio.Context) {
 	s.qsignal = make(chan struct{}, 1)
 	s.stopCh = make(chan struct{})
 	ctx.Watch(s.conn)
+	s.startGuard(ctx)
 	d := &dispatcher{s: s, t: s.t, self: ctx.Self()}
 	s.t.wg.Add(1)
 	go d.run()
@@ -153,6 +162,7 @@ func (s *serverConn) Receive(ctx *netio.Context, msg any) {
 	switch m := msg.(type) {
 	case *tcp.Received:
 		s.t.m.bytesIn.Add(uint64(len(m.Data)))
+		s.lastRead = ctx.Now()
 		s.woke = false
 		if err := s.onData(ctx, m.Data); err != nil {
 			s.reject(ctx, err)
@@ -177,6 +187,8 @@ func (s *serverConn) Receive(ctx *netio.Context, msg any) {
 		s.reject(ctx, m.err)
 	case tlsPeer:
 		s.peer = m.id
+	case guardTick:
+		s.checkGuard(ctx)
 	case tcp.ConnectionClosed:
 		s.conn = netio.Ref{}
 		ctx.Stop()
@@ -264,21 +276,23 @@ func (s *serverConn) onData(ctx *netio.Context, p []byte) error {
 func (s *serverConn) onFrame(f frame, _ bool) (bool, error) {
 	switch f.kind {
 	case kindAppendEntries, kindRequestVote, kindRequestPreVote, kindTimeoutNow:
-		s.push(inbound{kind: f.kind, id: f.id, body: f.body})
+		s.push(inbound{kind: f.kind, id: f.id, body: f.body, charge: f.charge})
 		return false, nil
 	case kindInstallSnapshot:
 		req := new(hraft.InstallSnapshotRequest)
 		if err := decodeInstallSnapshotRequest(f.body, req, true); err != nil {
+			s.t.bud.give(f.charge)
 			return false, err
 		}
 		pipe := newSnapPipe(s.t, s.self, req.Size)
-		s.push(inbound{kind: f.kind, id: f.id, cmd: req, pipe: pipe})
+		s.push(inbound{kind: f.kind, id: f.id, cmd: req, pipe: pipe, charge: f.charge})
 		if req.Size > 0 {
 			s.snap = pipe
 			return true, nil // the rest of the read is snapshot data
 		}
 		return false, nil
 	default:
+		s.t.bud.give(f.charge)
 		return false, fmt.Errorf("%w: unknown request kind %v", ErrMalformed, f.kind)
 	}
 }
@@ -316,6 +330,7 @@ func (s *serverConn) pop(self netio.Ref) (inbound, bool) {
 	}
 	n := len(s.q)
 	s.qmu.Unlock()
+	s.t.bud.give(in.charge)
 	if n <= serverQueueFrames/2 && s.resume.CompareAndSwap(true, false) {
 		self.Tell(resumeReading{})
 	}
@@ -324,6 +339,7 @@ func (s *serverConn) pop(self netio.Ref) (inbound, bool) {
 
 func (s *serverConn) PostStop(ctx *netio.Context) {
 	close(s.stopCh)
+	s.stopGuard()
 	s.w.mu.Lock()
 	raws := s.w.closeLocked(ErrConnectionClosed)
 	s.w.mu.Unlock()
