@@ -130,8 +130,8 @@ type serverConn struct {
 
 // inbound is a request for the dispatcher.
 type inbound struct {
-	kind rpcKind
-	id   uint64
+	kind   rpcKind
+	id     uint64
 	body   []byte // owned: decoded messages alias it
 	cmd    any    // already decoded (InstallSnapshot)
 	pipe   *snapPipe
