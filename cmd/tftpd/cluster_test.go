@@ -262,6 +262,7 @@ func (c *testCluster) kill(n *clusterNode, sig syscall.Signal) {
 
 type nodeStatus struct {
 	State     string   `json:"state"`
+	Term      uint64   `json:"term"`
 	Leader    string   `json:"leader"`
 	Voters    []string `json:"voters"`
 	Transfers []struct {

@@ -3,12 +3,20 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"log/slog"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	hraft "github.com/hashicorp/raft"
+
+	"github.com/ioactor/ioactor/internal/clustertls"
+	iraft "github.com/ioactor/ioactor/raft"
 )
 
 // TestClusterRefusesInsecure: tftpd -cluster without -cluster-tls and
@@ -68,5 +76,136 @@ func TestClusterInsecureWarns(t *testing.T) {
 	run(ctx, []string{"-cluster", "-cluster-insecure", "-node-id", "n1", "-data", filepath.Join(dir, "data"), "-raft", "127.0.0.1:0", "-cluster-http", "127.0.0.1:0", "-listen", "127.0.0.1:0", "-root", dir}, &stdout, &stderr)
 	if !strings.Contains(stderr.String(), "-cluster-insecure: no TLS") {
 		t.Fatalf("no warning:\n%s", stderr.String())
+	}
+}
+
+// otherCA makes a CA of its own and a node certificate "n2" under it, with
+// tftpd cert, and returns the node directory.
+func otherCA(t *testing.T, bin string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if out, err := exec.Command(bin, "cert", "ca", "-dir", filepath.Join(dir, "ca")).CombinedOutput(); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if out, err := exec.Command(bin, "cert", "node", "-ca", filepath.Join(dir, "ca"), "-node-id", "n2", "-host", "127.0.0.1", "-dir", filepath.Join(dir, "n2")).CombinedOutput(); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	return filepath.Join(dir, "n2")
+}
+
+func httpsClient(t *testing.T, cfg *tls.Config) *http.Client {
+	tr := &http.Transport{TLSClientConfig: cfg}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+func loadTLS(t *testing.T, dir string) *tls.Config {
+	t.Helper()
+	ident, err := clustertls.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ident.Config()
+}
+
+// TestClusterAttacksFail: against three tftpd nodes with certificates made
+// by tftpd cert, the attacks of issue 13 fail: rogue joins (no certificate,
+// another CA's, a member's certificate joining as someone else or
+// rewriting another member's address), a rogue tftpd voter with another
+// CA's certificates, a forged RequestVote (a stranger's, and a member's
+// claiming another id): the leader, the term and the three voters stay.
+func TestClusterAttacksFail(t *testing.T) {
+	bin := buildTftpd(t)
+	c := startCluster(t, bin, map[string][]byte{"f.bin": []byte("hello")}, false)
+	leader := c.waitLeader(10 * time.Second)
+	before, err := c.status(leader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n2, n3 *clusterNode
+	for _, n := range c.nodes {
+		switch n.id {
+		case "n2":
+			n2 = n
+		case "n3":
+			n3 = n
+		}
+	}
+	stranger := otherCA(t, bin)
+	url := "https://" + leader.http + "/join"
+	post := func(cl *http.Client, body string) (int, error) {
+		resp, err := cl.Post(url, "application/json", strings.NewReader(body))
+		if err != nil {
+			return 0, err
+		}
+		defer resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	for _, id := range []string{"b1", "b2", "b3"} {
+		body := `{"id":"` + id + `","raft_addr":"127.0.0.1:1"}`
+		if _, err := post(httpsClient(t, &tls.Config{RootCAs: c.client.Transport.(*http.Transport).TLSClientConfig.RootCAs}), body); err == nil {
+			t.Errorf("join %s without a certificate got past the handshake", id)
+		}
+		if _, err := post(httpsClient(t, loadTLS(t, stranger)), body); err == nil {
+			t.Errorf("join %s with another CA's certificate got past the handshake", id)
+		}
+		if code, err := post(httpsClient(t, loadTLS(t, n2.certs)), body); err != nil || code != http.StatusForbidden {
+			t.Errorf("join %s with n2's certificate: %d %v, want 403", id, code, err)
+		}
+	}
+	if code, err := post(httpsClient(t, loadTLS(t, n2.certs)), `{"id":"n3","raft_addr":"127.0.0.1:1"}`); err != nil || code != http.StatusForbidden {
+		t.Errorf("n3's address rewritten with n2's certificate: %d %v, want 403", code, err)
+	}
+	if resp, err := http.Get("http://" + leader.http + "/status"); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			t.Error("/status answered plain HTTP")
+		}
+	}
+
+	// A rogue voter: tftpd with certificates of its own CA.
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	rogue := exec.CommandContext(ctx, bin, "-cluster", "-cluster-tls", stranger, "-node-id", "n2", "-data", filepath.Join(t.TempDir(), "d"),
+		"-raft", freeTCP(t), "-cluster-http", freeTCP(t), "-listen", freeUDP(t), "-root", t.TempDir(), "-join", leader.http)
+	if out, err := rogue.CombinedOutput(); err == nil {
+		t.Errorf("a rogue tftpd joined:\n%s", out)
+	} else {
+		t.Logf("rogue tftpd: %v: %s", err, tail(string(out), 300))
+	}
+
+	// Forged RequestVotes: a stranger's, and a member's in n2's name.
+	for name, cfg := range map[string]*tls.Config{"stranger": loadTLS(t, stranger), "n3 as n2": loadTLS(t, n3.certs)} {
+		tr, err := iraft.New(iraft.Config{Timeout: 2 * time.Second, TLS: cfg, Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		req := &hraft.RequestVoteRequest{RPCHeader: hraft.RPCHeader{ID: []byte("n2"), Addr: []byte(n2.raft)},
+			Term: before.Term + 100, LastLogIndex: 1 << 40, LastLogTerm: before.Term + 99}
+		var resp hraft.RequestVoteResponse
+		err = tr.RequestVote("x", hraft.ServerAddress(leader.raft), req, &resp)
+		tr.Close()
+		if err == nil {
+			t.Errorf("%s: forged RequestVote answered: %+v", name, resp)
+		}
+	}
+	time.Sleep(time.Second) // a step-down would show by now
+	// On a loaded machine raft's 300 ms timers may elect a new leader
+	// anyway (an insecure cluster does too); what the forged votes must
+	// not do is lend their term to anyone.
+	for _, n := range c.nodes {
+		after, err := c.status(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if after.Term >= before.Term+100 || len(after.Voters) != 3 {
+			t.Errorf("%s: before %+v, after %+v", n.id, before, after)
+		}
+		if after.Term != before.Term || after.Leader != before.Leader {
+			t.Logf("%s: an election meanwhile (load): term %d → %d, leader %s → %s", n.id, before.Term, after.Term, before.Leader, after.Leader)
+		}
+	}
+	if !strings.Contains(leader.log.String(), "RPC header names another node than the peer's certificate") {
+		t.Error("the leader did not log the refused RequestVote")
 	}
 }

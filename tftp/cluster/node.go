@@ -206,6 +206,7 @@ func (n *Node) IsLeader() bool { return n.rn.IsLeader() }
 type Status struct {
 	ID        string   `json:"id"`
 	State     string   `json:"state"`
+	Term      uint64   `json:"term"`
 	Leader    string   `json:"leader"`
 	Members   []Member `json:"members"`
 	Voters    []string `json:"voters"`
@@ -216,7 +217,7 @@ type Status struct {
 func (n *Node) Status() Status {
 	_, leader := n.raft.LeaderWithID()
 	s := n.fsm.state()
-	st := Status{ID: n.cfg.ID, State: n.raft.State().String(), Leader: string(leader), Members: s.Members, Transfers: s.Transfers}
+	st := Status{ID: n.cfg.ID, State: n.raft.State().String(), Term: n.raft.CurrentTerm(), Leader: string(leader), Members: s.Members, Transfers: s.Transfers}
 	if f := n.raft.GetConfiguration(); f.Error() == nil {
 		for _, srv := range f.Configuration().Servers {
 			st.Voters = append(st.Voters, string(srv.ID))
