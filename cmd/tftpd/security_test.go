@@ -4,11 +4,17 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +22,7 @@ import (
 	hraft "github.com/hashicorp/raft"
 
 	"github.com/ioactor/ioactor/internal/clustertls"
+	"github.com/ioactor/ioactor/internal/testutil"
 	iraft "github.com/ioactor/ioactor/raft"
 )
 
@@ -208,4 +215,132 @@ func TestClusterAttacksFail(t *testing.T) {
 	if !strings.Contains(leader.log.String(), "RPC header names another node than the peer's certificate") {
 		t.Error("the leader did not log the refused RequestVote")
 	}
+}
+
+// vmRSS is the resident set of process pid, in bytes.
+func vmRSS(t *testing.T, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmRSS")
+	return 0
+}
+
+// flood opens n connections to addr and writes head to each; it returns
+// them.
+func flood(t *testing.T, addr string, n int, head []byte) []net.Conn {
+	t.Helper()
+	var conns []net.Conn
+	t.Cleanup(func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	for range n {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatalf("dial %d: %v", len(conns), err)
+		}
+		conns = append(conns, c)
+		if len(head) > 0 {
+			c.Write(head)
+		}
+	}
+	return conns
+}
+
+// allClosed waits until the server closed every conn, up to d; it returns
+// how many it did.
+func allClosed(conns []net.Conn, d time.Duration) int {
+	deadline := time.Now().Add(d)
+	closed := 0
+	for _, c := range conns {
+		c.SetReadDeadline(deadline)
+		if _, err := io.Copy(io.Discard, c); err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
+			closed++
+		}
+	}
+	return closed
+}
+
+// TestClusterStrangersBounded: what a stranger can make a node hold is
+// bounded. 1,500 connections to the cluster HTTP endpoint that never finish
+// their handshake are closed within the handshake timeout (5 s, plus
+// slack), and /status answers members meanwhile; 20 connections to the raft
+// port that announce 60 MiB frames grow the node by less than 64 MiB, with
+// TLS (refused at the handshake) and without (-cluster-insecure: the frame
+// buffers grow with the bytes, and the stalled frames are closed).
+func TestClusterStrangersBounded(t *testing.T) {
+	bin := buildTftpd(t)
+	c := startCluster(t, bin, nil, false)
+	leader := c.waitLeader(10 * time.Second)
+
+	start := time.Now()
+	slow := flood(t, leader.http, 1500, nil)
+	t.Logf("1500 slow connections open in %v", time.Since(start).Round(time.Millisecond))
+	for range 3 {
+		t0 := time.Now()
+		if _, err := c.status(leader); err != nil {
+			t.Errorf("/status during the slow connections: %v", err)
+		}
+		t.Logf("/status answered in %v", time.Since(t0).Round(time.Millisecond))
+	}
+	if n := allClosed(slow, 5*time.Second+15*time.Second-time.Since(start)); n != len(slow) {
+		t.Errorf("%d of %d slow connections closed within 20 s", n, len(slow))
+	}
+	t.Logf("slow connections closed %v after they opened", time.Since(start).Round(time.Millisecond))
+
+	head := binary.BigEndian.AppendUint32([]byte("ioraft\x00\x01"), 60<<20)
+	head = append(head, 1, 1) // AppendEntries, id 1
+	head = append(head, make([]byte, 1<<20)...)
+	raftFlood := func(name string, pid int, addr string) {
+		before := vmRSS(t, pid)
+		conns := flood(t, addr, 20, head)
+		time.Sleep(500 * time.Millisecond)
+		during := vmRSS(t, pid)
+		t.Logf("%s: RSS %d MiB before, %d MiB with 20 × 60 MiB announced (+%d MiB)", name, before>>20, during>>20, (during-before)>>20)
+		if during-before >= 64<<20 {
+			t.Errorf("%s: RSS grew by %d MiB", name, (during-before)>>20)
+		}
+		t0 := time.Now()
+		if n := allClosed(conns, 20*time.Second); n != len(conns) {
+			t.Errorf("%s: %d of 20 closed", name, n)
+		}
+		closed := time.Since(t0) + 500*time.Millisecond
+		time.Sleep(time.Second)
+		// The heap is free at once; the runtime gives its pages back to
+		// the kernel in the background, so RSS falls later.
+		t.Logf("%s: all closed within %v of being opened; RSS %d MiB a second later", name, closed.Round(time.Millisecond), vmRSS(t, pid)>>20)
+	}
+	raftFlood("TLS", leader.cmd.Process.Pid, leader.raft)
+
+	// A node without TLS, alone.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	raftAddr := freeTCP(t)
+	log := &testutil.SyncBuffer{}
+	cmd := exec.CommandContext(ctx, bin, "-cluster", "-cluster-insecure", "-node-id", "solo", "-data", filepath.Join(t.TempDir(), "d"),
+		"-raft", raftAddr, "-cluster-http", freeTCP(t), "-listen", freeUDP(t), "-root", t.TempDir())
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(log.String(), "serving TFTP") {
+		if time.Now().After(deadline) {
+			t.Fatalf("solo node did not lead:\n%s", log.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	raftFlood("plain", cmd.Process.Pid, raftAddr)
+	cancel()
 }
