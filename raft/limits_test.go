@@ -188,3 +188,50 @@ func TestBufferBudgetAndConnectionCap(t *testing.T) {
 	}
 	t.Logf("silent connection closed after %v", time.Since(start).Round(time.Millisecond))
 }
+
+// FuzzFrameReader feeds a byte stream, cut into reads at the fuzzer's
+// choice, to a server-side frame reader with a small budget: it never
+// panics, never charges more than the budget, and gives back what it
+// charged once the frames are taken and the reader released.
+func FuzzFrameReader(f *testing.F) {
+	hdr := func(n uint32, rest ...byte) []byte {
+		return append(binary.BigEndian.AppendUint32(nil, n), rest...)
+	}
+	f.Add(hdr(3, byte(kindAppendEntries), 1, 0), uint8(1))
+	f.Add(append(hdr(60<<20, byte(kindAppendEntries), 1), make([]byte, 4096)...), uint8(7))
+	f.Add(append(hdr(40000, byte(kindRequestVote), 5), make([]byte, 40000)...), uint8(200))
+	f.Add(hdr(1), uint8(0))
+	f.Add([]byte{0, 0, 0, 5, 1, 0x80}, uint8(3))
+	f.Fuzz(func(t *testing.T, data []byte, cut uint8) {
+		bud := &budget{max: 64 << 10}
+		r := frameReader{max: 1 << 20, fresh: true, bud: bud}
+		charged := 0
+		step := int(cut)%97 + 1
+		for len(data) > 0 {
+			k := min(step, len(data))
+			_, err := r.feed(data[:k], func(fr frame, owned bool) (bool, error) {
+				if !owned {
+					t.Fatal("a fresh reader handed out a frame it does not own")
+				}
+				charged += fr.charge
+				return false, nil
+			})
+			data = data[k:]
+			if u := bud.used.Load(); u > bud.max || u < 0 {
+				t.Fatalf("budget %d of %d", u, bud.max)
+			}
+			if err != nil {
+				if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrFrameTooLarge) && !errors.Is(err, ErrOverloaded) {
+					t.Fatalf("unexpected error %v", err)
+				}
+				break
+			}
+		}
+		bud.give(charged)
+		r.buf = nil
+		r.release()
+		if u := bud.used.Load(); u != 0 {
+			t.Fatalf("%d bytes still charged", u)
+		}
+	})
+}
