@@ -234,7 +234,7 @@ func (s *tlsShim) Receive(ctx *netio.Context, msg any) {
 		s.handshaken = true
 		s.peer = m.id
 		if s.server && !s.user.IsZero() {
-			ctx.Tell(s.user, tlsPeer{id: m.id})
+			ctx.Tell(s.user, tlsPeer(m))
 		}
 	case tlsRead:
 		if s.paused.Load() || len(s.held) > 0 {

@@ -92,7 +92,7 @@ func TestForgedRequestVoteRefused(t *testing.T) {
 		served <- string(req.ID)
 		rpc.Respond(&hraft.RequestVoteResponse{Term: req.Term}, nil)
 	})
-	forged := &hraft.RequestVoteRequest{RPCHeader: header("n2"), Term: 99, Candidate: []byte("n2")}
+	forged := &hraft.RequestVoteRequest{RPCHeader: header("n2"), Term: 99}
 	var resp hraft.RequestVoteResponse
 	err := client.RequestVote("n3", server.LocalAddr(), forged, &resp)
 	if err == nil {
@@ -101,7 +101,7 @@ func TestForgedRequestVoteRefused(t *testing.T) {
 	if got := server.m.spoofed.Load(); got != 1 {
 		t.Errorf("identity_refused %d, want 1", got)
 	}
-	own := &hraft.RequestVoteRequest{RPCHeader: header("n1"), Term: 99, Candidate: []byte("n1")}
+	own := &hraft.RequestVoteRequest{RPCHeader: header("n1"), Term: 99}
 	if err := client.RequestVote("n3", server.LocalAddr(), own, &resp); err != nil {
 		t.Fatalf("own RequestVote: %v", err)
 	}
