@@ -61,6 +61,19 @@ func certs(t *testing.T, dir string, ids ...string) map[string]*tls.Config {
 	return out
 }
 
+// threeNodes starts a, b and c without TLS, a first, the others joining
+// through it, and waits until every member knows every address.
+func threeNodes(t *testing.T, dir string) (a, b, c *testNode) {
+	t.Helper()
+	t.Cleanup(http.DefaultTransport.(*http.Transport).CloseIdleConnections)
+	a = startTestNode(t, dir, "a", "127.0.0.1:0", "")
+	testutil.WaitFor(t, "a to lead", a.IsLeader)
+	b = startTestNode(t, dir, "b", "127.0.0.1:0", a.http)
+	c = startTestNode(t, dir, "c", "127.0.0.1:0", a.http)
+	testutil.WaitFor(t, "every address everywhere", everyoneKnows(a, b, c))
+	return a, b, c
+}
+
 // leaderOf waits for one of nodes to lead and returns it.
 func leaderOf(t *testing.T, nodes ...*testNode) *testNode {
 	t.Helper()
@@ -90,13 +103,8 @@ func postJoinWith(t *testing.T, c *http.Client, url string, m Member) (int, stri
 // refused, and the cluster keeps its leader and its three voters.
 func TestRogueJoinsRefused(t *testing.T) {
 	leakcheck.Check(t)
-	t.Cleanup(http.DefaultTransport.(*http.Transport).CloseIdleConnections)
 	dir := t.TempDir()
-	a := startTestNode(t, dir, "a", "127.0.0.1:0", "")
-	testutil.WaitFor(t, "a to lead", a.IsLeader)
-	b := startTestNode(t, dir, "b", "127.0.0.1:0", a.http)
-	c := startTestNode(t, dir, "c", "127.0.0.1:0", a.http)
-	testutil.WaitFor(t, "every address everywhere", everyoneKnows(a, b, c))
+	a, b, c := threeNodes(t, dir)
 	l := leaderOf(t, a, b, c)
 	term := l.Raft().CurrentTerm()
 	cases := []struct {
@@ -136,13 +144,8 @@ func TestRogueJoinsRefused(t *testing.T) {
 // stays available.
 func TestJoinLosingQuorumRefused(t *testing.T) {
 	leakcheck.Check(t)
-	t.Cleanup(http.DefaultTransport.(*http.Transport).CloseIdleConnections)
 	dir := t.TempDir()
-	a := startTestNode(t, dir, "a", "127.0.0.1:0", "")
-	testutil.WaitFor(t, "a to lead", a.IsLeader)
-	b := startTestNode(t, dir, "b", "127.0.0.1:0", a.http)
-	c := startTestNode(t, dir, "c", "127.0.0.1:0", a.http)
-	testutil.WaitFor(t, "every address everywhere", everyoneKnows(a, b, c))
+	a, b, c := threeNodes(t, dir)
 	l := leaderOf(t, a, b, c)
 	var lost *testNode
 	for _, n := range []*testNode{a, b, c} {
@@ -154,7 +157,7 @@ func TestJoinLosingQuorumRefused(t *testing.T) {
 	lost.close()
 	testutil.WaitFor(t, "the leader to see the lost voter fail", func() bool {
 		f := l.Raft().GetConfiguration()
-		r, v := l.health.reachable(f.Configuration(), raft.ServerID(l.cfg.ID), "")
+		r, v := l.health.reachable(f.Configuration(), raft.ServerID(l.cfg.ID), "", l.probe)
 		return f.Error() == nil && v == 3 && r == 2
 	})
 	d, err := tryStartTestNode(t, dir, "d", "127.0.0.1:0", l.http)
