@@ -85,18 +85,16 @@ type (
 	tlsWrote      struct{ err error }
 	tlsWriterDone struct{} // after close_notify, on the user's Close
 
-	lcWrite struct {
-		data []byte
-		done chan error
-	}
+	lcKick   struct{} // the loopConn has bytes to write
 	lcAck    struct{}
 	lcResume struct{}
 	lcClose  struct{}
 )
 
 const (
-	loopConnHigh = 256 << 10 // socket bytes buffered below TLS before reading stops
+	loopConnHigh = 256 << 10 // socket bytes buffered below TLS, each way, before reading stops or Write waits
 	tlsReadSize  = 64 << 10
+	readAhead    = 8 // decrypted chunks on their way to the user
 )
 
 // tlsShim is the actor between a tcp connection and the transport's actor;
@@ -115,7 +113,7 @@ type tlsShim struct {
 	tc *tls.Conn
 
 	writes   chan []byte   // to the writer (wbuf); nil once the user closed
-	credit   chan struct{} // to the reader: the last chunk was passed on
+	tokens   chan struct{} // the reader's chunks not yet passed on, at most readAhead
 	resume   chan struct{} // to the reader: reading is on again
 	paused   atomic.Bool   // the user suspended reading
 	stopCh   chan struct{}
@@ -123,8 +121,9 @@ type tlsShim struct {
 
 	// Owned by the actor.
 	held         [][]byte // decrypted chunks waiting while paused
-	tcpWriting   bool
-	lcQueue      []lcWrite
+	tcpWriting   bool   // a socket write of the loopConn's bytes is pending
+	closeAfter   bool   // the writer sent close_notify: close once written
+	tcpBuf       []byte // being written
 	tcpPaused    bool
 	handshaken   bool
 	userClosing  any // tcp.Close or tcp.Abort, once asked
@@ -166,7 +165,7 @@ func (t *Transport) startTLS(ctx *netio.Context, conn netio.Ref, remote netip.Ad
 func (s *tlsShim) PreStart(ctx *netio.Context) {
 	s.self = ctx.Self()
 	s.stopCh = make(chan struct{})
-	s.credit = make(chan struct{}, 1)
+	s.tokens = make(chan struct{}, readAhead)
 	s.resume = make(chan struct{}, 1)
 	s.writes = make(chan []byte, 1)
 	s.lc = newLoopConn(s.self, s.t.bound, s.remote)
@@ -190,29 +189,26 @@ func (s *tlsShim) Receive(ctx *netio.Context, msg any) {
 			s.tcpPaused = true
 			ctx.Tell(s.tcp, tcp.SuspendReading{})
 		}
+		ctx.YieldBeforeBlocking() // the reader
 	case lcResume:
 		if s.tcpPaused && !s.tcp.IsZero() {
 			s.tcpPaused = false
 			ctx.Tell(s.tcp, tcp.ResumeReading{})
 		}
-	case lcWrite:
-		s.lcQueue = append(s.lcQueue, m)
+	case lcKick:
 		s.pumpTCP(ctx)
 	case lcAck:
 		s.tcpWriting = false
-		s.lcQueue[0].done <- nil
-		s.lcQueue = s.lcQueue[1:]
+		s.lc.written(s.tcpBuf)
+		s.tcpBuf = nil
 		s.pumpTCP(ctx)
+		ctx.YieldBeforeBlocking() // a writer waiting for room
 	case lcClose:
 		if s.userClosing == nil && !s.tcp.IsZero() {
 			ctx.Tell(s.tcp, tcp.Abort{})
 		}
 	case tcp.CommandFailed:
-		if s.tcpWriting {
-			s.tcpWriting = false
-			s.lcQueue[0].done <- fmt.Errorf("raft transport: tls: write: %w", m.Cause)
-			s.lcQueue = s.lcQueue[1:]
-		}
+		s.lc.fail(fmt.Errorf("raft transport: tls: write: %w", m.Cause))
 		ctx.Tell(s.tcp, tcp.Abort{})
 	case tcp.ConnectionClosed:
 		s.tcpClosed(ctx, m)
@@ -276,9 +272,8 @@ func (s *tlsShim) Receive(ctx *netio.Context, msg any) {
 			ctx.Tell(s.user, ack)
 		}
 	case tlsWriterDone:
-		if !s.tcp.IsZero() {
-			ctx.Tell(s.tcp, tcp.Close{})
-		}
+		s.closeAfter = true
+		s.pumpTCP(ctx)
 
 	// From the transport's actor.
 	case tcp.Register:
@@ -350,6 +345,7 @@ func (s *tlsShim) write(ctx *netio.Context, w *tcp.Write) {
 		return
 	}
 	s.writes <- s.wbuf
+	ctx.YieldBeforeBlocking() // the writer
 }
 
 // deliver passes a decrypted chunk to the user and lets the reader go on.
@@ -358,25 +354,32 @@ func (s *tlsShim) deliver(ctx *netio.Context, data []byte) {
 		ctx.Tell(s.user, &tcp.Received{Data: data})
 	}
 	select {
-	case s.credit <- struct{}{}:
+	case <-s.tokens:
+		ctx.YieldBeforeBlocking() // the reader, if it waited for the token
 	default:
 	}
 }
 
-// pumpTCP starts the next socket write of the loopConn.
+// pumpTCP starts the next socket write of the loopConn's bytes; once
+// they are all written after close_notify, it closes the socket.
 func (s *tlsShim) pumpTCP(ctx *netio.Context) {
-	if s.tcpWriting || len(s.lcQueue) == 0 {
+	if s.tcpWriting {
 		return
 	}
 	if s.tcp.IsZero() {
-		for _, w := range s.lcQueue {
-			w.done <- net.ErrClosed
-		}
-		s.lcQueue = nil
+		s.lc.fail(net.ErrClosed)
 		return
 	}
-	s.tcpWriting = true
-	ctx.Tell(s.tcp, tcp.Write{Data: s.lcQueue[0].data, Ack: lcAck{}})
+	b := s.lc.take()
+	if len(b) == 0 {
+		if s.closeAfter {
+			s.closeAfter = false
+			ctx.Tell(s.tcp, tcp.Close{})
+		}
+		return
+	}
+	s.tcpWriting, s.tcpBuf = true, b
+	ctx.Tell(s.tcp, tcp.Write{Data: b, Ack: lcAck{}})
 }
 
 // tcpClosed handles the end of the socket.
@@ -394,7 +397,7 @@ func (s *tlsShim) tcpClosed(ctx *netio.Context, m tcp.ConnectionClosed) {
 	}
 	s.lc.finish(err)
 	s.tcpWriting = false
-	s.pumpTCP(ctx) // fails what waits
+	s.pumpTCP(ctx) // fails the writes waiting
 	s.t.untrackConn(s.tcpRef)
 	s.maybeStop(ctx)
 }
@@ -479,12 +482,12 @@ func (s *tlsShim) reader() {
 		buf := make([]byte, tlsReadSize)
 		n, err := s.tc.Read(buf)
 		if n > 0 {
-			s.self.Tell(tlsRead{data: buf[:n:n]})
 			select {
-			case <-s.credit:
+			case s.tokens <- struct{}{}: // given back when passed on
 			case <-s.stopCh:
 				return
 			}
+			s.self.Tell(tlsRead{data: buf[:n:n]})
 		}
 		if err != nil {
 			s.self.Tell(tlsReadEnd{err: err})
@@ -532,12 +535,19 @@ type loopConn struct {
 	readable chan struct{}
 	closeCh  chan struct{}
 	rdl, wdl time.Time
+
+	out      []byte // written, not yet taken by the shim
+	spare    []byte
+	pending  int   // bytes taken by the shim and not yet in the kernel
+	kicked   bool  // the shim was told, and has not taken out since
+	werr     error // the socket failed: every later Write fails
+	writable chan struct{}
 }
 
 func newLoopConn(shim netio.Ref, local, remote netip.AddrPort) *loopConn {
 	return &loopConn{
 		shim: shim, local: net.TCPAddrFromAddrPort(local), remote: net.TCPAddrFromAddrPort(remote),
-		readable: make(chan struct{}, 1), closeCh: make(chan struct{}),
+		readable: make(chan struct{}, 1), closeCh: make(chan struct{}), writable: make(chan struct{}, 1),
 	}
 }
 
@@ -637,34 +647,77 @@ func (c *loopConn) wait(ch <-chan struct{}, dl time.Time) error {
 	}
 }
 
-// Write hands a copy of p to the socket and returns once it is in the
-// kernel.
+// Write copies p for the socket and returns; it waits first while more
+// than loopConnHigh bytes are not yet in the kernel, so a peer that does
+// not read holds the writer.
 func (c *loopConn) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	if c.closed {
+	for {
+		c.mu.Lock()
+		switch {
+		case c.closed:
+			c.mu.Unlock()
+			return 0, net.ErrClosed
+		case c.werr != nil:
+			err := c.werr
+			c.mu.Unlock()
+			return 0, err
+		case len(c.out)+c.pending < loopConnHigh:
+			c.out = append(c.out, p...)
+			kick := !c.kicked
+			c.kicked = true
+			c.mu.Unlock()
+			if kick {
+				c.shim.Tell(lcKick{})
+			}
+			return len(p), nil
+		}
+		dl := c.wdl
 		c.mu.Unlock()
-		return 0, net.ErrClosed
-	}
-	dl := c.wdl
-	c.mu.Unlock()
-	done := make(chan error, 1)
-	c.shim.Tell(lcWrite{data: append([]byte(nil), p...), done: done})
-	var timeout <-chan time.Time
-	if !dl.IsZero() {
-		tm := time.NewTimer(time.Until(dl))
-		defer tm.Stop()
-		timeout = tm.C
-	}
-	select {
-	case err := <-done:
-		if err != nil {
+		if err := c.wait(c.writable, dl); err != nil {
 			return 0, err
 		}
-		return len(p), nil
-	case <-timeout:
-		return 0, os.ErrDeadlineExceeded
-	case <-c.closeCh:
-		return 0, net.ErrClosed
+	}
+}
+
+// take hands the shim the bytes written so far (shim).
+func (c *loopConn) take() []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b := c.out
+	if len(b) == 0 {
+		c.kicked = false
+		return nil
+	}
+	c.out, c.spare = c.spare[:0], nil
+	c.pending = len(b)
+	return b
+}
+
+// written returns b, now in the kernel, for reuse (shim).
+func (c *loopConn) written(b []byte) {
+	c.mu.Lock()
+	c.pending = 0
+	if cap(b) <= 2*loopConnHigh {
+		c.spare = b[:0]
+	}
+	c.mu.Unlock()
+	select {
+	case c.writable <- struct{}{}:
+	default:
+	}
+}
+
+// fail makes every later Write fail with err (shim).
+func (c *loopConn) fail(err error) {
+	c.mu.Lock()
+	if c.werr == nil {
+		c.werr = err
+	}
+	c.out, c.pending = nil, 0
+	c.mu.Unlock()
+	select {
+	case c.writable <- struct{}{}:
+	default:
 	}
 }
 
