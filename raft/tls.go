@@ -121,9 +121,9 @@ type tlsShim struct {
 
 	// Owned by the actor.
 	held         [][]byte // decrypted chunks waiting while paused
-	tcpWriting   bool   // a socket write of the loopConn's bytes is pending
-	closeAfter   bool   // the writer sent close_notify: close once written
-	tcpBuf       []byte // being written
+	tcpWriting   bool     // a socket write of the loopConn's bytes is pending
+	closeAfter   bool     // the writer sent close_notify: close once written
+	tcpBuf       []byte   // being written
 	tcpPaused    bool
 	handshaken   bool
 	userClosing  any // tcp.Close or tcp.Abort, once asked
