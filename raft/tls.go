@@ -36,12 +36,13 @@ import (
 // Read takes bytes the shim copied from the socket, and the shim stops
 // reading the socket (SuspendReading) while more than loopConnHigh of them
 // wait, so a peer that sends faster than TLS decrypts is held by the TCP
-// window; Write hands the bytes to the tcp connection and returns when its
-// ack says they are in the kernel, so a peer that does not read holds the
-// writer. Above it, a tls.Conn, read by one goroutine and written by
-// another, both owned by the shim and stopped with it. The reader delivers
-// one decrypted chunk at a time and waits until the shim passed it on; a
-// SuspendReading from the transport's actor stops it before its next Read.
+// window; Write queues the bytes for the tcp connection and waits while
+// more than loopConnHigh of them are not acknowledged (in the kernel), so
+// a peer that does not read holds the writer. Above it, a tls.Conn, read by
+// one goroutine and written by another, both owned by the shim and stopped
+// with it. The reader has at most readAhead decrypted chunks on their way
+// to the shim; a SuspendReading from the transport's actor stops it before
+// its next Read.
 //
 // The cost is two goroutine hand-offs per direction and a copy per TLS
 // record; raft's connections are few and long-lived, and a connection's
