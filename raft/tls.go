@@ -86,10 +86,11 @@ type (
 	tlsWrote      struct{ err error }
 	tlsWriterDone struct{} // after close_notify, on the user's Close
 
-	lcKick   struct{} // the loopConn has bytes to write
-	lcAck    struct{}
-	lcResume struct{}
-	lcClose  struct{}
+	lcKick       struct{} // the loopConn has bytes to write
+	closeTimeout struct{}
+	lcAck        struct{}
+	lcResume     struct{}
+	lcClose      struct{}
 )
 
 const (
@@ -311,8 +312,14 @@ func (s *tlsShim) Receive(ctx *netio.Context, msg any) {
 				close(s.writes) // the writer sends close_notify after the writes queued
 				s.writes = nil
 			}
+			// A peer that does not read would hold the flush for ever.
+			ctx.After(s.t.cfg.Timeout, closeTimeout{})
 		}
 		s.maybeStop(ctx)
+	case closeTimeout:
+		if !s.tcp.IsZero() {
+			ctx.Tell(s.tcp, tcp.Abort{})
+		}
 	case tcp.Abort:
 		if s.userClosing == nil || s.userClosing == (tcp.Close{}) {
 			s.userClosing = m
