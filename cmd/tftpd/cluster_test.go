@@ -119,7 +119,13 @@ func makeCerts(t testing.TB, bin, dir string, nodes []*clusterNode) *http.Client
 	}
 	for _, n := range nodes {
 		n.certs = filepath.Join(dir, "certs-"+n.id)
-		if out, err := exec.Command(bin, "cert", "node", "-ca", ca, "-node-id", n.id, "-host", "127.0.0.1", "-dir", n.certs).CombinedOutput(); err != nil {
+		hosts := []string{"127.0.0.1"} // and the node's own IPs (the partition test gives each one)
+		for _, a := range []string{n.raft, n.http} {
+			if h, _, err := net.SplitHostPort(a); err == nil && h != "127.0.0.1" {
+				hosts = append(hosts, h)
+			}
+		}
+		if out, err := exec.Command(bin, "cert", "node", "-ca", ca, "-node-id", n.id, "-host", strings.Join(hosts, ","), "-dir", n.certs).CombinedOutput(); err != nil {
 			t.Fatalf("tftpd cert node: %v\n%s", err, out)
 		}
 	}
