@@ -345,6 +345,23 @@ func (s *tlsShim) write(ctx *netio.Context, w *tcp.Write) {
 		ctx.Tell(ctx.Sender(), tcp.CommandFailed{Cmd: *w, Cause: errors.New("raft transport: tls: a write is pending")})
 		return
 	}
+	if s.handshaken && !s.user.IsZero() && s.lc.room() >= len(w.Data)+len(w.Data)/16+4096 {
+		// Encrypt on the loop: no goroutine holds the tls.Conn's write
+		// side (one write at a time, and none with the writer), and the
+		// loopConn has room for all of it, so Write cannot block.
+		if _, err := s.tc.Write(w.Data); err != nil {
+			if s.closedCause == nil {
+				s.closedCause = err
+			}
+			ctx.Tell(s.tcp, tcp.Abort{})
+			return
+		}
+		s.pumpTCP(ctx)
+		if w.Ack != nil {
+			ctx.Tell(s.user, w.Ack)
+		}
+		return
+	}
 	s.wbuf = append(s.wbuf[:0], w.Data...)
 	s.wpending = w.Ack
 	s.writing = true
@@ -685,6 +702,16 @@ func (c *loopConn) Write(p []byte) (int, error) {
 			return 0, err
 		}
 	}
+}
+
+// room is how many bytes Write takes now without waiting.
+func (c *loopConn) room() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.werr != nil {
+		return 0
+	}
+	return loopConnHigh - len(c.out) - c.pending
 }
 
 // take hands the shim the bytes written so far (shim).
