@@ -74,6 +74,8 @@ type options struct {
 	join, status                        string
 	tlsDir                              string
 	insecure, statusOpen                bool
+	vip                                 vipOptions
+	listenSet                           bool
 }
 
 func parse(args []string, stderr io.Writer) (*options, error) {
@@ -115,9 +117,11 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.insecure, "cluster-insecure", false, "cluster: run without TLS: anyone who reaches -raft or -cluster-http can join, read the uploads and disrupt the cluster")
 	fs.BoolVar(&o.statusOpen, "cluster-status-open", false, "cluster: serve /status to clients without a certificate too (read-only; /join still needs one)")
 	fs.StringVar(&o.status, "status", "", "print the cluster status from this -cluster-http address and exit")
+	o.vip.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
+	fs.Visit(func(f *flag.Flag) { o.listenSet = o.listenSet || f.Name == "listen" })
 	if fs.NArg() > 0 {
 		fs.Usage()
 		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
@@ -162,6 +166,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	listen, err := netip.ParseAddrPort(o.listen)
 	if err != nil {
 		return fmt.Errorf("-listen: %w", err)
+	}
+	if listen, err = vipListen(&o.vip, listen, o.listenSet, o.cluster); err != nil {
+		return err
 	}
 	roll, err := tftp.ParseRollover(o.rollover)
 	if err != nil {
@@ -276,6 +283,15 @@ func runCluster(ctx context.Context, o *options, sys *netio.System, tcfg tftp.Se
 		return err
 	}
 	defer node.Close()
+	addr, err := newVIP(&o.vip, node, logger, reg)
+	if err != nil {
+		return err
+	}
+	scfg := cluster.ServeConfig{TFTP: tcfg, Registerer: reg}
+	if addr != nil {
+		defer addr.Close()
+		scfg.Address = addr
+	}
 	fmt.Fprintf(stdout, "tftpd cluster node %s: raft %s, status http://%s/status; serving %s on %v while leader\n", id, o.raftAddr, node.HTTPAddr(), tcfg.Root, tcfg.Listen)
 	var httpSrv *http.Server
 	if o.metrics != "" {
@@ -289,7 +305,7 @@ func runCluster(ctx context.Context, o *options, sys *netio.System, tcfg tftp.Se
 		go httpSrv.Serve(ln)
 		defer httpSrv.Close()
 	}
-	err = cluster.Serve(ctx, sys, node, cluster.ServeConfig{TFTP: tcfg, Registerer: reg})
+	err = cluster.Serve(ctx, sys, node, scfg)
 	logger.Info("tftpd: cluster node stopped")
 	return err
 }
@@ -316,8 +332,15 @@ func printStatus(ctx context.Context, addr, tlsDir string, stdout io.Writer) err
 		return fmt.Errorf("-status: %w", err)
 	}
 	defer resp.Body.Close()
-	_, err = io.Copy(stdout, resp.Body)
-	return err
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("-status: %w", err)
+	}
+	if _, err := stdout.Write(body); err != nil {
+		return err
+	}
+	printVIPHolders(ctx, body, strings.TrimSuffix(url, addr+"/status"), client, stdout)
+	return nil
 }
 
 // retries maps the flag, where 0 means none, to the config, where 0 means

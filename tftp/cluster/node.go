@@ -87,6 +87,7 @@ type Node struct {
 	ln   net.Listener
 	sums *sumCache      // file digests, by name, size and modification time
 	wg   sync.WaitGroup // the HTTP server and the digests
+	vips addressStatus  // Status.VIPs
 
 	closeOnce sync.Once
 	closeErr  error
@@ -207,13 +208,15 @@ type Status struct {
 	Members   []Member `json:"members"`
 	Voters    []string `json:"voters"`
 	Transfers []Record `json:"transfers"`
+	// VIPs is what this node's host holds of the virtual addresses.
+	VIPs []AddressStatus `json:"vips,omitempty"`
 }
 
 // Status returns the node's view of the cluster.
 func (n *Node) Status() Status {
 	_, leader := n.raft.LeaderWithID()
 	s := n.fsm.state()
-	st := Status{ID: n.cfg.ID, State: n.raft.State().String(), Leader: string(leader), Members: s.Members, Transfers: s.Transfers}
+	st := Status{ID: n.cfg.ID, State: n.raft.State().String(), Leader: string(leader), Members: s.Members, Transfers: s.Transfers, VIPs: n.addressStatus()}
 	if f := n.raft.GetConfiguration(); f.Error() == nil {
 		for _, srv := range f.Configuration().Servers {
 			st.Voters = append(st.Voters, string(srv.ID))

@@ -285,6 +285,10 @@ type ServeConfig struct {
 	TFTP tftp.ServerConfig
 	// Registerer, when not nil, receives the failover metrics.
 	Registerer prometheus.Registerer
+	// Address, when not nil, is the virtual IP that TFTP.Listen is on:
+	// acquired after gaining leadership, before the bind; released after
+	// the port is released (see package internal/vip for why that order).
+	Address Address
 }
 
 // Serve runs the replicated TFTP service until ctx ends: while the node
@@ -304,15 +308,26 @@ func Serve(ctx context.Context, sys *netio.System, n *Node, cfg ServeConfig) err
 	tcfg.SinglePort = true
 	tcfg.Replicator = rep
 	var srv *tftp.Server
+	holding := false
 	stopServing := func() {
 		if srv != nil {
 			srv.Close()
 			srv = nil
 			n.log.Info("cluster: TFTP port released")
 		}
+		if holding {
+			holding = false
+			releaseAddress(n, cfg.Address)
+		}
 	}
 	defer stopServing()
+	if cfg.Address != nil {
+		// A copy a previous run of this node left (killed, or its host
+		// frozen) goes before anything else.
+		releaseAddress(n, cfg.Address)
+	}
 	leading := false
+	var since time.Time // when this node last gained leadership
 	for {
 		select {
 		case <-ctx.Done():
@@ -339,6 +354,7 @@ func Serve(ctx context.Context, sys *netio.System, n *Node, cfg ServeConfig) err
 				stopServing()
 				continue
 			}
+			since = time.Now()
 			// Apply everything committed before resuming from it; retry
 			// while this node leads (a barrier can time out on a node that
 			// is still catching up).
@@ -368,6 +384,19 @@ func Serve(ctx context.Context, sys *netio.System, n *Node, cfg ServeConfig) err
 			// moment (it releases it when it steps down): retry.
 			var err error
 			for try := 0; n.IsLeader() && ctx.Err() == nil; try++ {
+				if cfg.Address != nil && !holding {
+					// Add and announce the address before the bind and
+					// before the resumed transfers' first packets.
+					if err = cfg.Address.Acquire(since); err != nil {
+						if try%50 == 0 {
+							n.log.Error("cluster: acquire the virtual IP; retrying", "err", err)
+						}
+						time.Sleep(10 * time.Millisecond)
+						continue
+					}
+					holding = true
+					n.log.Info("cluster: virtual IP acquired", "since_leader", time.Since(since))
+				}
 				if srv, err = tftp.NewServer(sys, tcfg); err == nil {
 					break
 				}
@@ -383,6 +412,17 @@ func Serve(ctx context.Context, sys *netio.System, n *Node, cfg ServeConfig) err
 			m.resumed.Add(float64(len(states)))
 			n.log.Info("cluster: serving TFTP", "addr", srv.Addr().String(), "resumed", len(states))
 		}
+	}
+}
+
+// releaseAddress deletes the virtual IP from this host.
+func releaseAddress(n *Node, a Address) {
+	deleted, err := a.Release()
+	if err != nil {
+		n.log.Error("cluster: cannot delete the virtual IP", "err", err)
+	}
+	if deleted {
+		n.log.Info("cluster: virtual IP released")
 	}
 }
 
