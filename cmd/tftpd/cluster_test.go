@@ -28,6 +28,9 @@ type clusterNode struct {
 	certs                      string        // -cluster-tls; empty: -cluster-insecure
 	metrics                    string        // -metrics-listen; empty: none
 	gid                        int           // the process's group ID; 0: the test's
+	netns                      string        // the network namespace it runs in (ip netns exec); empty: the test's
+	extra                      []string      // more flags
+	certHost                   string        // -host of its certificate; empty: 127.0.0.1
 	cmd                        *exec.Cmd     // nil once killed
 	done                       chan struct{} // closed when the process has exited
 	log                        *testutil.SyncBuffer
@@ -105,6 +108,10 @@ type clusterLayout struct {
 	// insecure runs the nodes with -cluster-insecure instead of
 	// certificates made with tftpd cert.
 	insecure bool
+	// netns, extra and certHost give node i's network namespace, more
+	// flags and its certificate's host (see clusterNode).
+	netns, certHost func(i int) string
+	extra           func(i int) []string
 }
 
 // makeCerts runs tftpd cert to make a CA in dir and a node directory per
@@ -117,7 +124,11 @@ func makeCerts(t testing.TB, bin, dir string, nodes []*clusterNode) *http.Client
 	}
 	for _, n := range nodes {
 		n.certs = filepath.Join(dir, "certs-"+n.id)
-		if out, err := exec.Command(bin, "cert", "node", "-ca", ca, "-node-id", n.id, "-host", "127.0.0.1", "-dir", n.certs).CombinedOutput(); err != nil {
+		host := n.certHost
+		if host == "" {
+			host = "127.0.0.1"
+		}
+		if out, err := exec.Command(bin, "cert", "node", "-ca", ca, "-node-id", n.id, "-host", host, "-dir", n.certs).CombinedOutput(); err != nil {
 			t.Fatalf("tftpd cert node: %v\n%s", err, out)
 		}
 	}
@@ -153,6 +164,15 @@ func startClusterWith(t testing.TB, bin string, files map[string][]byte, l clust
 		}
 		if l.gid != nil {
 			n.gid = l.gid(i)
+		}
+		if l.netns != nil {
+			n.netns = l.netns(i)
+		}
+		if l.extra != nil {
+			n.extra = l.extra(i)
+		}
+		if l.certHost != nil {
+			n.certHost = l.certHost(i)
 		}
 		os.MkdirAll(n.root, 0o755)
 		for name, b := range files {
@@ -228,8 +248,13 @@ func (c *testCluster) start(n *clusterNode, join string, allowWrite bool) {
 	if n.metrics != "" {
 		args = append(args, "-metrics-listen", n.metrics)
 	}
+	args = append(args, n.extra...)
 	n.log = &testutil.SyncBuffer{}
 	cmd := exec.Command(c.bin, args...)
+	if n.netns != "" {
+		// ip netns exec execs the binary: the PID is the node's.
+		cmd = exec.Command("ip", append([]string{"netns", "exec", n.netns, c.bin}, args...)...)
+	}
 	cmd.Stdout, cmd.Stderr = n.log, n.log
 	// Should the test binary die without its cleanup, the node dies too.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -1,0 +1,627 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ioactor/ioactor/internal/leakcheck"
+)
+
+// The VIP tests run across "hosts": three network namespaces (one tftpd
+// -cluster node each, with its own address for raft and cluster HTTP) and
+// a client namespace, joined by a bridge in a fifth namespace. The VIP is
+// in the hosts' subnet; the client (tftp-hpa, curl) fetches from the VIP
+// only. The outer test (root; iproute2, nftables, tftp-hpa, curl) creates
+// the namespaces, named after its PID so that parallel runs never collide,
+// re-executes itself inside the client namespace, and deletes them all at
+// the end, failed or not. Nothing of the machine's own network changes.
+
+// vipEnv marks the run inside the client namespace; its value is
+// "PREFIX BIN": the namespaces' prefix and the tftpd binary.
+const vipEnv = "IOACTOR_TFTPD_VIP_NETNS"
+
+const (
+	vipV4     = "10.99.0.100/24"
+	vipV6     = "fd99::100/64"
+	vipPort   = 69
+	vipIfname = "eth0"
+)
+
+func vipHostIP(i int, v6 bool) string {
+	if v6 {
+		return fmt.Sprintf("fd99::%d", 11+i)
+	}
+	return fmt.Sprintf("10.99.0.%d", 11+i)
+}
+
+// vipHostMAC is host i's MAC (the client's counters tell hosts apart by it).
+func vipHostMAC(i int) string { return fmt.Sprintf("02:99:00:00:00:%02d", 11+i) }
+
+func vipHostNS(prefix string, i int) string { return fmt.Sprintf("%s-h%d", prefix, i+1) }
+
+// vipNet creates the namespaces and returns their prefix; the cleanup
+// stops what still runs in them (only this test's processes can) and
+// deletes them.
+func vipNet(t *testing.T) string {
+	t.Helper()
+	prefix := fmt.Sprintf("iovip%d", os.Getpid())
+	sw, client := prefix+"-sw", prefix+"-c"
+	all := []string{sw, client}
+	for i := range 3 {
+		all = append(all, vipHostNS(prefix, i))
+	}
+	t.Cleanup(func() {
+		for _, ns := range all {
+			if out, err := exec.Command("ip", "netns", "pids", ns).Output(); err == nil {
+				for _, f := range strings.Fields(string(out)) {
+					if pid, err := strconv.Atoi(f); err == nil && pid > 1 {
+						syscall.Kill(pid, syscall.SIGKILL)
+					}
+				}
+			}
+			exec.Command("ip", "netns", "del", ns).Run()
+		}
+		for _, ns := range all {
+			if _, err := os.Stat("/run/netns/" + ns); err == nil {
+				t.Errorf("namespace %s left behind", ns)
+			}
+		}
+	})
+	for _, ns := range all {
+		sh(t, "", "ip", "netns", "add", ns)
+		sh(t, "", "ip", "-n", ns, "link", "set", "lo", "up")
+	}
+	// The switch: a bridge without multicast snooping (it would hold back
+	// neighbour solicitations until it has seen MLD reports).
+	sh(t, "", "ip", "-n", sw, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
+	sh(t, "", "ip", "-n", sw, "link", "set", "br0", "up")
+	plug := func(ns, port, mac, v4, v6 string) {
+		sh(t, "", "ip", "-n", sw, "link", "add", port, "type", "veth", "peer", "name", vipIfname, "netns", ns)
+		sh(t, "", "ip", "-n", sw, "link", "set", port, "master", "br0", "up")
+		sh(t, "", "ip", "-n", ns, "link", "set", vipIfname, "address", mac)
+		sh(t, "", "ip", "-n", ns, "addr", "add", v4+"/24", "dev", vipIfname)
+		sh(t, "", "ip", "-n", ns, "addr", "add", v6+"/64", "dev", vipIfname, "nodad")
+		sh(t, "", "ip", "-n", ns, "link", "set", vipIfname, "up")
+	}
+	for i := range 3 {
+		plug(vipHostNS(prefix, i), fmt.Sprintf("p%d", i+1), vipHostMAC(i), vipHostIP(i, false), vipHostIP(i, true))
+	}
+	plug(client, "pc", "02:99:00:00:00:50", "10.99.0.50", "fd99::50")
+	return prefix
+}
+
+// runInVIPNet runs the test named name inside the client namespace of a
+// fresh vipNet and fails if it does not pass there.
+func runInVIPNet(t *testing.T, name string) {
+	leakcheck.Check(t)
+	if os.Geteuid() != 0 {
+		t.Fatalf("%s needs root: it creates network namespaces, a bridge and veth pairs, and adds addresses in them; CI runs as root", name)
+	}
+	for _, tool := range []string{"ip", "nft", "tftp", "curl"} {
+		requireTool(t, tool)
+	}
+	bin := buildTftpd(t)
+	prefix := vipNet(t)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 9*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", prefix+"-c", self,
+		"-test.run", "^"+name+"$", "-test.v", "-test.count=1", "-test.timeout=8m")
+	cmd.Env = append(os.Environ(), vipEnv+"="+prefix+" "+bin)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = w, w
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
+		r.Close()
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		t.Log("netns| " + sc.Text())
+		out.WriteString(sc.Text() + "\n")
+	}
+	r.Close()
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("the test in the client namespace failed: %v", err)
+	}
+	if !strings.Contains(out.String(), "--- PASS: "+name) {
+		t.Fatal("the test in the client namespace did not report a pass")
+	}
+}
+
+// vipCluster is the cluster of a VIP test, seen from the client namespace.
+type vipCluster struct {
+	*testCluster
+	prefix string
+	v6     bool // the TFTP port is on the IPv6 VIP
+}
+
+// inVIPNet reports whether this is the run inside the client namespace,
+// and if so starts the cluster there: three nodes holding both VIPs on
+// eth0, TFTP on the IPv4 or IPv6 one, with certificates made by tftpd
+// cert for each host's own address.
+func inVIPNet(t *testing.T, v6 bool, files map[string][]byte) *vipCluster {
+	env := os.Getenv(vipEnv)
+	if env == "" {
+		return nil
+	}
+	leakcheck.Check(t)
+	prefix, bin, ok := strings.Cut(env, " ")
+	if !ok {
+		t.Fatalf("%s=%q: want PREFIX BIN", vipEnv, env)
+	}
+	if _, err := os.Stat("/run/netns/" + prefix + "-c"); err != nil {
+		t.Fatalf("%s is set, but namespace %s-c does not exist: %v", vipEnv, prefix, err)
+	}
+	listen := vipV4
+	if v6 {
+		listen = vipV6
+	}
+	vip, _, _ := strings.Cut(listen, "/")
+	if v6 {
+		vip = "[" + vip + "]"
+	}
+	sh(t, vipCaptureRules(), "nft", "-f", "-")
+	c := startClusterWith(t, bin, files, clusterLayout{
+		listen:   fmt.Sprintf("%s:%d", vip, vipPort),
+		raft:     func(i int) string { return vipHostIP(i, false) + ":7000" },
+		http:     func(i int) string { return vipHostIP(i, false) + ":8000" },
+		metrics:  func(i int) string { return vipHostIP(i, false) + ":9000" },
+		netns:    func(i int) string { return vipHostNS(prefix, i) },
+		certHost: func(i int) string { return vipHostIP(i, false) },
+		extra: func(int) []string {
+			return []string{"-vip", vipV4, "-vip", vipV6, "-vip-interface", vipIfname}
+		},
+	})
+	return &vipCluster{testCluster: c, prefix: prefix, v6: v6}
+}
+
+// vipCaptureRules count, in the client namespace, the TFTP DATA packets
+// (opcode 3) it receives from each host, told apart by source MAC.
+func vipCaptureRules() string {
+	var b strings.Builder
+	b.WriteString("table inet vipcap {\n")
+	for i := range 3 {
+		fmt.Fprintf(&b, "\tcounter h%d {\n\t}\n", i+1)
+	}
+	b.WriteString("\tchain in {\n\t\ttype filter hook input priority -10; policy accept;\n")
+	for i := range 3 {
+		fmt.Fprintf(&b, "\t\tether saddr %s udp sport %d @th,64,16 3 counter name \"h%d\"\n", vipHostMAC(i), vipPort, i+1)
+	}
+	b.WriteString("\t}\n}\n")
+	return b.String()
+}
+
+// readVIPCounters reads the DATA packets received from each host.
+func readVIPCounters() ([3]uint64, error) {
+	var n [3]uint64
+	out, err := exec.Command("nft", "-j", "list", "counters", "table", "inet", "vipcap").Output()
+	if err != nil {
+		return n, fmt.Errorf("nft list counters: %w", err)
+	}
+	var v struct {
+		Nftables []struct {
+			Counter *struct {
+				Name    string `json:"name"`
+				Packets uint64 `json:"packets"`
+			} `json:"counter"`
+		} `json:"nftables"`
+	}
+	if err := json.Unmarshal(out, &v); err != nil {
+		return n, fmt.Errorf("nft list counters: %w", err)
+	}
+	seen := 0
+	for _, o := range v.Nftables {
+		var i int
+		if o.Counter == nil {
+			continue
+		}
+		if _, err := fmt.Sscanf(o.Counter.Name, "h%d", &i); err != nil || i < 1 || i > 3 {
+			return n, fmt.Errorf("nft list counters: unexpected counter %q", o.Counter.Name)
+		}
+		n[i-1] = o.Counter.Packets
+		seen++
+	}
+	if seen != 3 {
+		return n, fmt.Errorf("nft list counters: %d counters, want 3", seen)
+	}
+	return n, nil
+}
+
+// counterLog samples readVIPCounters until stop.
+type counterLog struct {
+	mu      sync.Mutex
+	samples [][3]uint64
+	err     error
+	quit    chan struct{}
+	done    chan struct{}
+}
+
+func startCounterLog() *counterLog {
+	l := &counterLog{quit: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(l.done)
+		for {
+			n, err := readVIPCounters()
+			l.mu.Lock()
+			if err != nil && l.err == nil {
+				l.err = err
+			}
+			if err == nil {
+				l.samples = append(l.samples, n)
+			}
+			l.mu.Unlock()
+			select {
+			case <-l.quit:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
+	return l
+}
+
+func (l *counterLog) stop() ([][3]uint64, error) {
+	close(l.quit)
+	<-l.done
+	n, err := readVIPCounters() // the end, after the last packet
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err == nil {
+		l.samples = append(l.samples, n)
+	}
+	return l.samples, errors.Join(l.err, err)
+}
+
+// checkOneSender checks the samples of a download whose server moved from
+// host old: in no interval between two samples did the client receive DATA
+// from two hosts, and once another host's DATA arrived, none came from old
+// again. It returns the DATA received from each host.
+func checkOneSender(t *testing.T, name string, s [][3]uint64, old int) [3]uint64 {
+	t.Helper()
+	if len(s) < 2 {
+		t.Fatalf("%s: %d counter samples", name, len(s))
+	}
+	first, last := s[0], s[len(s)-1]
+	moved := -1
+	for k := 1; k < len(s); k++ {
+		var who []int
+		for h := range 3 {
+			if s[k][h] != s[k-1][h] {
+				who = append(who, h+1)
+			}
+		}
+		if len(who) > 1 {
+			t.Errorf("%s: the client received DATA from hosts %v between two samples (%v → %v)", name, who, s[k-1], s[k])
+		}
+		for h := range 3 {
+			if h != old && s[k][h] != first[h] && moved < 0 {
+				moved = k
+			}
+		}
+		if moved >= 0 && s[k][old] != s[moved][old] {
+			t.Errorf("%s: the client received DATA from the old host h%d (%d → %d) after the new host's began", name, old+1, s[moved][old], s[k][old])
+		}
+	}
+	var got [3]uint64
+	for h := range 3 {
+		got[h] = last[h] - first[h]
+	}
+	return got
+}
+
+// vipHolders lists the hosts (from 0) whose eth0 has the address of
+// prefix (the kernel's view).
+func (c *vipCluster) vipHolders(t *testing.T, prefix string) []int {
+	t.Helper()
+	addr, _, _ := strings.Cut(prefix, "/")
+	var out []int
+	for i := range 3 {
+		b, err := exec.Command("ip", "-n", vipHostNS(c.prefix, i), "-j", "addr", "show", "dev", vipIfname).Output()
+		if err != nil {
+			t.Fatalf("ip addr show in %s: %v", vipHostNS(c.prefix, i), err)
+		}
+		var ifs []struct {
+			AddrInfo []struct {
+				Local string `json:"local"`
+			} `json:"addr_info"`
+		}
+		if err := json.Unmarshal(b, &ifs); err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range ifs {
+			for _, a := range f.AddrInfo {
+				if a.Local == addr {
+					out = append(out, i)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// waitVIP waits until exactly host i holds both VIPs.
+func (c *vipCluster) waitVIP(t *testing.T, i int, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		h4, h6 := c.vipHolders(t, vipV4), c.vipHolders(t, vipV6)
+		if slices.Equal(h4, []int{i}) && slices.Equal(h6, []int{i}) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the VIPs are held by hosts %v (IPv4) and %v (IPv6) after %v; want only h%d", h4, h6, d, i+1)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitGone waits until host i holds neither VIP and returns how long it
+// took from since.
+func (c *vipCluster) waitGone(t *testing.T, i int, since time.Time, d time.Duration) time.Duration {
+	t.Helper()
+	for {
+		if !slices.Contains(c.vipHolders(t, vipV4), i) && !slices.Contains(c.vipHolders(t, vipV6), i) {
+			return time.Since(since)
+		}
+		if time.Since(since) > d {
+			t.Fatalf("h%d still holds a VIP %v after %v", i+1, c.vipHolders(t, vipV4), d)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// staleBound is how long a killed leader's copy of the VIPs may stay: the
+// lifetime (3 s, renewed every second, so at most 3 s left at the kill)
+// plus the kernel's lifetime check (up to 1 s late) plus slack for a
+// loaded machine.
+const staleBound = 3*time.Second + time.Second + 2*time.Second
+
+// The leader owns the virtual IP, and a lock-step tftp-hpa download from
+// it survives, byte-identical: SIGKILL of the leader's process halfway,
+// in the first 10 blocks and across block 65535; the death of the
+// leader's host (its link down while its process runs); a graceful
+// SIGTERM. The client receives DATA from one host at a time (nftables
+// counters by source MAC); a killed host's stale copy is gone within
+// staleBound, and its node restarted joins as a follower without taking
+// the VIP back; a cut-off leader deletes its VIP itself once it loses its
+// lease; tftpd -status names the holder; curl fetches from the VIP.
+func TestVIPFailover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("network namespaces, three processes, 200 MiB; not in -short")
+	}
+	file := make([]byte, 40<<20) // 81920 blocks of 512: crosses 65535
+	rand.Read(file)
+	small := make([]byte, 1<<20)
+	rand.Read(small)
+	c := inVIPNet(t, false, map[string][]byte{"big.bin": file, "small.bin": small})
+	if c == nil {
+		runInVIPNet(t, "TestVIPFailover")
+		return
+	}
+	leader := c.waitLeader(20 * time.Second)
+	c.waitVIP(t, indexOf(c.nodes, leader), 10*time.Second)
+	c.checkStatusCommand(t, leader)
+
+	cases := []struct {
+		name string
+		at   int64
+		how  string // kill, cut, term
+	}{
+		{"halfway", 20 << 20, "kill"},
+		{"first-10-blocks", 5 * 512, "kill"},
+		{"rollover", 65530 * 512, "kill"},
+		{"host-cut", 12 << 20, "cut"},
+		{"graceful", 20 << 20, "term"},
+	}
+	for _, tc := range cases {
+		leader := c.waitLeader(20 * time.Second)
+		li := indexOf(c.nodes, leader)
+		c.waitVIP(t, li, 10*time.Second)
+		cl := startCounterLog()
+		var actedAt time.Time
+		acted := make(chan struct{})
+		got, pause := download(t, c.listen, "big.bin", "octet", func(size int64) bool {
+			if size < tc.at {
+				return false
+			}
+			actedAt = time.Now()
+			go func() {
+				defer close(acted)
+				switch tc.how {
+				case "kill":
+					c.kill(leader, syscall.SIGKILL)
+				case "term":
+					c.kill(leader, syscall.SIGTERM)
+				case "cut":
+					sh(t, "", "ip", "-n", vipHostNS(c.prefix, li), "link", "set", vipIfname, "down")
+				}
+			}()
+			return true
+		})
+		<-acted
+		samples, err := cl.stop()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sha256.Sum256(got) != sha256.Sum256(file) {
+			t.Fatalf("%s: the file arrived with %d bytes and another digest", tc.name, len(got))
+		}
+		recv := checkOneSender(t, tc.name, samples, li)
+		nl := c.waitLeader(20 * time.Second)
+		ni := indexOf(c.nodes, nl)
+		if ni == li {
+			t.Fatalf("%s: h%d leads again", tc.name, li+1)
+		}
+		t.Logf("%s (%s of h%d at %d bytes): byte-identical, longest pause %v; DATA received from h1, h2, h3: %v; now served by h%d",
+			tc.name, tc.how, li+1, tc.at, pause.Round(time.Millisecond), recv, ni+1)
+		fmt.Printf("vip failover %-16s %-5s pause %v\n", tc.name, tc.how, pause.Round(time.Millisecond))
+		if recv[ni] == 0 {
+			t.Errorf("%s: no DATA from the new leader h%d", tc.name, ni+1)
+		}
+		switch tc.how {
+		case "kill":
+			// The stale copy: the kernel drops it at the end of its lifetime.
+			gone := c.waitGone(t, li, actedAt, staleBound)
+			t.Logf("%s: h%d's stale VIP gone %v after the kill (bound %v)", tc.name, li+1, gone.Round(time.Millisecond), staleBound)
+			fmt.Printf("vip stale copy gone %v after SIGKILL\n", gone.Round(time.Millisecond))
+		case "cut":
+			// The old leader, cut off but alive, deleted the VIP itself.
+			gone := c.waitGone(t, li, actedAt, 5*time.Second)
+			if leader.exited() {
+				t.Fatalf("%s: the cut leader's process exited", tc.name)
+			}
+			released := logTime(t, leader, actedAt, `msg="cluster: virtual IP released"`)
+			portReleased := logTime(t, leader, actedAt, `msg="cluster: TFTP port released"`)
+			if released.Before(portReleased) {
+				t.Errorf("%s: the cut leader deleted the VIP (%s) before it released the port (%s)", tc.name,
+					released.Format(time.StampMilli), portReleased.Format(time.StampMilli))
+			}
+			t.Logf("%s: the cut leader h%d released the port %v and deleted the VIP %v after the cut (seen gone at %v)", tc.name, li+1,
+				portReleased.Sub(actedAt).Round(time.Millisecond), released.Sub(actedAt).Round(time.Millisecond), gone.Round(time.Millisecond))
+			sh(t, "", "ip", "-n", vipHostNS(c.prefix, li), "link", "set", vipIfname, "up")
+		case "term":
+			c.waitGone(t, li, actedAt, 2*time.Second)
+		}
+		if tc.how != "cut" {
+			c.start(leader, "", false)
+		}
+		c.checkFollower(t, leader, ni)
+	}
+
+	// curl, from the VIP, served by the leader alone.
+	leader = c.waitLeader(20 * time.Second)
+	li := indexOf(c.nodes, leader)
+	before, err := readVIPCounters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "curl.bin")
+	if b, err := exec.Command("curl", "-sS", "--max-time", "60", "-o", out, "tftp://"+c.listen+"/small.bin").CombinedOutput(); err != nil {
+		t.Fatalf("curl: %v: %s", err, b)
+	}
+	if b, err := os.ReadFile(out); err != nil || sha256.Sum256(b) != sha256.Sum256(small) {
+		t.Fatalf("curl's download differs (%d bytes, %v)", len(b), err)
+	}
+	after, err := readVIPCounters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for h := range 3 {
+		if h != li && after[h] != before[h] {
+			t.Errorf("curl's download: DATA from h%d, which does not lead (h%d does): %v → %v", h+1, li+1, before, after)
+		}
+	}
+}
+
+// checkFollower waits until n (restarted, or reconnected) follows, and
+// checks that for a second it does not take the VIP back from host holder.
+func (c *vipCluster) checkFollower(t *testing.T, n *clusterNode, holder int) {
+	t.Helper()
+	c.waitFor(n.id+" to follow", func() bool {
+		st, err := c.status(n)
+		return err == nil && st.State == "Follower" && st.Leader != "" && st.Leader != n.id
+	})
+	for end := time.Now().Add(time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if h := c.vipHolders(t, vipV4); !slices.Equal(h, []int{holder}) {
+			t.Fatalf("after %s rejoined, the VIP is held by hosts %v; want h%d only", n.id, h, holder+1)
+		}
+	}
+}
+
+// checkStatusCommand runs tftpd -status against a follower and checks
+// that it names the leader as the holder of each VIP.
+func (c *vipCluster) checkStatusCommand(t *testing.T, leader *clusterNode) {
+	t.Helper()
+	var follower *clusterNode
+	for _, n := range c.nodes {
+		if n != leader {
+			follower = n
+			break
+		}
+	}
+	var last string
+	c.waitFor("tftpd -status to name the holder", func() bool {
+		out, err := exec.Command(c.bin, "-status", follower.http, "-cluster-tls", follower.certs).CombinedOutput()
+		last = string(out)
+		return err == nil &&
+			strings.Contains(last, "vip "+vipV4+": held by "+leader.id+" (Leader") &&
+			strings.Contains(last, "vip "+vipV6+": held by "+leader.id+" (Leader")
+	})
+	for _, l := range strings.Split(last, "\n") {
+		if strings.HasPrefix(l, "vip ") {
+			t.Logf("tftpd -status: %s", l)
+		}
+	}
+}
+
+// An IPv6 VIP: a download from it survives a SIGKILL of the leader,
+// byte-identical; the IPv4 VIP moves with it.
+func TestVIPIPv6(t *testing.T) {
+	if testing.Short() {
+		t.Skip("network namespaces, three processes; not in -short")
+	}
+	file := make([]byte, 16<<20)
+	rand.Read(file)
+	c := inVIPNet(t, true, map[string][]byte{"big.bin": file})
+	if c == nil {
+		runInVIPNet(t, "TestVIPIPv6")
+		return
+	}
+	leader := c.waitLeader(20 * time.Second)
+	li := indexOf(c.nodes, leader)
+	c.waitVIP(t, li, 10*time.Second)
+	cl := startCounterLog()
+	var killedAt time.Time
+	killed := make(chan struct{})
+	got, pause := download(t, c.listen, "big.bin", "octet", func(size int64) bool {
+		if size < 8<<20 {
+			return false
+		}
+		killedAt = time.Now()
+		go func() { defer close(killed); c.kill(leader, syscall.SIGKILL) }()
+		return true
+	})
+	<-killed
+	samples, err := cl.stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sha256.Sum256(got) != sha256.Sum256(file) {
+		t.Fatalf("the file arrived with %d bytes and another digest", len(got))
+	}
+	recv := checkOneSender(t, "ipv6", samples, li)
+	nl := c.waitLeader(20 * time.Second)
+	ni := indexOf(c.nodes, nl)
+	c.waitVIP(t, ni, 10*time.Second)
+	gone := c.waitGone(t, li, killedAt, staleBound)
+	t.Logf("IPv6 VIP (SIGKILL of h%d at 8 MiB): byte-identical, longest pause %v; DATA from h1, h2, h3: %v; stale copy gone after %v",
+		li+1, pause.Round(time.Millisecond), recv, gone.Round(time.Millisecond))
+	fmt.Printf("vip failover %-16s %-5s pause %v\n", "ipv6", "kill", pause.Round(time.Millisecond))
+	t.Logf("killed at %s; log of %s:\n%s", killedAt.Format(time.StampMilli), nl.id, grepLines(nl.log.String(), `msg="cluster:`, `msg="tftp: res`, "vip:"))
+}
