@@ -70,29 +70,11 @@ func TestClusterPartition(t *testing.T) {
 	cmd := exec.CommandContext(ctx, "unshare", "--net", "--", self,
 		"-test.run", "^TestClusterPartition$", "-test.v", "-test.count=1", "-test.timeout=90s")
 	cmd.Env = append(os.Environ(), partitionEnv+"="+bin)
-	r, w, err := os.Pipe()
+	out, err := runLogged(t, cmd)
 	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout, cmd.Stderr = w, w
-	err = cmd.Start()
-	w.Close()
-	if err != nil {
-		r.Close()
-		t.Fatal(err)
-	}
-	var out strings.Builder
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		t.Log("netns| " + sc.Text())
-		out.WriteString(sc.Text() + "\n")
-	}
-	r.Close()
-	if err := cmd.Wait(); err != nil {
 		t.Fatalf("the test in its network namespace failed: %v (if unshare itself failed: it needs root with CAP_SYS_ADMIN)", err)
 	}
-	if !strings.Contains(out.String(), "--- PASS: TestClusterPartition") {
+	if !strings.Contains(out, "--- PASS: TestClusterPartition") {
 		t.Fatal("the test in its network namespace did not report a pass")
 	}
 }

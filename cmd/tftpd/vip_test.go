@@ -133,6 +133,20 @@ func runInVIPNet(t testing.TB, name string) {
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", prefix + "-c", self}, args...)...)
 	cmd.Env = append(os.Environ(), vipEnv+"="+prefix+" "+bin)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	out, err := runLogged(t, cmd)
+	if err != nil {
+		t.Fatalf("the test in the client namespace failed: %v", err)
+	}
+	if !strings.Contains(out, "--- PASS: "+name) && !strings.Contains(out, "\nPASS\n") {
+		t.Fatal("the test in the client namespace did not report a pass")
+	}
+}
+
+// runLogged runs cmd, a re-execution of the test binary, logging each line
+// of its output as it comes ("netns| " before it), and returns the output
+// and how it ended.
+func runLogged(t testing.TB, cmd *exec.Cmd) (string, error) {
+	t.Helper()
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -152,12 +166,7 @@ func runInVIPNet(t testing.TB, name string) {
 		out.WriteString(sc.Text() + "\n")
 	}
 	r.Close()
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("the test in the client namespace failed: %v", err)
-	}
-	if !strings.Contains(out.String(), "--- PASS: "+name) && !strings.Contains(out.String(), "\nPASS\n") {
-		t.Fatal("the test in the client namespace did not report a pass")
-	}
+	return out.String(), cmd.Wait()
 }
 
 // vipCluster is the cluster of a VIP test, seen from the client namespace.
