@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/ioactor/ioactor/internal/leakcheck"
+	"github.com/ioactor/ioactor/internal/testutil"
 )
 
 // The VIP tests run across "hosts": three network namespaces (one tftpd
@@ -827,4 +828,120 @@ func roundAll(d []time.Duration) []time.Duration {
 		out[i] = v.Round(time.Millisecond)
 	}
 	return out
+}
+
+// A node needs no root for its VIP: run as nobody with only the ambient
+// capabilities contrib/systemd/tftpd-cluster.service gives it
+// (CAP_NET_ADMIN, CAP_NET_RAW, CAP_NET_BIND_SERVICE), a one-node cluster
+// in a namespace the test creates adds both VIPs, announces them
+// (ioactor_vip_announcements_total), serves curl on port 69 of the VIP,
+// and deletes them on SIGTERM.
+func TestVIPCapabilities(t *testing.T) {
+	leakcheck.Check(t)
+	if os.Geteuid() != 0 {
+		t.Fatal("TestVIPCapabilities needs root: it creates a network namespace and starts tftpd as nobody with setpriv; CI runs as root")
+	}
+	for _, tool := range []string{"ip", "curl", "setpriv"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is not installed (Debian packages iproute2, curl, util-linux): %v", tool, err)
+		}
+	}
+	// A directory nobody can reach: the binary, its data, its root.
+	dir, err := os.MkdirTemp("", "iovipcap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	b, err := os.ReadFile(buildTftpd(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin, data, root := filepath.Join(dir, "tftpd"), filepath.Join(dir, "data"), filepath.Join(dir, "root")
+	os.WriteFile(bin, b, 0o755)
+	os.Mkdir(data, 0o700)
+	os.Mkdir(root, 0o755)
+	os.WriteFile(filepath.Join(root, "f"), []byte("capabilities, not root\n"), 0o644)
+	if err := os.Chown(data, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+
+	ns := fmt.Sprintf("iovip%d-cap", os.Getpid())
+	sh(t, "", "ip", "netns", "add", ns)
+	t.Cleanup(func() {
+		exec.Command("ip", "netns", "del", ns).Run()
+		if _, err := os.Stat("/run/netns/" + ns); err == nil {
+			t.Errorf("namespace %s left behind", ns)
+		}
+	})
+	for _, args := range [][]string{
+		{"link", "set", "lo", "up"},
+		{"link", "add", "va", "type", "veth", "peer", "name", "vb"},
+		{"addr", "add", "10.98.0.1/24", "dev", "va"},
+		{"addr", "add", "fd98::1/64", "dev", "va", "nodad"},
+		{"addr", "add", "10.98.0.2/24", "dev", "vb"},
+		{"link", "set", "va", "up"},
+		{"link", "set", "vb", "up"},
+	} {
+		sh(t, "", "ip", append([]string{"-n", ns}, args...)...)
+	}
+	caps := "+net_admin,+net_raw,+net_bind_service"
+	log := &testutil.SyncBuffer{}
+	cmd := exec.Command("ip", "netns", "exec", ns, "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+		"--inh-caps="+caps, "--ambient-caps="+caps, bin,
+		"-cluster", "-cluster-insecure", "-node-id", "n1", "-data", data, "-root", root,
+		"-raft", "10.98.0.1:7000", "-cluster-http", "10.98.0.1:8000", "-metrics-listen", "10.98.0.1:9000",
+		"-vip", "10.98.0.100/24", "-vip", "fd98::100/64", "-vip-interface", "va")
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			cmd.Process.Kill()
+			<-exited
+		}
+		if t.Failed() {
+			t.Logf("log of the node:\n%s", log.String())
+		}
+	})
+	inNS := func(name string, args ...string) (string, error) {
+		out, err := exec.Command("ip", append([]string{"netns", "exec", ns, name}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		out, _ := inNS("curl", "-sS", "--max-time", "5", "tftp://10.98.0.100/f")
+		if out == "capabilities, not root\n" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no download from the VIP as nobody after 20 s (last: %q)", out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	out, err := inNS("ip", "addr", "show", "dev", "va")
+	if err != nil || !strings.Contains(out, "10.98.0.100/24") || !strings.Contains(out, "fd98::100/64") {
+		t.Fatalf("the VIPs are not on va (%v):\n%s", err, out)
+	}
+	out, err = inNS("curl", "-sS", "--max-time", "5", "http://10.98.0.1:9000/metrics")
+	if err != nil || !strings.Contains(out, `ioactor_vip_announcements_total{family="ipv4"}`) || strings.Contains(out, `ioactor_vip_announcements_total{family="ipv4"} 0`) ||
+		strings.Contains(out, `ioactor_vip_announcements_total{family="ipv6"} 0`) {
+		t.Fatalf("metrics: no announcement sent (%v):\n%s", err, grepLines(out, "ioactor_vip"))
+	}
+	t.Logf("as nobody with %s: %s", caps, strings.ReplaceAll(grepLines(out, "ioactor_vip_announcements_total{", "ioactor_vip_errors_total{"), "\n", "; "))
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-exited:
+		stopped = true
+	case <-time.After(20 * time.Second):
+		t.Fatal("the node did not stop within 20 s of SIGTERM")
+	}
+	if out, _ := inNS("ip", "addr", "show", "dev", "va"); strings.Contains(out, "10.98.0.100") || strings.Contains(out, "fd98::100") {
+		t.Fatalf("the VIPs are still on va after SIGTERM:\n%s", out)
+	}
 }
