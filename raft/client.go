@@ -158,10 +158,19 @@ func (c *clientConn) Receive(ctx *netio.Context, msg any) {
 			ctx.Stop()
 			return
 		}
-		c.conn, c.connected = m.Conn, true
-		ctx.Tell(m.Conn, tcp.Register{Handler: ctx.Self()})
-		ctx.Watch(m.Conn)
-		c.t.trackConn(m.Conn)
+		conn := m.Conn
+		if c.t.cfg.TLS != nil {
+			var err error
+			if conn, err = c.t.startTLS(ctx, m.Conn, c.remote, false); err != nil {
+				ctx.Tell(m.Conn, tcp.Abort{})
+				c.end(ctx, err, false)
+				return
+			}
+		}
+		c.conn, c.connected = conn, true
+		ctx.Tell(conn, tcp.Register{Handler: ctx.Self()})
+		ctx.Watch(conn)
+		c.t.trackConn(conn)
 		c.peer.dialed(c, nil)
 		c.w.pump(ctx, c.conn, c.t.m)
 	case tcp.CommandFailed:

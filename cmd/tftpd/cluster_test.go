@@ -90,7 +90,9 @@ func buildTftpd(t testing.TB) string {
 // 127.0.0.1.
 func startCluster(t testing.TB, bin string, files map[string][]byte, allowWrite bool) *testCluster {
 	t.Helper()
-	return startClusterWith(t, bin, files, clusterLayout{allowWrite: allowWrite})
+	// TFTPD_CLUSTER_INSECURE=1 runs them without TLS, to compare (the
+	// failover pauses, say).
+	return startClusterWith(t, bin, files, clusterLayout{allowWrite: allowWrite, insecure: os.Getenv("TFTPD_CLUSTER_INSECURE") != ""})
 }
 
 // clusterLayout places the nodes of startClusterWith; zero fields mean
@@ -287,6 +289,7 @@ func (c *testCluster) kill(n *clusterNode, sig syscall.Signal) {
 
 type nodeStatus struct {
 	State     string   `json:"state"`
+	Term      uint64   `json:"term"`
 	Leader    string   `json:"leader"`
 	Voters    []string `json:"voters"`
 	Transfers []struct {

@@ -15,6 +15,11 @@ import (
 // answer to POST /join.
 const HeaderLeader = "X-Leader"
 
+// ErrJoinRefused: the leader refused the join for good (a bad request, a
+// certificate that names another node, an address that is another
+// member's); the joining node stops trying.
+var ErrJoinRefused = errors.New("raftnode: join refused")
+
 // maxRedirects bounds the 307 answers one join request follows (two
 // followers with stale views could point at each other).
 const maxRedirects = 4
@@ -27,6 +32,9 @@ func (n *Node) join(ctx context.Context, addr string) error {
 		if err == nil {
 			n.log.Info(n.cfg.LogPrefix+": joined", "via", addr)
 			return nil
+		}
+		if errors.Is(err, ErrJoinRefused) {
+			return err // retrying would be refused again
 		}
 		n.log.Info(n.cfg.LogPrefix+": join failed, retrying", "via", addr, "err", err)
 		select {
@@ -77,6 +85,10 @@ func (n *Node) post(ctx context.Context, addr string, body []byte) (leader strin
 		return "", nil
 	}
 	err = fmt.Errorf("raftnode: join via %s: %s: %s", addr, resp.Status, bytes.TrimSpace(msg))
+	switch resp.StatusCode {
+	case http.StatusBadRequest, http.StatusForbidden, http.StatusConflict:
+		err = fmt.Errorf("%w: %w", ErrJoinRefused, err)
+	}
 	if resp.StatusCode == http.StatusTemporaryRedirect {
 		return resp.Header.Get(HeaderLeader), err
 	}

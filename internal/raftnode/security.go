@@ -103,17 +103,36 @@ func (h *health) run(ctx context.Context) {
 	}
 }
 
-// reachable counts the voters of c that are not failing; self is always
-// reachable.
-func (h *health) reachable(c raft.Configuration, self raft.ServerID, except raft.ServerID) (reachable, voters int) {
+// reachable counts the voters of c (but except) that are reachable now:
+// self, and the others whose heartbeats are not failing and that answer
+// probe on their raft address. The probe covers the moments raft's
+// observations do not: a new leader's first heartbeats, a voter that died
+// since the last one.
+func (h *health) reachable(c raft.Configuration, self raft.ServerID, except raft.ServerID, probe func(id, addr string) error) (reachable, voters int) {
+	var others []raft.Server
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	for _, s := range c.Servers {
 		if s.Suffrage != raft.Voter || s.ID == except {
 			continue
 		}
 		voters++
-		if s.ID == self || !h.failing[s.ID] {
+		switch {
+		case s.ID == self:
+			reachable++
+		case !h.failing[s.ID]:
+			others = append(others, s)
+		}
+	}
+	h.mu.Unlock()
+	if probe == nil {
+		return reachable + len(others), voters
+	}
+	ok := make(chan bool, len(others))
+	for _, s := range others {
+		go func() { ok <- probe(string(s.ID), string(s.Address)) == nil }()
+	}
+	for range others {
+		if <-ok {
 			reachable++
 		}
 	}
@@ -136,7 +155,7 @@ func (n *Node) checkVoterChange(c raft.Configuration, m Member, owner bool) erro
 	}
 	self := raft.ServerID(n.cfg.ID)
 	if existing == nil {
-		r, v := n.health.reachable(c, self, "")
+		r, v := n.health.reachable(c, self, "", n.probe)
 		// The new voter does not count (it has yet to catch up), except
 		// when it is a single node's first peer: there is no other way
 		// to grow.
@@ -144,7 +163,7 @@ func (n *Node) checkVoterChange(c raft.Configuration, m Member, owner bool) erro
 			return fmt.Errorf("%w: %d of %d voters reachable, %d needed with %s as voter %d", ErrQuorum, r, v, need, m.ID, v+1)
 		}
 	} else if existing.Suffrage == raft.Voter {
-		r, v := n.health.reachable(c, self, existing.ID)
+		r, v := n.health.reachable(c, self, existing.ID, n.probe)
 		if need := (v+1)/2 + 1; r < need {
 			return fmt.Errorf("%w: %d of the other %d voters reachable while %s moves, %d needed", ErrQuorum, r, v, m.ID, need)
 		}
@@ -152,12 +171,14 @@ func (n *Node) checkVoterChange(c raft.Configuration, m Member, owner bool) erro
 	if !n.health.limiter.Allow() {
 		return ErrRateLimited
 	}
-	return n.probe(m)
+	return n.probe(m.ID, m.RaftAddr)
 }
 
-// probe checks that m answers on its raft address: a TCP connect, or with
-// TLS on the raft transport a handshake whose certificate names m.ID.
-func (n *Node) probe(m Member) error {
+// probe checks that node id answers on its raft address: a TCP connect,
+// or with TLS on the raft transport a handshake whose certificate names
+// id.
+func (n *Node) probe(id, addr string) error {
+	m := Member{ID: id, RaftAddr: addr}
 	ctx, cancel := context.WithTimeout(n.ctx, probeTimeout)
 	defer cancel()
 	if n.cfg.RaftTLS == nil {
@@ -178,9 +199,9 @@ func (n *Node) probe(m Member) error {
 		return fmt.Errorf("%w: %w", ErrUnreachable, err)
 	}
 	defer c.Close()
-	id, err := clustertls.ConnID(c.(*tls.Conn).ConnectionState())
-	if err != nil || id != m.ID {
-		return fmt.Errorf("%w: %s answers with the certificate of %q", ErrIdentity, m.RaftAddr, id)
+	got, err := clustertls.ConnID(c.(*tls.Conn).ConnectionState())
+	if err != nil || got != m.ID {
+		return fmt.Errorf("%w: %s answers with the certificate of %q", ErrIdentity, m.RaftAddr, got)
 	}
 	return nil
 }

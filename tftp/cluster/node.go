@@ -138,7 +138,10 @@ func (n *Node) start(ctx context.Context) error {
 	if n.ln, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
 		return fmt.Errorf("cluster: http listen: %w", err)
 	}
-	var raftTLS *tls.Config // TLS on the raft transport: next commit
+	var raftTLS *tls.Config
+	if cfg.TLS != nil && cfg.NewTransport == nil {
+		raftTLS = cfg.TLS
+	}
 	ctx, cancel := context.WithTimeout(ctx, joinTimeout)
 	defer cancel()
 	n.rn, err = raftnode.Start(ctx, raftnode.Config{
@@ -204,6 +207,7 @@ func (n *Node) IsLeader() bool { return n.rn.IsLeader() }
 type Status struct {
 	ID        string   `json:"id"`
 	State     string   `json:"state"`
+	Term      uint64   `json:"term"`
 	Leader    string   `json:"leader"`
 	Members   []Member `json:"members"`
 	Voters    []string `json:"voters"`
@@ -216,7 +220,7 @@ type Status struct {
 func (n *Node) Status() Status {
 	_, leader := n.raft.LeaderWithID()
 	s := n.fsm.state()
-	st := Status{ID: n.cfg.ID, State: n.raft.State().String(), Leader: string(leader), Members: s.Members, Transfers: s.Transfers, VIPs: n.addressStatus()}
+	st := Status{ID: n.cfg.ID, State: n.raft.State().String(), Term: n.raft.CurrentTerm(), Leader: string(leader), Members: s.Members, Transfers: s.Transfers, VIPs: n.addressStatus()}
 	if f := n.raft.GetConfiguration(); f.Error() == nil {
 		for _, srv := range f.Configuration().Servers {
 			st.Voters = append(st.Voters, string(srv.ID))
