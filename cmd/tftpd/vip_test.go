@@ -260,45 +260,29 @@ type vipCounts struct {
 // readVIPCounters reads the capture counters.
 func readVIPCounters() (vipCounts, error) {
 	n := vipCounts{at: time.Now()}
-	out, err := exec.Command("nft", "-j", "list", "counters").Output()
+	cs, err := nftCounters() // both tables vipcap (inet, arp)
 	if err != nil {
-		return n, fmt.Errorf("nft list counters: %w", err)
+		return n, err
 	}
-	var v struct {
-		Nftables []struct {
-			Counter *struct {
-				Name    string `json:"name"`
-				Packets uint64 `json:"packets"`
-			} `json:"counter"`
-		} `json:"nftables"`
-	}
-	if err := json.Unmarshal(out, &v); err != nil {
-		return n, fmt.Errorf("nft list counters: %w", err)
-	}
-	seen := 0
-	for _, o := range v.Nftables {
-		if o.Counter == nil {
-			continue
-		}
+	for name, packets := range cs {
 		var kind rune
 		var i int
-		if _, err := fmt.Sscanf(o.Counter.Name, "%c%d", &kind, &i); err != nil || i < 1 || i > 3 {
-			return n, fmt.Errorf("nft list counters: unexpected counter %q", o.Counter.Name)
+		if _, err := fmt.Sscanf(name, "%c%d", &kind, &i); err != nil || i < 1 || i > 3 {
+			return n, fmt.Errorf("nft list counters: unexpected counter %q", name)
 		}
 		switch kind {
 		case 'd':
-			n.data[i-1] = o.Counter.Packets
+			n.data[i-1] = packets
 		case 'e':
-			n.errs[i-1] = o.Counter.Packets
+			n.errs[i-1] = packets
 		case 'n', 'a':
-			n.neigh[i-1] += o.Counter.Packets
+			n.neigh[i-1] += packets
 		default:
-			return n, fmt.Errorf("nft list counters: unexpected counter %q", o.Counter.Name)
+			return n, fmt.Errorf("nft list counters: unexpected counter %q", name)
 		}
-		seen++
 	}
-	if seen != 12 {
-		return n, fmt.Errorf("nft list counters: %d counters, want 12", seen)
+	if len(cs) != 12 {
+		return n, fmt.Errorf("nft list counters: %d counters, want 12", len(cs))
 	}
 	return n, nil
 }

@@ -54,6 +54,18 @@
 // starts, or becomes a follower, deletes any copy it holds
 // ([Manager.Release] is idempotent and deletes whatever the interface has).
 //
+// A holder that was stopped (SIGSTOP, a frozen VM) longer than the
+// lifetime wakes up believing it leads, for as long as its raft takes to
+// notice it does not (a lease, 150 ms). If its first renewal re-added the
+// expired addresses, it would answer clients meanwhile (a test saw a DATA
+// and an ERROR packet reach the client that way). So a renewal that comes
+// about a lifetime late and finds the addresses gone waits (1 s) and
+// re-adds them only if [Config.StillOwner] still says so; until then the
+// woken process has no address to send from. A stop shorter than the
+// lifetime is not covered: the woken leader may send a packet or two
+// before it steps down (raft's own limit; the tftp server holds a download
+// whose checkpoints stop committing, which narrows it).
+//
 // IPv6 addresses are added with IFA_F_NODAD (duplicate address detection
 // would keep the address tentative, unbindable, for a second; a copy left
 // by a dead leader must not make the new one fail either) and

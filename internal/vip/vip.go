@@ -187,7 +187,7 @@ func (m *Manager) Acquire(since time.Time) error {
 		m.m.firstAnnounce.Observe(time.Since(since).Seconds())
 	}
 	m.stop, m.done = make(chan struct{}), make(chan struct{})
-	go m.hold(l, ann, m.stop, m.done)
+	go m.hold(l, ifi, ann, m.stop, m.done)
 	return nil
 }
 
@@ -205,7 +205,7 @@ func (m *Manager) announce(a *announcer) {
 
 // hold renews the addresses every third of their lifetime and sends the
 // announcements after the first, until stop.
-func (m *Manager) hold(l netlink.Link, ann *announcer, stop, done chan struct{}) {
+func (m *Manager) hold(l netlink.Link, ifi *net.Interface, ann *announcer, stop, done chan struct{}) {
 	defer close(done)
 	defer func() {
 		if ann != nil {
@@ -213,6 +213,7 @@ func (m *Manager) hold(l netlink.Link, ann *announcer, stop, done chan struct{})
 		}
 	}()
 	start := time.Now()
+	lastPut := start // Acquire's
 	renew := time.NewTicker(time.Duration(m.lifetime) * time.Second / 3)
 	defer renew.Stop()
 	next := 1 // the next announcement; the first was sent by Acquire
@@ -239,16 +240,85 @@ func (m *Manager) hold(l netlink.Link, ann *announcer, stop, done chan struct{})
 				ann = nil
 			}
 		case <-renew.C:
-			if m.cfg.StillOwner != nil && !m.cfg.StillOwner() {
-				m.log.Warn("vip: no longer the owner; stopped renewing (the kernel drops the addresses at the end of their lifetime)", "lifetime", m.Lifetime())
+			if !m.owner() {
 				return
+			}
+			if gap := time.Since(lastPut); gap >= m.Lifetime()-m.Lifetime()/6 && !m.allPresent(l) {
+				// This process did not run for about a lifetime (stopped,
+				// frozen, starved) and the kernel dropped the addresses:
+				// another node may own them now, while the state this
+				// process reads still says it leads. Re-adding them at once
+				// would let it answer clients until it notices; so wait
+				// until a stale leader has surely stepped down.
+				m.m.errors.WithLabelValues("expired").Inc()
+				m.log.Warn("vip: the addresses expired while this process did not run; re-adding them only if it still leads after a pause",
+					"gap", gap, "pause", reacquirePause)
+				select {
+				case <-stop:
+					return
+				case <-time.After(reacquirePause):
+				}
+				if !m.owner() {
+					return
+				}
+				if err := m.put(l); err != nil {
+					m.m.errors.WithLabelValues("add").Inc()
+					m.log.Error("vip: re-add", "err", err)
+					continue
+				}
+				lastPut = time.Now()
+				// Announce again, on the whole schedule.
+				if ann == nil {
+					if ann, _ = newAnnouncer(ifi, m.cfg.Prefixes); ann == nil {
+						m.m.errors.WithLabelValues("announce").Inc()
+						continue
+					}
+				}
+				m.announce(ann)
+				start, next = time.Now(), 1
+				if next < len(m.cfg.Announce) {
+					if annT == nil {
+						annT = time.NewTimer(0)
+						defer annT.Stop()
+					}
+					annT.Reset(time.Until(start.Add(m.cfg.Announce[next])))
+					annC = annT.C
+				}
+				continue
 			}
 			if err := m.put(l); err != nil {
 				m.m.errors.WithLabelValues("renew").Inc()
 				m.log.Error("vip: renew", "err", err)
+				continue
 			}
+			lastPut = time.Now()
 		}
 	}
+}
+
+// reacquirePause is how long a holder whose addresses expired under it
+// waits before it re-adds them: several raft leases and an election
+// timeout, so that a leader that was stopped has noticed it no longer
+// leads (StillOwner) by then.
+const reacquirePause = time.Second
+
+// owner asks StillOwner; when it says no, the renewals stop.
+func (m *Manager) owner() bool {
+	if m.cfg.StillOwner != nil && !m.cfg.StillOwner() {
+		m.log.Warn("vip: no longer the owner; stopped renewing (the kernel drops the addresses at the end of their lifetime)", "lifetime", m.Lifetime())
+		return false
+	}
+	return true
+}
+
+// allPresent reports whether the interface has every address.
+func (m *Manager) allPresent(l netlink.Link) bool {
+	for _, p := range m.cfg.Prefixes {
+		if ok, err := m.present(l, p); err != nil || !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // stopLocked ends the renewals and announcements of the current holding.
@@ -442,7 +512,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		announcements: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ioactor_vip_announcements_total",
 			Help: "Gratuitous ARPs (ipv4) and unsolicited neighbour advertisements (ipv6) sent."}, []string{"family"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ioactor_vip_errors_total",
-			Help: "Failed address operations, by operation."}, []string{"op"}),
+			Help: "Failed address operations, by operation (expired: the addresses lapsed under a holder that did not run)."}, []string{"op"}),
 		firstAnnounce: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "ioactor_vip_first_announcement_seconds",
 			Help:    "Time from gaining leadership to the first announcement of the virtual addresses.",
@@ -452,7 +522,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, f := range []string{"ipv4", "ipv6"} {
 		m.announcements.WithLabelValues(f)
 	}
-	for _, op := range []string{"add", "renew", "delete", "announce"} {
+	for _, op := range []string{"add", "renew", "delete", "announce", "expired"} {
 		m.errors.WithLabelValues(op)
 	}
 	if reg != nil {
