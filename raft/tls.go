@@ -86,10 +86,11 @@ type (
 	tlsWrote      struct{ err error }
 	tlsWriterDone struct{} // after close_notify, on the user's Close
 
-	lcKick   struct{} // the loopConn has bytes to write
-	lcAck    struct{}
-	lcResume struct{}
-	lcClose  struct{}
+	lcKick       struct{} // the loopConn has bytes to write
+	closeTimeout struct{}
+	lcAck        struct{}
+	lcResume     struct{}
+	lcClose      struct{}
 )
 
 const (
@@ -311,8 +312,14 @@ func (s *tlsShim) Receive(ctx *netio.Context, msg any) {
 				close(s.writes) // the writer sends close_notify after the writes queued
 				s.writes = nil
 			}
+			// A peer that does not read would hold the flush for ever.
+			ctx.After(s.t.cfg.Timeout, closeTimeout{})
 		}
 		s.maybeStop(ctx)
+	case closeTimeout:
+		if !s.tcp.IsZero() {
+			ctx.Tell(s.tcp, tcp.Abort{})
+		}
 	case tcp.Abort:
 		if s.userClosing == nil || s.userClosing == (tcp.Close{}) {
 			s.userClosing = m
@@ -336,6 +343,23 @@ func (s *tlsShim) write(ctx *netio.Context, w *tcp.Write) {
 		// One write at a time is the tcp contract; the transport's
 		// writers keep it.
 		ctx.Tell(ctx.Sender(), tcp.CommandFailed{Cmd: *w, Cause: errors.New("raft transport: tls: a write is pending")})
+		return
+	}
+	if s.handshaken && !s.user.IsZero() && s.lc.room() >= len(w.Data)+len(w.Data)/16+4096 {
+		// Encrypt on the loop: no goroutine holds the tls.Conn's write
+		// side (one write at a time, and none with the writer), and the
+		// loopConn has room for all of it, so Write cannot block.
+		if _, err := s.tc.Write(w.Data); err != nil {
+			if s.closedCause == nil {
+				s.closedCause = err
+			}
+			ctx.Tell(s.tcp, tcp.Abort{})
+			return
+		}
+		s.pumpTCP(ctx)
+		if w.Ack != nil {
+			ctx.Tell(s.user, w.Ack)
+		}
 		return
 	}
 	s.wbuf = append(s.wbuf[:0], w.Data...)
@@ -678,6 +702,16 @@ func (c *loopConn) Write(p []byte) (int, error) {
 			return 0, err
 		}
 	}
+}
+
+// room is how many bytes Write takes now without waiting.
+func (c *loopConn) room() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.werr != nil {
+		return 0
+	}
+	return loopConnHigh - len(c.out) - c.pending
 }
 
 // take hands the shim the bytes written so far (shim).

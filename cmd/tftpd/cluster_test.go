@@ -30,7 +30,6 @@ type clusterNode struct {
 	gid                        int           // the process's group ID; 0: the test's
 	netns                      string        // the network namespace it runs in (ip netns exec); empty: the test's
 	extra                      []string      // more flags
-	certHost                   string        // -host of its certificate; empty: 127.0.0.1
 	cmd                        *exec.Cmd     // nil once killed
 	done                       chan struct{} // closed when the process has exited
 	log                        *testutil.SyncBuffer
@@ -110,10 +109,10 @@ type clusterLayout struct {
 	// insecure runs the nodes with -cluster-insecure instead of
 	// certificates made with tftpd cert.
 	insecure bool
-	// netns, extra and certHost give node i's network namespace, more
-	// flags and its certificate's host (see clusterNode).
-	netns, certHost func(i int) string
-	extra           func(i int) []string
+	// netns and extra give node i's network namespace and more flags
+	// (see clusterNode).
+	netns func(i int) string
+	extra func(i int) []string
 }
 
 // makeCerts runs tftpd cert to make a CA in dir and a node directory per
@@ -126,11 +125,13 @@ func makeCerts(t testing.TB, bin, dir string, nodes []*clusterNode) *http.Client
 	}
 	for _, n := range nodes {
 		n.certs = filepath.Join(dir, "certs-"+n.id)
-		host := n.certHost
-		if host == "" {
-			host = "127.0.0.1"
+		hosts := []string{"127.0.0.1"} // and the node's own IPs (the partition test gives each one)
+		for _, a := range []string{n.raft, n.http} {
+			if h, _, err := net.SplitHostPort(a); err == nil && h != "127.0.0.1" {
+				hosts = append(hosts, h)
+			}
 		}
-		if out, err := exec.Command(bin, "cert", "node", "-ca", ca, "-node-id", n.id, "-host", host, "-dir", n.certs).CombinedOutput(); err != nil {
+		if out, err := exec.Command(bin, "cert", "node", "-ca", ca, "-node-id", n.id, "-host", strings.Join(hosts, ","), "-dir", n.certs).CombinedOutput(); err != nil {
 			t.Fatalf("tftpd cert node: %v\n%s", err, out)
 		}
 	}
@@ -172,9 +173,6 @@ func startClusterWith(t testing.TB, bin string, files map[string][]byte, l clust
 		}
 		if l.extra != nil {
 			n.extra = l.extra(i)
-		}
-		if l.certHost != nil {
-			n.certHost = l.certHost(i)
 		}
 		os.MkdirAll(n.root, 0o755)
 		for name, b := range files {

@@ -223,8 +223,6 @@ func partitionInNetns(t *testing.T, bin string) {
 		http:    func(i int) string { return partitionIP(i) + ":8000" },
 		metrics: func(i int) string { return fmt.Sprintf("127.0.0.1:%d", 9101+i) }, // not cut
 		gid:     func(i int) int { return 7701 + i },                               // captureRules
-		// Certificates for the address the nodes are reached at.
-		certHost: func(i int) string { return partitionIP(i) },
 	})
 	c.waitAgreement(c.nodes)
 	old := c.waitLeader(10 * time.Second)

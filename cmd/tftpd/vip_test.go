@@ -204,12 +204,11 @@ func inVIPNet(t testing.TB, v6 bool, files map[string][]byte) *vipCluster {
 	}
 	sh(t, vipCaptureRules(), "nft", "-f", "-")
 	c := startClusterWith(t, bin, files, clusterLayout{
-		listen:   fmt.Sprintf("%s:%d", vip, vipPort),
-		raft:     func(i int) string { return vipHostIP(i, false) + ":7000" },
-		http:     func(i int) string { return vipHostIP(i, false) + ":8000" },
-		metrics:  func(i int) string { return vipHostIP(i, false) + ":9000" },
-		netns:    func(i int) string { return vipHostNS(prefix, i) },
-		certHost: func(i int) string { return vipHostIP(i, false) },
+		listen:  fmt.Sprintf("%s:%d", vip, vipPort),
+		raft:    func(i int) string { return vipHostIP(i, false) + ":7000" },
+		http:    func(i int) string { return vipHostIP(i, false) + ":8000" },
+		metrics: func(i int) string { return vipHostIP(i, false) + ":9000" },
+		netns:   func(i int) string { return vipHostNS(prefix, i) },
 		extra: func(int) []string {
 			return []string{"-vip", vipV4, "-vip", vipV6, "-vip-interface", vipIfname}
 		},

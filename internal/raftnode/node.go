@@ -23,6 +23,15 @@
 // state holds it, so that a restarted member on a new HTTP address is found
 // again.
 //
+// With Config.TLS the joins go over https with the node's certificate, and
+// the leader takes a join for id X only with X's certificate. Whatever the
+// mode, it refuses the changes that could break the cluster (another
+// member's raft address, a move asked by anyone but the member, a voter that
+// does not answer, a voter that would leave the cluster short of a reachable
+// quorum, too many changes at once): see security.go and [ErrQuorum]. A
+// refusal for good (400, 403, 409) ends the joining node's retries
+// ([ErrJoinRefused]).
+//
 // The package is internal: its hooks (LogPrefix, Tune, the raw *raft.Raft)
 // fit its two users, tftp/cluster and cmd/raftkv, and the follower's answer
 // to /join is not settled (the first redirects, the second forwards).
