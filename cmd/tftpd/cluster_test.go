@@ -28,6 +28,8 @@ type clusterNode struct {
 	certs                      string        // -cluster-tls; empty: -cluster-insecure
 	metrics                    string        // -metrics-listen; empty: none
 	gid                        int           // the process's group ID; 0: the test's
+	netns                      string        // the network namespace it runs in (ip netns exec); empty: the test's
+	extra                      []string      // more flags
 	cmd                        *exec.Cmd     // nil once killed
 	done                       chan struct{} // closed when the process has exited
 	log                        *testutil.SyncBuffer
@@ -107,6 +109,10 @@ type clusterLayout struct {
 	// insecure runs the nodes with -cluster-insecure instead of
 	// certificates made with tftpd cert.
 	insecure bool
+	// netns and extra give node i's network namespace and more flags
+	// (see clusterNode).
+	netns func(i int) string
+	extra func(i int) []string
 }
 
 // makeCerts runs tftpd cert to make a CA in dir and a node directory per
@@ -161,6 +167,12 @@ func startClusterWith(t testing.TB, bin string, files map[string][]byte, l clust
 		}
 		if l.gid != nil {
 			n.gid = l.gid(i)
+		}
+		if l.netns != nil {
+			n.netns = l.netns(i)
+		}
+		if l.extra != nil {
+			n.extra = l.extra(i)
 		}
 		os.MkdirAll(n.root, 0o755)
 		for name, b := range files {
@@ -236,8 +248,13 @@ func (c *testCluster) start(n *clusterNode, join string, allowWrite bool) {
 	if n.metrics != "" {
 		args = append(args, "-metrics-listen", n.metrics)
 	}
+	args = append(args, n.extra...)
 	n.log = &testutil.SyncBuffer{}
 	cmd := exec.Command(c.bin, args...)
+	if n.netns != "" {
+		// ip netns exec execs the binary: the PID is the node's.
+		cmd = exec.Command("ip", append([]string{"netns", "exec", n.netns, c.bin}, args...)...)
+	}
 	cmd.Stdout, cmd.Stderr = n.log, n.log
 	// Should the test binary die without its cleanup, the node dies too.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

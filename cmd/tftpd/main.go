@@ -60,6 +60,8 @@ type options struct {
 	join, status                        string
 	tlsDir                              string
 	insecure, statusOpen                bool
+	vip                                 vipOptions
+	listenSet                           bool
 
 	hardening
 }
@@ -102,10 +104,12 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.insecure, "cluster-insecure", false, "cluster: run without TLS: anyone who reaches -raft or -cluster-http can join, read the uploads and disrupt the cluster")
 	fs.BoolVar(&o.statusOpen, "cluster-status-open", false, "cluster: serve /status to clients without a certificate too (read-only; /join still needs one)")
 	fs.StringVar(&o.status, "status", "", "print the cluster status from this -cluster-http address and exit (status 1 when the node is unhealthy)")
+	o.vip.register(fs)
 	o.hardening.flags(fs)
 	if err := cli.Parse(fs, args, stdout, stderr); err != nil {
 		return nil, err
 	}
+	fs.Visit(func(f *flag.Flag) { o.listenSet = o.listenSet || f.Name == "listen" })
 	if fs.NArg() > 0 {
 		return nil, cli.Usagef(stderr, "tftpd: unexpected arguments %q (tftpd -h lists the flags)", fs.Args())
 	}
@@ -154,6 +158,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	listen, err := netip.ParseAddrPort(o.listen)
 	if err != nil {
 		return fmt.Errorf("-listen: %w", err)
+	}
+	if listen, err = vipListen(&o.vip, listen, o.listenSet, o.cluster); err != nil {
+		return err
 	}
 	roll, err := tftp.ParseRollover(o.rollover)
 	if err != nil {
@@ -280,6 +287,15 @@ func runCluster(ctx context.Context, o *options, sys *netio.System, tcfg tftp.Se
 		return err
 	}
 	defer node.Close()
+	addr, err := newVIP(&o.vip, node, logger, reg)
+	if err != nil {
+		return err
+	}
+	scfg := cluster.ServeConfig{TFTP: tcfg, Registerer: reg}
+	if addr != nil {
+		defer addr.Close()
+		scfg.Address = addr
+	}
 	fmt.Fprintf(stdout, "tftpd cluster node %s: raft %s, status http://%s/status; serving %s on %v while leader\n", id, node.RaftAddr(), node.HTTPAddr(), tcfg.Root, tcfg.Listen)
 	var httpSrv *http.Server
 	if o.metrics != "" {
@@ -293,7 +309,7 @@ func runCluster(ctx context.Context, o *options, sys *netio.System, tcfg tftp.Se
 		go httpSrv.Serve(ln)
 		defer httpSrv.Close()
 	}
-	err = cluster.Serve(ctx, sys, node, cluster.ServeConfig{TFTP: tcfg, Registerer: reg})
+	err = cluster.Serve(ctx, sys, node, scfg)
 	logger.Info("tftpd: cluster node stopped")
 	return err
 }
@@ -324,11 +340,14 @@ func printStatus(ctx context.Context, addr, tlsDir string, stdout io.Writer) err
 	if err != nil {
 		return fmt.Errorf("-status: %w", err)
 	}
-	stdout.Write(body)
+	if _, err := stdout.Write(body); err != nil {
+		return err
+	}
 	var st cluster.Status
 	if err := json.Unmarshal(body, &st); err != nil {
 		return fmt.Errorf("-status: %s answered %s, not a status: %w", addr, resp.Status, err)
 	}
+	printVIPHolders(ctx, body, strings.TrimSuffix(url, addr+"/status"), client, stdout)
 	if !st.Healthy {
 		return fmt.Errorf("node %s is unhealthy: %s", st.ID, st.Problem)
 	}

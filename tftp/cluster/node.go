@@ -96,6 +96,7 @@ type Node struct {
 	ln   net.Listener
 	sums *sumCache      // file digests, by name, size and modification time
 	wg   sync.WaitGroup // the HTTP server and the digests
+	vips addressStatus  // Status.VIPs
 
 	problem atomic.Value // string: why the node is unhealthy, "" when it is not
 
@@ -232,6 +233,8 @@ type Status struct {
 	Members   []Member `json:"members"`
 	Voters    []string `json:"voters"`
 	Transfers []Record `json:"transfers"`
+	// VIPs is what this node's host holds of the virtual addresses.
+	VIPs []AddressStatus `json:"vips,omitempty"`
 }
 
 // Status returns the node's view of the cluster.
@@ -239,7 +242,7 @@ func (n *Node) Status() Status {
 	_, leader := n.raft.LeaderWithID()
 	s := n.fsm.state()
 	problem, _ := n.problem.Load().(string)
-	st := Status{ID: n.cfg.ID, State: n.raft.State().String(), Term: n.raft.CurrentTerm(), Healthy: problem == "", Problem: problem, Leader: string(leader), Members: s.Members, Transfers: s.Transfers}
+	st := Status{ID: n.cfg.ID, State: n.raft.State().String(), Term: n.raft.CurrentTerm(), Healthy: problem == "", Problem: problem, Leader: string(leader), Members: s.Members, Transfers: s.Transfers, VIPs: n.addressStatus()}
 	if f := n.raft.GetConfiguration(); f.Error() == nil {
 		for _, srv := range f.Configuration().Servers {
 			st.Voters = append(st.Voters, string(srv.ID))
