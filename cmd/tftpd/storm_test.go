@@ -47,7 +47,9 @@ func TestClusterStormSurvivesLeaderDeath(t *testing.T) {
 	}
 	c := startClusterWith(t, bin, files, clusterLayout{
 		metrics: func(int) string { return freeTCP(t) },
-		extra:   func(int) []string { return []string{"-max-client-transfers", "0", "-client-rate", "0", "-log-level", "warn"} },
+		extra: func(int) []string {
+			return []string{"-max-client-transfers", "0", "-client-rate", "0", "-log-level", "warn"}
+		},
 	})
 	// Let the joins settle: a leader elected a moment ago may still step
 	// down once on a loaded machine.
