@@ -18,8 +18,9 @@ package bench
 //
 // Contenders: cmd/tftpd with a port per transfer (ioactor), in single-port
 // mode (ioactor-single), and a three-node cluster of it, the leader serving
-// (ioactor-cluster; the CPU column is the leader's, the followers' is
-// printed apart); tftpd-hpa; atftpd (--maxthread raised to 4096 from its
+// (ioactor-cluster, with -cluster-insecure: raft and the cluster HTTP
+// without TLS, on loopback; the CPU column is the leader's, the
+// followers' is printed apart); tftpd-hpa; atftpd (--maxthread raised to 4096 from its
 // 100); pin/tftp (this test binary re-executed, as in BenchmarkTFTP).
 // Every client comes from 127.0.0.1, so the per-client limits of cmd/tftpd
 // (-max-client-transfers, -client-rate, issue 16) are turned off for the
@@ -168,7 +169,7 @@ func startStormCluster(b *testing.B, bin, root string) *stormContender {
 		n := &idleNode{id: fmt.Sprintf("n%d", i), http: fmt.Sprintf("127.0.0.1:%d", freePort(b, "tcp"))}
 		args := append([]string{"-cluster", "-node-id", n.id, "-data", filepath.Join(dir, n.id+".data"),
 			"-raft", fmt.Sprintf("127.0.0.1:%d", freePort(b, "tcp")), "-cluster-http", n.http,
-			"-root", root, "-listen", listen}, stormLimitsOff...)
+			"-root", root, "-listen", listen, "-cluster-insecure"}, stormLimitsOff...)
 		if join != "" {
 			args = append(args, "-join", join)
 		}
