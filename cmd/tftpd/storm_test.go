@@ -7,7 +7,6 @@ import (
 	"crypto/rand"
 	"fmt"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,15 +38,6 @@ type stormTransfer struct {
 func TestClusterStormSurvivesLeaderDeath(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts three processes; not in -short")
-	}
-	if os.Getenv("IOACTOR_STORM_FAILOVER") == "" {
-		// Green in 7 of 7 runs on wip-storm before its merge of main at
-		// 19168b7, red in 3 of 3 after: with the 150 ms lease, the
-		// leadership moves on its own during the storm on a loaded 2-core
-		// machine, and the downloads resumed after that move time out ("no
-		// answer to the resume probe"), with TLS or without. Not solved
-		// yet: see the notes of issue 17.
-		t.Skip("set IOACTOR_STORM_FAILOVER=1: red since the 150 ms lease (issue 17's notes)")
 	}
 	const clients = 50
 	bin := buildTftpd(t)
