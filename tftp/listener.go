@@ -42,11 +42,8 @@ type entry struct {
 	actor *transferActor // its state, touched only on its loop
 	x     *xfer          // single-port: the transfer
 
-	// The single-port driver's per-transfer state: sm carries a window,
-	// s1 a single datagram (lock-step), which the socket coalesces with
-	// the other transfers' into one sendmmsg per loop turn.
+	// The single-port driver's per-transfer state.
 	sm    udp.SendMany
-	s1    udp.Send
 	timer *netio.Timer
 	armed time.Time
 }
@@ -217,7 +214,6 @@ func (l *listener) resume(now time.Time, states []TransferState) {
 		x := l.srv.newXfer(l, req, st.Client, &e.stage, &e.peerEnded, l.shard)
 		x.ent, e.x = e, x
 		e.sm = udp.SendMany{Target: st.Client, Ack: &x.sentTok}
-		e.s1 = udp.Send{Target: st.Client, Ack: &x.sentTok}
 		x.resume(now, l.local, st)
 	}
 }
@@ -231,10 +227,6 @@ func (l *listener) commandFailed(ctx *netio.Context, now time.Time, m udp.Comman
 		}
 		ctx.Stop()
 	case *udp.SendMany:
-		if t, ok := c.Ack.(*sentToken); ok {
-			t.x.sendFailed(now, sendCause(m.Cause))
-		}
-	case *udp.Send:
 		if t, ok := c.Ack.(*sentToken); ok {
 			t.x.sendFailed(now, sendCause(m.Cause))
 		}
@@ -410,7 +402,6 @@ func (l *listener) start(now time.Time, from netip.AddrPort, req Request, b []by
 		x.ent = e
 		e.x = x
 		e.sm = udp.SendMany{Target: from, Ack: &x.sentTok}
-		e.s1 = udp.Send{Target: from, Ack: &x.sentTok}
 		x.start(now, l.local)
 		return
 	}
@@ -470,13 +461,6 @@ func (l *listener) terminated(now time.Time, ref netio.Ref) {
 
 func (l *listener) send(x *xfer, dgs [][]byte) {
 	e := x.ent
-	if len(dgs) == 1 {
-		// Lock-step: queued in the socket, sent with the other transfers'
-		// datagrams of this loop turn in one sendmmsg.
-		e.s1.Data = dgs[0]
-		l.ctx.Tell(l.sock, &e.s1)
-		return
-	}
 	e.sm.Datagrams = dgs
 	l.ctx.Tell(l.sock, &e.sm)
 }
