@@ -121,6 +121,8 @@ type actor struct {
 
 	behaviors []ReceiveFunc // become stack; empty means impl.Receive
 	stopReq   bool
+	busy      bool  // its code is on the loop's stack: a Deliver to it queues
+	queued    int32 // envelopes to it in its loop's local queue
 	watchers  []*actor
 	fds       []int
 	dead      atomic.Bool // set when stopped; read by other goroutines
@@ -179,6 +181,14 @@ func (a *actor) invoke(e envelope) {
 		}
 		return
 	}
+	a.busy = true
+	a.invokeBusy(e)
+	a.busy = false
+}
+
+// invokeBusy is invoke's body, run with a.busy set (failed clears it when
+// the actor's code panics).
+func (a *actor) invokeBusy(e envelope) {
 	if a.state == stateNew {
 		a.start()
 		if a.state == stateStopped {
@@ -207,15 +217,22 @@ func (a *actor) invoke(e envelope) {
 	switch {
 	case e.kind == kindFunc:
 		e.msg.(func(*Context))(&a.ctx)
-	case len(a.behaviors) > 0:
-		a.behaviors[len(a.behaviors)-1](&a.ctx, e.msg)
 	default:
-		a.impl.Receive(&a.ctx, e.msg)
+		a.receive(e.msg)
 	}
 	a.ctx.sender = nil
 	if a.stopReq {
 		a.stop()
 	}
+}
+
+// receive calls the current behaviour with msg.
+func (a *actor) receive(msg any) {
+	if n := len(a.behaviors); n > 0 {
+		a.behaviors[n-1](&a.ctx, msg)
+		return
+	}
+	a.impl.Receive(&a.ctx, msg)
 }
 
 // failed handles a panic recovered from the actor's code: log it and stop
@@ -224,6 +241,7 @@ func (a *actor) failed(r any) {
 	a.sys.panics.Add(1)
 	a.sys.logger.Error("netio: actor panicked; stopping it", "actor", a.id, "panic", r)
 	a.ctx.sender = nil
+	a.busy = false
 	a.stop()
 }
 

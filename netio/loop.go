@@ -59,6 +59,7 @@ type Loop struct {
 	wakeSet atomic.Bool
 
 	delivered uint64    // owned by the loop; published to messages once per drain
+	depth     int       // nesting of direct deliveries (Context.Deliver)
 	yield     bool      // a goroutine was readied: yield before blocking
 	yielded   time.Time // the last yield
 	messages  atomic.Uint64
@@ -261,7 +262,9 @@ func (l *Loop) dispatch(fd int, events uint32) {
 		return
 	}
 	a := ent.a
+	a.busy = true
 	a.safely(func() { ent.h.OnEvents(&a.ctx, events) })
+	a.busy = false
 	if a.stopReq {
 		a.stop()
 	}
@@ -394,6 +397,9 @@ func (r *ring) push(to, from *actor, msg any, k kind) {
 	s := &r.buf[(r.head+r.n)&(len(r.buf)-1)]
 	s.to, s.from, s.msg, s.kind = to, from, msg, k
 	r.n++
+	if to != nil {
+		to.queued++
+	}
 }
 
 func (r *ring) pushEnvelope(e envelope) { r.push(e.to, e.from, e.msg, e.kind) }
@@ -411,6 +417,9 @@ func (r *ring) pop() envelope {
 	r.buf[r.head] = envelope{}
 	r.head = (r.head + 1) & (len(r.buf) - 1)
 	r.n--
+	if e.to != nil {
+		e.to.queued--
+	}
 	return e
 }
 
