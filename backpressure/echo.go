@@ -89,14 +89,14 @@ type echo struct {
 }
 
 func (e *echo) Receive(ctx *netio.Context, msg any) {
-	if e.w.Handle(ctx, msg) {
-		e.closeIfDone(ctx, e.w.Idle())
-		return
-	}
-	if r, ok := msg.(*tcp.Received); ok {
+	if r, ok := msg.(*tcp.Received); ok { // the most frequent message first
 		if err := e.write(ctx, r.Data); err != nil {
 			overrun(ctx, e.conn)
 		}
+		return
+	}
+	if e.w.Handle(ctx, msg) {
+		e.closeIfDone(ctx, e.w.Idle())
 		return
 	}
 	e.handleClose(ctx, msg, e.w.Idle())

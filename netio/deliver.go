@@ -38,10 +38,13 @@ func (c *Context) Deliver(to Ref, msg any) {
 }
 
 // deliver runs a direct delivery; a panic in the actor's code stops it.
+// (recover is called only then: calling it costs more than the delivery's
+// other bookkeeping).
 func (a *actor) deliver(from *actor, msg any) {
+	done := false
 	defer func() {
-		if r := recover(); r != nil {
-			a.failed(r)
+		if !done {
+			a.failed(recover())
 		}
 	}()
 	a.busy = true
@@ -52,4 +55,5 @@ func (a *actor) deliver(from *actor, msg any) {
 	if a.stopReq {
 		a.stop()
 	}
+	done = true
 }
