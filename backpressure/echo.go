@@ -64,33 +64,48 @@ func overrun(ctx *netio.Context, conn netio.Ref) {
 // it with KeepOpenOnPeerClosed so it can finish echoing after the peer's FIN.
 // Received bytes go out without a copy when nothing is in flight.
 func NewAckEcho(conn netio.Ref, wm Watermarks) netio.Actor {
-	w := NewAckWriter(conn, wm)
-	return &echo{closer: closer{conn: conn}, w: w, write: w.WriteReceived}
+	e := &ackEcho{closer: closer{conn: conn}}
+	e.w.init(conn, wm)
+	return e
+}
+
+// ackEcho is the ACK echo: the writer held by value and called directly,
+// so a message touches one handler object (with a thousand connections,
+// each pointer followed is a likely cache miss).
+type ackEcho struct {
+	closer
+	w AckWriter
+}
+
+func (e *ackEcho) Receive(ctx *netio.Context, msg any) {
+	if r, ok := msg.(*tcp.Received); ok { // the most frequent message first
+		if err := e.w.WriteReceived(ctx, r.Data); err != nil {
+			overrun(ctx, e.conn)
+		}
+		return
+	}
+	if e.w.Handle(ctx, msg) {
+		e.closeIfDone(ctx, e.w.Idle())
+		return
+	}
+	e.handleClose(ctx, msg, e.w.Idle())
 }
 
 // NewNackEcho returns the NACK-with-suspend echo handler of Akka's chapter.
 // Register it with KeepOpenOnPeerClosed and UseResumeWriting.
 func NewNackEcho(conn netio.Ref, wm Watermarks) netio.Actor {
-	w := NewNackWriter(conn, wm)
-	return &echo{closer: closer{conn: conn}, w: w, write: w.Write}
+	return &nackEcho{closer: closer{conn: conn}, w: NewNackWriter(conn, wm)}
 }
 
-// flowWriter is what the echo handlers need of a writer.
-type flowWriter interface {
-	Handle(ctx *netio.Context, msg any) bool
-	Idle() bool
-}
-
-// echo writes back what it receives through a flow writer.
-type echo struct {
+// nackEcho is the NACK echo.
+type nackEcho struct {
 	closer
-	w     flowWriter
-	write func(ctx *netio.Context, data []byte) error
+	w *NackWriter
 }
 
-func (e *echo) Receive(ctx *netio.Context, msg any) {
+func (e *nackEcho) Receive(ctx *netio.Context, msg any) {
 	if r, ok := msg.(*tcp.Received); ok { // the most frequent message first
-		if err := e.write(ctx, r.Data); err != nil {
+		if err := e.w.Write(ctx, r.Data); err != nil {
 			overrun(ctx, e.conn)
 		}
 		return
@@ -106,13 +121,15 @@ func (e *echo) Receive(ctx *netio.Context, msg any) {
 // for the next chunk only once the previous one has been written, so it
 // buffers at most one chunk. The connection must be in pull mode.
 func NewPullEcho(conn netio.Ref) netio.Actor {
-	return &pullEcho{closer: closer{conn: conn}, r: PullReader{Conn: conn}, w: NewAckWriter(conn, Watermarks{})}
+	e := &pullEcho{closer: closer{conn: conn}, r: PullReader{Conn: conn}}
+	e.w.init(conn, Watermarks{})
+	return e
 }
 
 type pullEcho struct {
 	closer
 	r PullReader
-	w *AckWriter
+	w AckWriter
 }
 
 func (e *pullEcho) PreStart(ctx *netio.Context) { e.r.Next(ctx) }

@@ -71,9 +71,16 @@ type ackOf struct{ w *AckWriter }
 
 // NewAckWriter returns an ACK-paced writer for conn.
 func NewAckWriter(conn netio.Ref, wm Watermarks) *AckWriter {
-	w := &AckWriter{readGate: readGate{conn: conn, wm: wm.withDefaults()}}
-	w.cmd.Ack = ackOf{w}
+	w := &AckWriter{}
+	w.init(conn, wm)
 	return w
+}
+
+// init sets up a writer in place (the echo handlers hold theirs by value:
+// one allocation, and one place in memory touched per message).
+func (w *AckWriter) init(conn netio.Ref, wm Watermarks) {
+	w.readGate = readGate{conn: conn, wm: wm.withDefaults()}
+	w.cmd.Ack = ackOf{w}
 }
 
 // Write queues a copy of data and sends it as soon as no write is in

@@ -110,22 +110,23 @@ const (
 )
 
 type actor struct {
-	id    uint64
-	sys   *System
-	loop  *Loop      // nil for a blocking actor
-	g     *goMailbox // non-nil for a blocking actor
-	impl  Actor
-	ctx   Context
-	done  atomic.Pointer[chan struct{}] // made lazily by Done
-	state actorState                    // owned by the actor's goroutine
-
+	// What every message touches first, in one cache line.
+	loop      *Loop // nil for a blocking actor
+	impl      Actor
+	ctx       Context
 	behaviors []ReceiveFunc // become stack; empty means impl.Receive
+	state     actorState    // owned by the actor's goroutine
 	stopReq   bool
 	busy      bool  // its code is on the loop's stack: a Deliver to it queues
 	queued    int32 // envelopes to it in its loop's local queue
-	watchers  []*actor
-	fds       []int
-	dead      atomic.Bool // set when stopped; read by other goroutines
+
+	id       uint64
+	sys      *System
+	g        *goMailbox                    // non-nil for a blocking actor
+	done     atomic.Pointer[chan struct{}] // made lazily by Done
+	watchers []*actor
+	fds      []int
+	dead     atomic.Bool // set when stopped; read by other goroutines
 }
 
 var actorIDs atomic.Uint64

@@ -98,6 +98,10 @@ type loopStats struct {
 	closedBy                                [7]atomic.Uint64
 }
 
+// addOwned adds n to a counter that only the calling loop writes: a plain
+// load and store (readers still see a whole value), not a locked add.
+func addOwned(c *atomic.Uint64, n uint64) { c.Store(c.Load() + n) }
+
 var closeReasons = [...]string{"closed", "confirmed", "aborted", "peer", "error", reasonRegisterTimeout, reasonHandler}
 
 func (s *loopStats) closed(reason string) {
