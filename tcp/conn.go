@@ -95,6 +95,7 @@ type conn struct {
 	recv    Received
 	segs    []segment
 	segi    int
+	seg1    [1]segment // segs' first backing: a single write needs no other memory
 
 	resumeWaiters []netio.Ref
 	iov           []unix.Iovec
@@ -115,11 +116,15 @@ type conn struct {
 
 // newAcceptedConn is a connection accepted by a listener.
 func newAcceptedConn(fd int, remote netip.AddrPort, bindHandler netio.Ref, pull bool, regTO time.Duration) *conn {
-	return &conn{fd: fd, state: stateWaitingRegister, remote: remote, commander: bindHandler, pull: pull, suspended: pull, regTO: regTO, writable: true}
+	c := &conn{fd: fd, state: stateWaitingRegister, remote: remote, commander: bindHandler, pull: pull, suspended: pull, regTO: regTO, writable: true}
+	c.segs = c.seg1[:0]
+	return c
 }
 
-func newOutgoingConn(cmd any, c *Connect, commander netio.Ref) *conn {
-	return &conn{fd: -1, state: stateConnecting, remote: c.Remote, commander: commander, connect: cmd, pull: c.PullMode, suspended: c.PullMode, regTO: c.RegisterTimeout}
+func newOutgoingConn(cmd any, cc *Connect, commander netio.Ref) *conn {
+	c := &conn{fd: -1, state: stateConnecting, remote: cc.Remote, commander: commander, connect: cmd, pull: cc.PullMode, suspended: cc.PullMode, regTO: cc.RegisterTimeout}
+	c.segs = c.seg1[:0]
+	return c
 }
 
 const connEvents = netio.EventIn | netio.EventOut | netio.EventRdHup | unix.EPOLLET
