@@ -40,6 +40,13 @@ type Loop struct {
 
 	epfd   int
 	wakefd int // eventfd
+	// parkFile is a duplicate of epfd in the runtime's poller: a loop
+	// with nothing to do for longer than rawWaitMax parks its goroutine
+	// on it instead of sleeping in epoll_wait (see waitEvents). Nil when
+	// the runtime's poller refused it: the loop then always sleeps in
+	// epoll_wait.
+	parkFile *os.File
+	parkConn syscallConn
 
 	// Owned by the loop goroutine.
 	local  ring
@@ -92,13 +99,15 @@ func newLoop(sys *System, id int) (*Loop, error) {
 		unix.Close(wfd)
 		return nil, os.NewSyscallError("epoll_ctl", err)
 	}
-	return &Loop{
+	l := &Loop{
 		id: id, sys: sys, epfd: epfd, wakefd: wfd,
 		actors: make(map[*actor]struct{}),
 		buf:    make([]byte, readBufferSize),
 		events: make([]unix.EpollEvent, 256),
 		now:    time.Now(),
-	}, nil
+	}
+	l.parkFile, l.parkConn = newParkFile(epfd)
+	return l, nil
 }
 
 // ID is the loop's index in its system, from 0.
@@ -168,7 +177,7 @@ func (l *Loop) run() {
 			l.yield, l.yielded = false, l.now
 			runtime.Gosched()
 		}
-		n, err := epollWait(l.epfd, l.events, timeout)
+		n, err := l.waitEvents(timeout)
 		if err != nil && !errors.Is(err, unix.EINTR) {
 			l.sys.logger.Error("netio: epoll_wait failed; loop stops", "loop", l.id, "err", err)
 			l.shutdown()
@@ -290,8 +299,76 @@ func (l *Loop) shutdown() {
 		}
 		l.drainForShutdown()
 	}
+	if l.parkFile != nil {
+		l.parkFile.Close()
+	}
 	unix.Close(l.epfd)
 	unix.Close(l.wakefd)
+}
+
+// rawWaitMax is the longest a loop sleeps in epoll_wait, holding its P in
+// a system call; a longer wait parks the goroutine on the runtime's poller.
+// sysmon takes the P of a goroutine that is more than 10 ms in a system
+// call (a thread hand-off), then polls every 20 µs for a millisecond: an
+// idle loop woken every few tens of milliseconds (a raft heartbeat, a
+// timer) paid that every time, and kept sysmon from its deep sleep, which
+// it enters only when every P is idle.
+const rawWaitMax = 2 * time.Millisecond
+
+type syscallConn interface {
+	Read(f func(fd uintptr) (done bool)) error
+}
+
+// newParkFile registers a duplicate of epfd, non-blocking, with the
+// runtime's poller: an epoll descriptor is readable while events are ready.
+func newParkFile(epfd int) (*os.File, syscallConn) {
+	fd, err := unix.FcntlInt(uintptr(epfd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, nil
+	}
+	f := os.NewFile(uintptr(fd), "epoll")
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, nil
+	}
+	return f, rc
+}
+
+// waitEvents waits for events at most d (d < 0: no bound). It sleeps in
+// epoll_wait for up to rawWaitMax, which keeps the wake-up of a busy loop
+// at one system call; past that the goroutine parks on the runtime's
+// poller until the epoll descriptor is readable or d is over, so an idle
+// loop holds no P and costs sysmon nothing.
+func (l *Loop) waitEvents(d time.Duration) (int, error) {
+	if d >= 0 && d <= rawWaitMax || l.parkFile == nil {
+		return epollWait(l.epfd, l.events, d)
+	}
+	start := time.Now()
+	n, err := epollWait(l.epfd, l.events, rawWaitMax)
+	if n != 0 || err != nil {
+		return n, err
+	}
+	var deadline time.Time
+	if d >= 0 {
+		deadline = start.Add(d)
+	}
+	if err := l.parkFile.SetReadDeadline(deadline); err != nil {
+		return epollWait(l.epfd, l.events, max(time.Until(deadline), 0))
+	}
+	var werr error
+	err = l.parkConn.Read(func(fd uintptr) bool {
+		n, werr = epollWait(l.epfd, l.events, 0)
+		return n != 0 || werr != nil && !errors.Is(werr, unix.EINTR)
+	})
+	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		return 0, err
+	}
+	return n, werr
 }
 
 // drainForShutdown delivers the queue, skipping further shutdown requests.

@@ -91,7 +91,8 @@ type clientConn struct {
 	woke      bool // this read completed a call
 	ending    bool // stop once the dial is answered (a Connect cannot be cancelled)
 	rd        frameReader
-	sweep     *netio.Timer
+	sweep     *netio.Timer // fires at the oldest pending call's deadline
+	sweeping  bool         // sweep is scheduled
 }
 
 type sweepTick struct{}
@@ -108,9 +109,33 @@ func newClientConn(t *Transport, p *peer, role connRole, remote netip.AddrPort) 
 	return c
 }
 
-// sweepInterval is how often a connection looks for timed-out calls.
-func sweepInterval(timeout time.Duration) time.Duration {
-	return min(max(timeout/10, time.Millisecond), 100*time.Millisecond)
+// armSweep schedules the timeout sweep for the oldest pending call, unless
+// it is scheduled or nothing is pending (actor only). An idle connection
+// has no timer: the sweep is armed when a write starts and re-armed only
+// while calls are pending.
+func (c *clientConn) armSweep(ctx *netio.Context) {
+	if c.sweeping {
+		return
+	}
+	c.w.mu.Lock()
+	pending := c.phead < len(c.pend)
+	var deadline time.Time
+	if pending {
+		deadline = c.pend[c.phead].deadline
+	}
+	c.w.mu.Unlock()
+	if !pending {
+		return
+	}
+	// At least every Timeout: a snapshot's deadline is moved once its data
+	// is sent, from another goroutine.
+	d := min(max(deadline.Sub(ctx.Now()), 0), c.t.cfg.Timeout)
+	if c.sweep == nil {
+		c.sweep = ctx.After(d, sweepTick{})
+	} else {
+		c.sweep.Reset(d)
+	}
+	c.sweeping = true
 }
 
 func (c *clientConn) PreStart(ctx *netio.Context) {
@@ -124,7 +149,6 @@ func (c *clientConn) PreStart(ctx *netio.Context) {
 		connect.Options = bindNoPort
 	}
 	ctx.Tell(tcp.Manager(ctx.System()), connect)
-	c.sweep = ctx.Every(sweepInterval(c.t.cfg.Timeout), sweepTick{})
 }
 
 func (c *clientConn) Receive(ctx *netio.Context, msg any) {
@@ -143,14 +167,24 @@ func (c *clientConn) Receive(ctx *netio.Context, msg any) {
 	case writeAck:
 		raw := c.w.wraw != nil
 		c.w.acked()
-		c.w.pump(ctx, c.conn, c.t.m)
+		c.pump(ctx)
 		if raw {
 			ctx.YieldBeforeBlocking() // the snapshot sender, to refill the chunk
 		}
 	case kickMsg:
-		c.w.pump(ctx, c.conn, c.t.m)
+		c.pump(ctx)
 	case sweepTick:
-		c.expire(ctx.Now())
+		c.sweeping = false
+		err := c.expire(ctx.Now())
+		c.armSweep(ctx)
+		if err != nil {
+			// The server answers a connection's requests in order, and
+			// one that raft never answers holds back every answer after
+			// it: drop the connection, as raft.NetworkTransport does, so
+			// that the next call dials a fresh one instead of waiting
+			// behind it. The other calls in flight on it fail now.
+			c.end(ctx, err, true)
+		}
 	case tcp.Connected:
 		c.dialing = false
 		if c.ending {
@@ -163,7 +197,7 @@ func (c *clientConn) Receive(ctx *netio.Context, msg any) {
 		ctx.Watch(m.Conn)
 		c.t.trackConn(m.Conn)
 		c.peer.dialed(c, nil)
-		c.w.pump(ctx, c.conn, c.t.m)
+		c.pump(ctx)
 	case tcp.CommandFailed:
 		if _, ok := m.Cmd.(tcp.Connect); ok {
 			c.dialing = false
@@ -197,6 +231,13 @@ func (c *clientConn) Receive(ctx *netio.Context, msg any) {
 }
 
 var errPeerClosed = errors.New("closed by the peer")
+
+// pump starts the next write, and the timeout sweep for what it carries.
+func (c *clientConn) pump(ctx *netio.Context) {
+	if c.w.pump(ctx, c.conn, c.t.m) {
+		c.armSweep(ctx)
+	}
+}
 
 // localFor returns the address to bind before dialing remote: the IP the
 // transport listens on, port 0, unless that IP is unspecified, of the other
@@ -277,14 +318,21 @@ func failCall(cl *call, err error) {
 	cl.done <- struct{}{}
 }
 
-// expire fails the calls whose deadline passed (actor only).
-func (c *clientConn) expire(now time.Time) {
+// expire fails the calls whose deadline passed (actor only) and returns
+// the first one's error, nil when none expired.
+func (c *clientConn) expire(now time.Time) error {
+	var first error
 	c.w.mu.Lock()
-	for c.phead < len(c.pend) && now.After(c.pend[c.phead].deadline) {
+	for c.phead < len(c.pend) && !now.Before(c.pend[c.phead].deadline) {
 		cl := c.takeLocked(c.pend[c.phead].id)
-		failCall(cl, fmt.Errorf("%w after %v", ErrTimeout, now.Sub(cl.start).Round(time.Millisecond)))
+		err := fmt.Errorf("%w after %v", ErrTimeout, now.Sub(cl.start).Round(time.Millisecond))
+		failCall(cl, err)
+		if first == nil {
+			first = err
+		}
 	}
 	c.w.mu.Unlock()
+	return first
 }
 
 // enqueue registers cl and queues its request frame.

@@ -62,12 +62,6 @@ func (f *setFSM) Restore(rc io.ReadCloser) error {
 	return nil
 }
 
-func (f *setFSM) len() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return len(f.seen)
-}
-
 // missing returns how many of ids the FSM lacks.
 func (f *setFSM) missing(ids []uint64) int {
 	f.mu.Lock()

@@ -60,6 +60,7 @@ func boolBit(v bool, bit byte) byte {
 func appendAppendEntriesRequest(b []byte, r *hraft.AppendEntriesRequest) []byte {
 	b = putHeader(b, &r.RPCHeader)
 	b = putUvarint(b, r.Term)
+	//lint:ignore SA1019 raft v1.8 still falls back to Leader when RPCHeader.Addr is empty (older senders): the wire keeps it
 	b = putBytes(b, r.Leader)
 	b = putUvarint(b, r.PrevLogEntry)
 	b = putUvarint(b, r.PrevLogTerm)
@@ -115,6 +116,7 @@ func appendAppendEntriesResponse(b []byte, r *hraft.AppendEntriesResponse) []byt
 func appendRequestVoteRequest(b []byte, r *hraft.RequestVoteRequest) []byte {
 	b = putHeader(b, &r.RPCHeader)
 	b = putUvarint(b, r.Term)
+	//lint:ignore SA1019 raft v1.8 still falls back to Candidate when RPCHeader.Addr is empty (older senders): the wire keeps it
 	b = putBytes(b, r.Candidate)
 	b = putUvarint(b, r.LastLogIndex)
 	b = putUvarint(b, r.LastLogTerm)
@@ -316,6 +318,7 @@ func decodeAppendEntriesRequest(b []byte, r *hraft.AppendEntriesRequest, alias b
 	d := decoder{b: b, alias: alias}
 	d.header(&r.RPCHeader)
 	r.Term = d.uvarint("term")
+	//lint:ignore SA1019 raft v1.8 still falls back to Leader when RPCHeader.Addr is empty (older senders): the wire keeps it
 	r.Leader = d.bytes("leader")
 	r.PrevLogEntry = d.uvarint("prev log entry")
 	r.PrevLogTerm = d.uvarint("prev log term")
@@ -366,6 +369,7 @@ func decodeRequestVoteRequest(b []byte, r *hraft.RequestVoteRequest, alias bool)
 	d := decoder{b: b, alias: alias}
 	d.header(&r.RPCHeader)
 	r.Term = d.uvarint("term")
+	//lint:ignore SA1019 raft v1.8 still falls back to Candidate when RPCHeader.Addr is empty (older senders): the wire keeps it
 	r.Candidate = d.bytes("candidate")
 	r.LastLogIndex = d.uvarint("last log index")
 	r.LastLogTerm = d.uvarint("last log term")
@@ -442,6 +446,7 @@ func decodeTimeoutNowResponse(b []byte, r *hraft.TimeoutNowResponse) error {
 func isHeartbeat(r *hraft.AppendEntriesRequest) bool {
 	leader := r.Addr
 	if len(leader) == 0 {
+		//lint:ignore SA1019 raft v1.8 still falls back to Leader when RPCHeader.Addr is empty (older senders): the wire keeps it
 		leader = r.Leader
 	}
 	return r.Term != 0 && leader != nil && r.PrevLogEntry == 0 && r.PrevLogTerm == 0 &&

@@ -1,3 +1,5 @@
+//lint:file-ignore SA1019 the tests set the deprecated Leader and Candidate fields, which the wire carries
+
 package raft
 
 import (

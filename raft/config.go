@@ -13,13 +13,14 @@ import (
 // listens on 127.0.0.1 on a free port with every default below. A Config
 // must not be modified after it is passed to [New].
 type Config struct {
-	// System runs the transport's socket actors. Nil means a System shared
-	// by every transport of the process created without one: the first
-	// starts it (with Loops loops), the last to close shuts it down. A
-	// System given here is the caller's, to shut down after Close.
+	// System runs the transport's socket actors: its loops, logger and
+	// metrics Registerer are the caller's choice, and the caller shuts it
+	// down after Close. Nil means a private System that the transport
+	// starts (Loops loops, Logger, no metrics of its own) and Close shuts
+	// down; nothing is shared between transports.
 	System *netio.System
-	// Loops is the number of event loops of the shared System, when this
-	// transport is the one that starts it; zero means 1.
+	// Loops is the number of event loops of the private System (System
+	// nil); zero means 1.
 	Loops int
 
 	// BindAddr is the numeric "ip:port" to listen on; empty means

@@ -20,11 +20,12 @@
 // loopback port; peers are addressed by "ip:port" strings, names are
 // resolved at dial time. Every method is safe from any goroutine.
 //
-// Transports created without a Config.System share one netio.System (one
-// event loop by default), started by the first and shut down when the last
-// closes: several transports in one process (tests, benchmarks) then talk
-// through one loop, as net users share the runtime's poller, and a closed
-// transport leaves no goroutine behind.
+// A transport runs on the netio.System given in Config.System, whose loops,
+// logger and metrics are the caller's; several transports (and other
+// socket users) may share one. Without one, the transport starts a private
+// System (Config.Loops loops, one by default) and Close shuts it down: there
+// is no process-wide state, and a closed transport leaves no goroutine
+// behind.
 //
 // # Design
 //

@@ -345,7 +345,6 @@ type dispatcher struct {
 
 	inflight []pending
 	free     []chan hraft.RPCResponse
-	buf      []byte
 }
 
 type pending struct {

@@ -75,7 +75,10 @@ func New(cfg Config) (*Transport, error) {
 	t.m = newMetrics(cfg.Registerer != nil)
 	t.sys = cfg.System
 	if t.sys == nil {
-		t.sys, err = acquireSharedSystem(cfg)
+		// A private System: its loops and logger are this transport's, it
+		// registers no metrics (pass a System for the loops' metrics), and
+		// Close shuts it down. No state is shared between transports.
+		t.sys, err = netio.NewSystem(netio.Config{Loops: cfg.Loops, Logger: cfg.Logger})
 		if err != nil {
 			return nil, fmt.Errorf("raft transport: %w", err)
 		}
@@ -120,43 +123,6 @@ func New(cfg Config) (*Transport, error) {
 		return fail(fmt.Errorf("raft transport: bound to %v: set Advertise", ln.bound))
 	}
 	return t, nil
-}
-
-// shared is the System of the transports created without one: started by
-// the first, shut down when the last closes. Transports in one process (a
-// test cluster, a benchmark) thus share event loops, as the net package's
-// users share the runtime's poller, and a closed transport leaves nothing
-// running.
-var shared struct {
-	mu   sync.Mutex
-	sys  *netio.System
-	refs int
-}
-
-func acquireSharedSystem(cfg Config) (*netio.System, error) {
-	shared.mu.Lock()
-	defer shared.mu.Unlock()
-	if shared.sys == nil {
-		sys, err := netio.NewSystem(netio.Config{Loops: cfg.Loops, Logger: cfg.Logger})
-		if err != nil {
-			return nil, err
-		}
-		shared.sys = sys
-	}
-	shared.refs++
-	return shared.sys, nil
-}
-
-func releaseSharedSystem(ctx context.Context) error {
-	shared.mu.Lock()
-	defer shared.mu.Unlock()
-	shared.refs--
-	if shared.refs > 0 {
-		return nil
-	}
-	sys := shared.sys
-	shared.sys = nil
-	return sys.Shutdown(ctx)
 }
 
 // resolve turns "host:port" into an address; names are looked up.
@@ -440,8 +406,8 @@ func (t *Transport) Close() error {
 	wait(t.tcpConns, "sockets")
 	t.wg.Wait()
 	if t.ownSys {
-		if err := releaseSharedSystem(ctx); err != nil {
-			errs = append(errs, err)
+		if err := t.sys.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("raft transport: close: %w", err))
 		}
 	}
 	if t.cfg.Registerer != nil && t.m.on {

@@ -26,11 +26,10 @@ type writer struct {
 	closed error       // set once: every later enqueue fails with it
 
 	// Owned by the actor.
-	spare  []byte    // the other buffer, free
-	wbuf   []byte    // the buffer being written
-	wraw   *rawChunk // the raw chunk being written
-	cmd    tcp.Write // reused: one write is pending at a time
-	nbytes int
+	spare []byte    // the other buffer, free
+	wbuf  []byte    // the buffer being written
+	wraw  *rawChunk // the raw chunk being written
+	cmd   tcp.Write // reused: one write is pending at a time
 }
 
 // rawChunk is a buffer of raw bytes to write; done receives nil once the

@@ -11,7 +11,7 @@
 # testing and prints the exact command to run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PATH="$PATH:/usr/local/go/bin"
+export PATH="$PATH:/usr/local/go/bin:/usr/sbin:/sbin"
 
 fail() { echo "scripts/test.sh: $*" >&2; exit 1; }
 

@@ -46,6 +46,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/ioactor/ioactor/netio"
 	iraft "github.com/ioactor/ioactor/raft"
 )
 
@@ -96,7 +97,8 @@ type Config struct {
 	// Fast shortens raft's timers for loopback clusters (tests, demos):
 	// heartbeat and election 300 ms, leader lease 300 ms (raft's largest
 	// for that heartbeat: a 150 ms lease made a leader on a busy host step
-	// down for a 200 ms scheduling stall), commit 5 ms.
+	// down for a 200 ms scheduling stall); raft's CommitTimeout stays 50 ms
+	// (it paces the empty appends of an idle leader).
 	// False keeps raft's defaults.
 	Fast bool
 	// Tune, if set, adjusts raft's configuration after the defaults and
@@ -107,8 +109,13 @@ type Config struct {
 	LogCache int
 
 	// NewTransport builds the raft transport; nil means this module's
-	// transport (package raft) with RaftTimeout, Logger and Registerer.
+	// transport (package raft) with System, RaftTimeout, Logger and
+	// Registerer.
 	NewTransport func(bind string) (raft.Transport, error)
+	// System runs the default transport's sockets; nil means a private
+	// one that the transport shuts down. A System given here must be shut
+	// down after the node is closed.
+	System *netio.System
 	// RaftTimeout bounds every RPC of the default transport; zero means 2 s.
 	RaftTimeout time.Duration
 	// Registerer receives the default transport's metrics; nil means none.
@@ -221,7 +228,7 @@ func (n *Node) start(ctx context.Context) error {
 	newTransport := cfg.NewTransport
 	if newTransport == nil {
 		newTransport = func(bind string) (raft.Transport, error) {
-			return iraft.New(iraft.Config{BindAddr: bind, Timeout: cfg.RaftTimeout, Logger: n.log, Registerer: cfg.Registerer})
+			return iraft.New(iraft.Config{System: cfg.System, BindAddr: bind, Timeout: cfg.RaftTimeout, Logger: n.log, Registerer: cfg.Registerer})
 		}
 	}
 	if n.trans, err = newTransport(cfg.RaftAddr); err != nil {
@@ -232,7 +239,6 @@ func (n *Node) start(ctx context.Context) error {
 		rc.HeartbeatTimeout = 300 * time.Millisecond
 		rc.ElectionTimeout = 300 * time.Millisecond
 		rc.LeaderLeaseTimeout = 300 * time.Millisecond
-		rc.CommitTimeout = 5 * time.Millisecond
 	}
 	if cfg.Tune != nil {
 		cfg.Tune(rc)

@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/ioactor/ioactor/internal/raftnode"
+	"github.com/ioactor/ioactor/netio"
 	"github.com/ioactor/ioactor/tftp"
 )
 
@@ -36,9 +37,10 @@ type NodeConfig struct {
 	// (or restarts an existing member from its data directory).
 	Join string
 	// Fast shortens raft's timers for a fast failover: heartbeat and
-	// election 300 ms, leader lease 300 ms, commit 5 ms. A cut-off leader
-	// holds its downloads 50 ms after its checkpoints stop committing
-	// (Replicator.Stalled), whatever the lease.
+	// election 300 ms, leader lease 300 ms; raft's CommitTimeout stays
+	// 50 ms (it paces the empty appends of an idle leader). A cut-off
+	// leader holds its downloads 50 ms after its checkpoints stop
+	// committing (Replicator.Stalled), whatever the lease.
 	Fast bool
 	// Tune, when not nil, adjusts raft's configuration after Fast; it must
 	// not change LocalID, NotifyCh or Logger.
@@ -47,10 +49,13 @@ type NodeConfig struct {
 	// every node. Nil refuses replicated uploads.
 	FS *tftp.FS
 	// NewTransport builds the raft transport; nil uses this module's
-	// transport (package raft of ioactor), on the event loop that package
-	// shares among the transports of a process (not the TFTP server's).
+	// transport (package raft of ioactor) on System.
 	NewTransport func(bind string) (raft.Transport, error)
-	Logger       *slog.Logger
+	// System runs the default transport's sockets (it may be the TFTP
+	// server's); nil means a private one that the transport shuts down.
+	// A System given here must be shut down after Close.
+	System *netio.System
+	Logger *slog.Logger
 }
 
 // Node is one member of the replicated TFTP service's raft cluster.
@@ -133,6 +138,7 @@ func (n *Node) start(ctx context.Context) error {
 			}
 		},
 		NewTransport: cfg.NewTransport,
+		System:       cfg.System,
 		Logger:       n.log,
 		LogPrefix:    "cluster",
 	})

@@ -1,0 +1,189 @@
+package bench
+
+// BenchmarkIdleCluster: what a replicated TFTP cluster costs at rest. Three
+// `tftpd -cluster` processes on loopback, no transfer at all; each node's
+// CPU (utime+stime from /proc/PID/stat) over a window, as a percentage of
+// one core:
+//
+//	go test -run '^$' -bench IdleCluster -benchtime 1x ./bench/                # 60 s window
+//	go test -run '^$' -bench IdleCluster -benchtime 1x ./bench/ -args -idle.window 20s
+//
+// The aim is ≤ 1 % of a core per node; raft's own work (a heartbeat to each
+// follower every 30 ms with -cluster's timers, an empty append every 50–100
+// ms) is the floor. scripts/idle-cluster.sh does the same from a shell and
+// can add strace -c of the leader.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+var idleWindow = flag.Duration("idle.window", 60*time.Second, "BenchmarkIdleCluster: the idle window measured")
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(tb testing.TB, network string) int {
+	tb.Helper()
+	if network == "udp" {
+		c, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		defer c.Close()
+		return c.LocalAddr().(*net.UDPAddr).Port
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// cpuTicks returns a process's utime+stime in clock ticks.
+func cpuTicks(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces: count from its ')'.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("short /proc/%d/stat", pid)
+	}
+	u, err1 := strconv.ParseInt(f[11], 10, 64)
+	s, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("bad /proc/%d/stat", pid)
+	}
+	return u + s, nil
+}
+
+// clockTicks is USER_HZ, 100 on every Linux architecture Go supports.
+const clockTicks = 100
+
+type idleNode struct {
+	id   string
+	http string
+	cmd  *exec.Cmd
+}
+
+func BenchmarkIdleCluster(b *testing.B) {
+	if runtime.GOOS != "linux" {
+		b.Skip("reads /proc")
+	}
+	dir := b.TempDir()
+	bin := filepath.Join(dir, "tftpd")
+	build := exec.Command("go", "build", "-o", bin, "github.com/ioactor/ioactor/cmd/tftpd")
+	if out, err := build.CombinedOutput(); err != nil {
+		b.Fatalf("go build: %v\n%s", err, out)
+	}
+	listen := fmt.Sprintf("127.0.0.1:%d", freePort(b, "udp"))
+	var nodes []*idleNode
+	b.Cleanup(func() {
+		for _, n := range nodes {
+			n.cmd.Process.Kill()
+			n.cmd.Wait()
+		}
+	})
+	start := func(i int, join string) {
+		n := &idleNode{id: fmt.Sprintf("n%d", i), http: fmt.Sprintf("127.0.0.1:%d", freePort(b, "tcp"))}
+		root := filepath.Join(dir, n.id)
+		if err := os.MkdirAll(root, 0o755); err != nil {
+			b.Fatal(err)
+		}
+		args := []string{"-cluster", "-node-id", n.id, "-data", filepath.Join(dir, n.id+".data"),
+			"-raft", fmt.Sprintf("127.0.0.1:%d", freePort(b, "tcp")), "-cluster-http", n.http,
+			"-root", root, "-listen", listen, "-log-level", "warn"}
+		if join != "" {
+			args = append(args, "-join", join)
+		}
+		n.cmd = exec.Command(bin, args...)
+		n.cmd.Stdout, n.cmd.Stderr = os.Stderr, os.Stderr
+		if err := n.cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		nodes = append(nodes, n)
+	}
+	start(1, "")
+	leader := waitIdleLeader(b, nodes, 1)
+	start(2, nodes[0].http)
+	start(3, nodes[0].http)
+	leader = waitIdleLeader(b, nodes, 3)
+	time.Sleep(2 * time.Second) // joins settled
+	before := make([]int64, len(nodes))
+	for i, n := range nodes {
+		t, err := cpuTicks(n.cmd.Process.Pid)
+		if err != nil {
+			b.Fatal(err)
+		}
+		before[i] = t
+	}
+	b.ResetTimer()
+	time.Sleep(*idleWindow)
+	b.StopTimer()
+	var worstFollower float64
+	for i, n := range nodes {
+		t, err := cpuTicks(n.cmd.Process.Pid)
+		if err != nil {
+			b.Fatal(err)
+		}
+		pct := 100 * float64(t-before[i]) / clockTicks / idleWindow.Seconds()
+		role := "follower"
+		if n.id == leader {
+			role = "leader"
+			b.ReportMetric(pct, "leader-%core")
+		} else {
+			worstFollower = max(worstFollower, pct)
+		}
+		fmt.Printf("idle cluster: %s (%s): %.2f %% of a core over %v\n", n.id, role, pct, *idleWindow)
+	}
+	b.ReportMetric(worstFollower, "follower-%core")
+	b.ReportMetric(0, "ns/op")
+}
+
+// waitIdleLeader waits until every node sees the same leader with want
+// voters, and returns its id.
+func waitIdleLeader(b *testing.B, nodes []*idleNode, want int) string {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for ctx.Err() == nil {
+		leader, ok := "", true
+		for _, n := range nodes {
+			var st struct {
+				Leader string   `json:"leader"`
+				Voters []string `json:"voters"`
+			}
+			req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+n.http+"/status", nil)
+			resp, err := http.DefaultClient.Do(req)
+			if err == nil {
+				err = json.NewDecoder(resp.Body).Decode(&st)
+				resp.Body.Close()
+			}
+			if err != nil || st.Leader == "" || len(st.Voters) != want || leader != "" && st.Leader != leader {
+				ok = false
+				break
+			}
+			leader = st.Leader
+		}
+		if ok {
+			return leader
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	b.Fatalf("no leader with %d voters within 30 s", want)
+	return ""
+}
