@@ -360,8 +360,16 @@ func (l *Loop) waitEvents(d time.Duration) (int, error) {
 	if err := l.parkFile.SetReadDeadline(deadline); err != nil {
 		return epollWait(l.epfd, l.events, max(time.Until(deadline), 0))
 	}
+	return l.park()
+}
+
+// park waits on the runtime's poller. It is a function of its own because
+// what its closure captures is moved to the heap: in waitEvents that was
+// an allocation on every wait, one per message in a closed-loop echo.
+func (l *Loop) park() (int, error) {
+	var n int
 	var werr error
-	err = l.parkConn.Read(func(fd uintptr) bool {
+	err := l.parkConn.Read(func(fd uintptr) bool {
 		n, werr = epollWait(l.epfd, l.events, 0)
 		return n != 0 || werr != nil && !errors.Is(werr, unix.EINTR)
 	})
