@@ -69,27 +69,17 @@ func NewAckEcho(conn netio.Ref, wm Watermarks) netio.Actor {
 	return e
 }
 
-// ackEcho is the ACK echo: the writer held by value and called directly,
-// so a message touches one handler object (with a thousand connections,
-// each pointer followed is a likely cache miss).
+// ackEcho is the ACK echo. It holds its writer by value, so a message
+// touches one handler object (with a thousand connections, each pointer
+// followed is a likely cache miss).
 type ackEcho struct {
 	closer
 	w AckWriter
 }
 
-func (e *ackEcho) Receive(ctx *netio.Context, msg any) {
-	if r, ok := msg.(*tcp.Received); ok { // the most frequent message first
-		if err := e.w.WriteReceived(ctx, r.Data); err != nil {
-			overrun(ctx, e.conn)
-		}
-		return
-	}
-	if e.w.Handle(ctx, msg) {
-		e.closeIfDone(ctx, e.w.Idle())
-		return
-	}
-	e.handleClose(ctx, msg, e.w.Idle())
-}
+func (e *ackEcho) Receive(ctx *netio.Context, msg any) { e.receive(ctx, msg, &e.w) }
+
+func (w *AckWriter) echo(ctx *netio.Context, data []byte) error { return w.WriteReceived(ctx, data) }
 
 // NewNackEcho returns the NACK-with-suspend echo handler of Akka's chapter.
 // Register it with KeepOpenOnPeerClosed and UseResumeWriting.
@@ -97,24 +87,36 @@ func NewNackEcho(conn netio.Ref, wm Watermarks) netio.Actor {
 	return &nackEcho{closer: closer{conn: conn}, w: NewNackWriter(conn, wm)}
 }
 
-// nackEcho is the NACK echo.
 type nackEcho struct {
 	closer
 	w *NackWriter
 }
 
-func (e *nackEcho) Receive(ctx *netio.Context, msg any) {
+func (e *nackEcho) Receive(ctx *netio.Context, msg any) { e.receive(ctx, msg, e.w) }
+
+func (w *NackWriter) echo(ctx *netio.Context, data []byte) error { return w.Write(ctx, data) }
+
+// echoWriter is what the ACK and NACK echoes need of their writer.
+type echoWriter interface {
+	echo(ctx *netio.Context, data []byte) error
+	Handle(ctx *netio.Context, msg any) bool
+	Idle() bool
+}
+
+// receive is the ACK and NACK echoes' Receive: Received data goes back
+// through w, then come w's own messages, then the close events.
+func (c *closer) receive(ctx *netio.Context, msg any, w echoWriter) {
 	if r, ok := msg.(*tcp.Received); ok { // the most frequent message first
-		if err := e.w.Write(ctx, r.Data); err != nil {
-			overrun(ctx, e.conn)
+		if err := w.echo(ctx, r.Data); err != nil {
+			overrun(ctx, c.conn)
 		}
 		return
 	}
-	if e.w.Handle(ctx, msg) {
-		e.closeIfDone(ctx, e.w.Idle())
+	if w.Handle(ctx, msg) {
+		c.closeIfDone(ctx, w.Idle())
 		return
 	}
-	e.handleClose(ctx, msg, e.w.Idle())
+	c.handleClose(ctx, msg, w.Idle())
 }
 
 // NewPullEcho returns the pull-mode echo handler of Akka's chapter: it asks
