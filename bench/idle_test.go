@@ -118,10 +118,10 @@ func BenchmarkIdleCluster(b *testing.B) {
 		nodes = append(nodes, n)
 	}
 	start(1, "")
-	leader := waitIdleLeader(b, nodes, 1)
+	waitIdleLeader(b, nodes, 1)
 	start(2, nodes[0].http)
 	start(3, nodes[0].http)
-	leader = waitIdleLeader(b, nodes, 3)
+	leader := waitIdleLeader(b, nodes, 3)
 	time.Sleep(2 * time.Second) // joins settled
 	before := make([]int64, len(nodes))
 	for i, n := range nodes {

@@ -41,12 +41,13 @@ type Loop struct {
 	epfd   int
 	wakefd int // eventfd
 	// parkFile is a duplicate of epfd in the runtime's poller: a loop
-	// with nothing to do for longer than rawWaitMax parks its goroutine
+	// with nothing to do for longer than rawWait parks its goroutine
 	// on it instead of sleeping in epoll_wait (see waitEvents). Nil when
 	// the runtime's poller refused it: the loop then always sleeps in
 	// epoll_wait.
 	parkFile *os.File
 	parkConn syscallConn
+	rawWait  time.Duration // Config.RawWait; 0: park at once
 
 	// Owned by the loop goroutine.
 	local  ring
@@ -306,14 +307,14 @@ func (l *Loop) shutdown() {
 	unix.Close(l.wakefd)
 }
 
-// rawWaitMax is the longest a loop sleeps in epoll_wait, holding its P in
-// a system call; a longer wait parks the goroutine on the runtime's poller.
-// sysmon takes the P of a goroutine that is more than 10 ms in a system
+// defaultRawWait is the longest a loop sleeps in epoll_wait, holding its P
+// in a system call; a longer wait parks the goroutine on the runtime's
+// poller. sysmon takes the P of a goroutine that is more than 10 ms in a system
 // call (a thread hand-off), then polls every 20 µs for a millisecond: an
 // idle loop woken every few tens of milliseconds (a raft heartbeat, a
 // timer) paid that every time, and kept sysmon from its deep sleep, which
 // it enters only when every P is idle.
-const rawWaitMax = 2 * time.Millisecond
+const defaultRawWait = 2 * time.Millisecond
 
 type syscallConn interface {
 	Read(f func(fd uintptr) (done bool)) error
@@ -340,18 +341,22 @@ func newParkFile(epfd int) (*os.File, syscallConn) {
 }
 
 // waitEvents waits for events at most d (d < 0: no bound). It sleeps in
-// epoll_wait for up to rawWaitMax, which keeps the wake-up of a busy loop
-// at one system call; past that the goroutine parks on the runtime's
-// poller until the epoll descriptor is readable or d is over, so an idle
-// loop holds no P and costs sysmon nothing.
+// epoll_wait for up to rawWait, which keeps the wake-up of a busy loop at
+// one system call; past that the goroutine parks on the runtime's poller
+// until the epoll descriptor is readable or d is over, so an idle loop
+// holds no P and costs sysmon nothing.
 func (l *Loop) waitEvents(d time.Duration) (int, error) {
-	if d >= 0 && d <= rawWaitMax || l.parkFile == nil {
+	if d >= 0 && d <= l.rawWait || l.parkFile == nil {
 		return epollWait(l.epfd, l.events, d)
 	}
 	start := time.Now()
-	n, err := epollWait(l.epfd, l.events, rawWaitMax)
-	if n != 0 || err != nil {
-		return n, err
+	var n int
+	var err error
+	if l.rawWait > 0 {
+		// (With no raw wait, the first look is the one in the Read below.)
+		if n, err = epollWait(l.epfd, l.events, l.rawWait); n != 0 || err != nil {
+			return n, err
+		}
 	}
 	var deadline time.Time
 	if d >= 0 {

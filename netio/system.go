@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -24,6 +25,15 @@ type Config struct {
 	Logger *slog.Logger
 	// Registerer, when not nil, receives the runtime's metrics.
 	Registerer prometheus.Registerer
+	// RawWait is how long a loop with nothing to do sleeps in epoll_wait,
+	// holding its P in a system call, before it parks its goroutine on the
+	// runtime's poller instead (so an idle loop costs sysmon and the
+	// scheduler nothing). Zero means 2 ms. Negative means the loop parks
+	// at once, after one look that does not block: a wake-up then costs a
+	// goroutine switch where the runtime has a thread polling anyway,
+	// rather than a thread wake-up, which suits request/response traffic
+	// between goroutines and a loop (package raft's transport).
+	RawWait time.Duration
 }
 
 // System owns event loops and the actors on them.
@@ -56,8 +66,18 @@ func NewSystem(cfg Config) (*System, error) {
 	if s.logger == nil {
 		s.logger = slog.Default()
 	}
+	rawWait := cfg.RawWait
+	switch {
+	case rawWait == 0:
+		rawWait = defaultRawWait
+	case rawWait < 0:
+		rawWait = 0
+	}
 	for i := 0; i < n; i++ {
 		l, err := newLoop(s, i)
+		if err == nil {
+			l.rawWait = rawWait
+		}
 		if err != nil {
 			for _, l := range s.loops {
 				l.shutdown()

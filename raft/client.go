@@ -80,6 +80,9 @@ type clientConn struct {
 	pend   []*call // FIFO: answers come back in request order
 	phead  int
 	nextID uint64
+	// armed: the timeout sweep is scheduled, or the actor was told to
+	// schedule it; cleared by the actor when nothing is pending.
+	armed bool
 
 	npend    atomic.Int32 // len(pend), for picking the least busy connection
 	isClosed atomic.Bool
@@ -92,10 +95,14 @@ type clientConn struct {
 	ending    bool // stop once the dial is answered (a Connect cannot be cancelled)
 	rd        frameReader
 	sweep     *netio.Timer // fires at the oldest pending call's deadline
-	sweeping  bool         // sweep is scheduled
+	scheduled bool         // sweep is in the loop's timers
 }
 
 type sweepTick struct{}
+
+// sweepArm asks the actor to schedule the timeout sweep: a call was written
+// to the socket directly by its caller, with no actor in the way.
+type sweepArm struct{}
 
 // closeReq asks a connection actor to close its socket and stop; abort
 // resets the connection (RST) so the peer sees an error, not a clean end.
@@ -105,26 +112,28 @@ func newClientConn(t *Transport, p *peer, role connRole, remote netip.AddrPort) 
 	c := &clientConn{t: t, peer: p, role: role, remote: remote}
 	c.rd.max = t.cfg.MaxFrameSize
 	c.w.out = append(make([]byte, 0, 4096), preamble[:]...)
+	c.w.direct = tcp.NewDirectWriter()
 	c.w.kicked = true // the preamble waits for the connection
 	return c
 }
 
-// armSweep schedules the timeout sweep for the oldest pending call, unless
-// it is scheduled or nothing is pending (actor only). An idle connection
-// has no timer: the sweep is armed when a write starts and re-armed only
-// while calls are pending.
-func (c *clientConn) armSweep(ctx *netio.Context) {
-	if c.sweeping {
+// schedule arms the timeout sweep for the oldest pending call (actor
+// only). An idle connection has no timer: a caller that adds a call while
+// none is armed tells the actor (sweepArm, or the kick that makes it
+// write), and the actor disarms when nothing is pending. Deadlines grow in
+// call order, so a sweep scheduled for an older call fires first; it then
+// re-arms for the next.
+func (c *clientConn) schedule(ctx *netio.Context) {
+	c.w.mu.Lock()
+	if c.phead == len(c.pend) {
+		c.armed = false
+		c.w.mu.Unlock()
 		return
 	}
-	c.w.mu.Lock()
-	pending := c.phead < len(c.pend)
-	var deadline time.Time
-	if pending {
-		deadline = c.pend[c.phead].deadline
-	}
+	c.armed = true
+	deadline := c.pend[c.phead].deadline
 	c.w.mu.Unlock()
-	if !pending {
+	if c.scheduled {
 		return
 	}
 	// At least every Timeout: a snapshot's deadline is moved once its data
@@ -135,7 +144,7 @@ func (c *clientConn) armSweep(ctx *netio.Context) {
 	} else {
 		c.sweep.Reset(d)
 	}
-	c.sweeping = true
+	c.scheduled = true
 }
 
 func (c *clientConn) PreStart(ctx *netio.Context) {
@@ -173,18 +182,28 @@ func (c *clientConn) Receive(ctx *netio.Context, msg any) {
 		}
 	case kickMsg:
 		c.pump(ctx)
+	case sweepArm:
+		c.schedule(ctx)
 	case sweepTick:
-		c.sweeping = false
-		err := c.expire(ctx.Now())
-		c.armSweep(ctx)
-		if err != nil {
+		c.scheduled = false
+		if expired := c.expire(ctx.Now()); len(expired) > 0 {
 			// The server answers a connection's requests in order, and
 			// one that raft never answers holds back every answer after
 			// it: drop the connection, as raft.NetworkTransport does, so
 			// that the next call dials a fresh one instead of waiting
-			// behind it. The other calls in flight on it fail now.
-			c.end(ctx, err, true)
+			// behind it. It is marked closed before the expired calls'
+			// callers learn of their timeout, so that none of them picks
+			// it again; the later calls in flight on it fail after them
+			// (a pipeline's futures stay in order).
+			c.isClosed.Store(true)
+			c.peer.forget(c)
+			for _, x := range expired {
+				failCall(x.cl, x.err)
+			}
+			c.end(ctx, expired[0].err, true)
+			return
 		}
+		c.schedule(ctx)
 	case tcp.Connected:
 		c.dialing = false
 		if c.ending {
@@ -193,7 +212,7 @@ func (c *clientConn) Receive(ctx *netio.Context, msg any) {
 			return
 		}
 		c.conn, c.connected = m.Conn, true
-		ctx.Tell(m.Conn, tcp.Register{Handler: ctx.Self()})
+		ctx.Tell(m.Conn, tcp.Register{Handler: ctx.Self(), Direct: c.w.direct})
 		ctx.Watch(m.Conn)
 		c.t.trackConn(m.Conn)
 		c.peer.dialed(c, nil)
@@ -235,7 +254,7 @@ var errPeerClosed = errors.New("closed by the peer")
 // pump starts the next write, and the timeout sweep for what it carries.
 func (c *clientConn) pump(ctx *netio.Context) {
 	if c.w.pump(ctx, c.conn, c.t.m) {
-		c.armSweep(ctx)
+		c.schedule(ctx)
 	}
 }
 
@@ -318,21 +337,22 @@ func failCall(cl *call, err error) {
 	cl.done <- struct{}{}
 }
 
-// expire fails the calls whose deadline passed (actor only) and returns
-// the first one's error, nil when none expired.
-func (c *clientConn) expire(now time.Time) error {
-	var first error
+type expiredCall struct {
+	cl  *call
+	err error
+}
+
+// expire takes the calls whose deadline passed off the pending list (actor
+// only); the caller fails them.
+func (c *clientConn) expire(now time.Time) []expiredCall {
+	var out []expiredCall
 	c.w.mu.Lock()
 	for c.phead < len(c.pend) && !now.Before(c.pend[c.phead].deadline) {
 		cl := c.takeLocked(c.pend[c.phead].id)
-		err := fmt.Errorf("%w after %v", ErrTimeout, now.Sub(cl.start).Round(time.Millisecond))
-		failCall(cl, err)
-		if first == nil {
-			first = err
-		}
+		out = append(out, expiredCall{cl, fmt.Errorf("%w after %v", ErrTimeout, now.Sub(cl.start).Round(time.Millisecond))})
 	}
 	c.w.mu.Unlock()
-	return first
+	return out
 }
 
 // enqueue registers cl and queues its request frame.
@@ -355,10 +375,18 @@ func (c *clientConn) enqueue(cl *call, kind rpcKind, args any) error {
 	}
 	c.pend = append(c.pend, cl)
 	c.npend.Add(1)
-	kick := c.w.kickLocked()
+	arm := !c.armed
+	c.armed = true
+	// A pipeline with appends in flight has more coming: let the actor
+	// batch them. Everything else is a lone call, written at once.
+	direct := c.role != rolePipeline || len(c.pend)-c.phead == 1
+	kick := c.w.sendLocked(c.t.m, direct)
 	c.w.mu.Unlock()
-	if kick {
-		c.ref.Tell(kickMsg{})
+	switch {
+	case kick:
+		c.ref.Tell(kickMsg{}) // the actor arms the sweep when it writes
+	case arm:
+		c.ref.Tell(sweepArm{})
 	}
 	return nil
 }

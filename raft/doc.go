@@ -33,13 +33,22 @@
 // event loop, talking to its tcp connection with messages; raft's API is
 // blocking calls on raft's goroutines. The bridge between the two is a small
 // lock-guarded writer per connection: callers encode their request frame
-// straight into the connection's output buffer and wake the actor only when
-// it is idle; the actor hands the whole batch to the socket as one ack-paced
-// write, while the next batch accumulates in a second buffer. Answers are
-// matched to calls by id, on the loop, and a caller waits on its call's
-// channel. On the receiving side each connection has one dispatcher
-// goroutine that hands requests to raft in order and, while raft works on
-// one, already offers the next on the Consumer channel.
+// straight into the connection's output buffer; while the actor is idle
+// the caller writes it to the socket itself (tcp.DirectWriter), and wakes
+// the actor only for what the socket did not take, or when the actor is
+// busy writing; the actor hands the whole batch to the socket as one
+// ack-paced write, while the next batch accumulates in a second buffer.
+// Answers are matched to calls by id, on the loop, and a caller waits on
+// its call's channel. On the receiving side each connection has one
+// dispatcher goroutine that hands requests to raft in order and, while raft
+// works on one, already offers the next on the Consumer channel; it writes
+// answers the way callers write requests.
+//
+// Timeouts: a connection's sweep fires at its oldest pending call's
+// deadline (no timer while nothing is pending). A call that times out
+// closes its connection, as raft.NetworkTransport does: the server answers
+// a connection's requests in order, so a request raft never answers would
+// otherwise hold back every later answer on it. The next call dials anew.
 //
 // Per peer there is one connection for heartbeats (so they never queue
 // behind an append or a slow disk on either side: the receiver hands them to
@@ -101,10 +110,9 @@
 // Frames are limited to Config.MaxFrameSize (64 MiB by default): a raft log
 // entry larger than that cannot be replicated. raft's own go-metrics are not
 // bridged to Prometheus. A System passed in Config must be shut down only
-// after Close. Every hand-off between a raft goroutine and an event loop
-// costs a thread wake-up (the actors ask the loop to yield its P before it
-// blocks in epoll_wait, netio's YieldBeforeBlocking, so that a goroutine they
-// woke runs at once), so small synchronous
-// RPCs are about as fast as raft.NetworkTransport's, not faster (see
-// README.md).
+// after Close. A request still crosses from the loop that reads it to the
+// dispatcher goroutine that runs raft's handler, and an answer from the
+// loop to the waiting caller, so a heartbeat round trip is about as fast as
+// raft.NetworkTransport's, not faster; the snapshot receiver copies the data
+// twice (see README.md).
 package raft

@@ -58,6 +58,7 @@ func (l *listener) Receive(ctx *netio.Context, msg any) {
 		s := &serverConn{t: l.t, conn: m.Conn, connRef: m.Conn, remote: m.Remote}
 		s.rd.max = l.t.cfg.MaxFrameSize
 		s.rd.fresh = true
+		s.w.direct = tcp.NewDirectWriter()
 		// On the connection's loop, so its reads reach us without a copy.
 		l.t.mu.Lock()
 		if l.t.closed {
@@ -71,7 +72,7 @@ func (l *listener) Receive(ctx *netio.Context, msg any) {
 		l.t.servers[s] = struct{}{}
 		l.t.tcpConns[m.Conn] = struct{}{}
 		l.t.mu.Unlock()
-		ctx.Tell(m.Conn, tcp.Register{Handler: ref})
+		ctx.Tell(m.Conn, tcp.Register{Handler: ref, Direct: s.w.direct})
 	case closeReq:
 		ctx.Stop() // the tcp listener watches us: it closes the socket
 	}
@@ -492,7 +493,10 @@ func (d *dispatcher) answer(p pending, r hraft.RPCResponse) {
 	b[flagAt] = flags
 	b, err := endFrame(b, start, d.t.cfg.MaxFrameSize)
 	s.w.out = b
-	kick := err == nil && s.w.kickLocked()
+	// The last answer due is written at once; with more due, the actor
+	// batches them.
+	direct := len(d.inflight) == 0 && s.queueLen() == 0
+	kick := err == nil && s.w.sendLocked(d.t.m, direct)
 	s.w.mu.Unlock()
 	if err != nil {
 		d.t.log.Error("raft transport: answer too large", "err", err)

@@ -78,7 +78,10 @@ func New(cfg Config) (*Transport, error) {
 		// A private System: its loops and logger are this transport's, it
 		// registers no metrics (pass a System for the loops' metrics), and
 		// Close shuts it down. No state is shared between transports.
-		t.sys, err = netio.NewSystem(netio.Config{Loops: cfg.Loops, Logger: cfg.Logger})
+		// Raft's traffic is request and answer between goroutines and
+		// the loop: the loop parks on the runtime's poller whenever it
+		// would block (netio.Config.RawWait).
+		t.sys, err = netio.NewSystem(netio.Config{Loops: cfg.Loops, Logger: cfg.Logger, RawWait: -1})
 		if err != nil {
 			return nil, fmt.Errorf("raft transport: %w", err)
 		}
@@ -606,7 +609,7 @@ func (t *Transport) installSnapshot(c *clientConn, args *hraft.InstallSnapshotRe
 			return fmt.Errorf("read snapshot data: %w", err)
 		}
 		chunks[i].data = store[i][:n] // the writer's until done
-		if err := c.w.enqueueRaw(c.ref, chunks[i]); err != nil {
+		if err := c.w.enqueueRaw(c.ref, chunks[i], t.m); err != nil {
 			return err
 		}
 		busy[i] = true

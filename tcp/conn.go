@@ -108,6 +108,8 @@ type conn struct {
 
 	remote, local netip.AddrPort
 
+	direct *DirectWriter // attached at Register; nil when none
+
 	// Closing.
 	closeSender netio.Ref
 
@@ -383,6 +385,10 @@ func (c *conn) register(ctx *netio.Context, r Register) {
 		c.timer = nil
 	}
 	ctx.Watch(c.handler)
+	if r.Direct != nil && c.closing == closeNone {
+		c.direct = r.Direct
+		c.direct.attach(c.fd, c.pending, c.stats)
+	}
 	// Reading may have been suspended or resumed before Register: that state
 	// stands. The socket may already hold data (edge-triggered: the edge may
 	// have passed before Register), so try a read.
@@ -506,6 +512,7 @@ func (c *conn) releaseSegments() {
 
 func (c *conn) start(ctx *netio.Context) {
 	c.pending = true
+	c.direct.setBusy(true)
 	c.segi = 0
 	c.ackTo = replyTo(ctx, c.handler)
 	if c.writable {
@@ -689,6 +696,7 @@ const maxSpillKept = 64 << 10
 
 // afterWrite runs when no write is pending any more.
 func (c *conn) afterWrite(ctx *netio.Context) {
+	c.direct.setBusy(false)
 	if c.spillBig {
 		c.spill, c.spillBig = nil, false
 	}
@@ -717,6 +725,7 @@ func (c *conn) startClose(ctx *netio.Context, k closeKind, sender netio.Ref) {
 		c.handler = sender
 	}
 	c.closing, c.closeSender = k, sender
+	c.direct.detach()
 	if c.state != stateOpen || !c.pending {
 		c.closeFlushed(ctx)
 	}
@@ -780,6 +789,7 @@ func (c *conn) finish(ctx *netio.Context, ev ConnectionClosed, reason string) {
 }
 
 func (c *conn) closeNow(ctx *netio.Context) {
+	c.direct.detach()
 	if c.fd >= 0 {
 		ctx.CloseFD(c.fd)
 		c.fd = -1
@@ -811,6 +821,7 @@ func (c *conn) fail(ctx *netio.Context, op string, err error) {
 }
 
 func (c *conn) PostStop(ctx *netio.Context) {
+	c.direct.detach()
 	if c.fd >= 0 && !c.registered {
 		unix.Close(c.fd) // never reached its loop (the system shut down)
 	}

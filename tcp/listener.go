@@ -21,10 +21,24 @@ type listener struct {
 	acceptable bool
 	batch      int // pull mode: connections still allowed before ResumeAccepting
 	stats      *loopStats
+
+	// The retry after a failed accept (EMFILE, ENFILE, ENOBUFS, ENOMEM):
+	// one chain per listener, whatever the readiness events meanwhile,
+	// with a back-off that doubles from minAcceptBackoff to
+	// maxAcceptBackoff and resets on the next successful accept.
+	retrying bool
+	backoff  time.Duration
+	failures uint64 // failed accepts since the last success
 }
 
 // acceptBurst bounds the accepts done per readiness event, for fairness.
 const acceptBurst = 64
+
+// The back-off of accept retries, as net/http's Server.Serve.
+const (
+	minAcceptBackoff = 5 * time.Millisecond
+	maxAcceptBackoff = time.Second
+)
 
 func (l *listener) PreStart(ctx *netio.Context) {
 	l.stats = statsFor(ctx)
@@ -71,6 +85,9 @@ func (l *listener) PreStart(ctx *netio.Context) {
 
 func (l *listener) OnEvents(ctx *netio.Context, ev uint32) {
 	l.acceptable = true
+	if l.retrying {
+		return // the pending retry accepts
+	}
 	l.accept(ctx)
 }
 
@@ -87,13 +104,13 @@ func (l *listener) accept(ctx *netio.Context) {
 			case errors.Is(err, unix.EINTR), errors.Is(err, unix.ECONNABORTED):
 				continue
 			default:
-				// EMFILE and friends: log, back off a little, retry later.
-				ctx.Logger().Warn("tcp: accept failed", "addr", l.bind.Addr, "err", err)
-				l.stats.acceptErrors.Add(1)
-				ctx.After(10*time.Millisecond, resumeAccept{})
-				return
+				l.acceptFailed(ctx, err)
 			}
 			return
+		}
+		if l.failures > 0 {
+			ctx.Logger().Info("tcp: accepting again", "addr", l.bind.Addr, "failed_accepts", l.failures)
+			l.failures, l.backoff = 0, 0
 		}
 		if err := applyConnOptions(nfd, l.bind.ConnOptions); err != nil {
 			ctx.Logger().Warn("tcp: options on accepted connection", "err", err)
@@ -111,6 +128,29 @@ func (l *listener) accept(ctx *netio.Context) {
 	}
 }
 
+// acceptFailed schedules the listener's one retry after a failed accept
+// (EMFILE and friends: the pending connection stays in the backlog), with
+// back-off. It logs the first failure of a run and then each time the
+// back-off doubles, so a listener at the descriptor limit writes a few
+// lines, then one a second.
+func (l *listener) acceptFailed(ctx *netio.Context, err error) {
+	l.stats.acceptErrors.Add(1)
+	l.failures++
+	if l.retrying {
+		return // a retry is pending already (ResumeAccepting accepted meanwhile)
+	}
+	if l.backoff == 0 {
+		l.backoff = minAcceptBackoff
+	} else {
+		l.backoff = min(2*l.backoff, maxAcceptBackoff)
+	}
+	if l.failures == 1 || l.backoff < maxAcceptBackoff || l.failures%10 == 0 {
+		ctx.Logger().Warn("tcp: accept failed; retrying", "addr", l.bind.Addr, "err", err, "retry_in", l.backoff, "failed_accepts", l.failures)
+	}
+	l.retrying = true
+	ctx.After(l.backoff, resumeAccept{})
+}
+
 type resumeAccept struct{}
 
 func (l *listener) Receive(ctx *netio.Context, msg any) {
@@ -122,6 +162,7 @@ func (l *listener) Receive(ctx *netio.Context, msg any) {
 		l.batch = m.BatchSize
 		l.accept(ctx)
 	case resumeAccept:
+		l.retrying = false
 		l.acceptable = true
 		l.accept(ctx)
 	case Unbind, *Unbind:

@@ -88,6 +88,10 @@ type Register struct {
 	// later write fails too until ResumeWriting (Akka's NACK-with-suspend).
 	// Akka defaults it to true; Go's zero value is false (plain NACK).
 	UseResumeWriting bool
+	// Direct, when not nil, is attached to the connection: goroutines may
+	// write through it while the connection has no write pending (see
+	// [DirectWriter]).
+	Direct *DirectWriter
 }
 
 // WriteCommand is Write, WriteFile or CompoundWrite.

@@ -58,6 +58,8 @@ func (a *transferActor) Receive(ctx *netio.Context, msg any) {
 		x.committed(now, m.err)
 	case begunMsg:
 		x.begun(now, m.err)
+	case requestAgainMsg:
+		x.requestAgain(now)
 	case udp.Bound:
 		a.sock = m.Socket
 		x.start(now, m.LocalAddr)

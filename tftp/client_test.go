@@ -119,35 +119,95 @@ func TestFakeTimeServerGivesUp(t *testing.T) {
 		dir := t.TempDir()
 		writeFile(t, dir, "f", patternBytes(5000))
 		n := newMemNet()
-		m, stop := memSetup(t, n, ServerConfig{Root: dir, MinTimeout: -1})
+		m, stop := memSetup(t, n, ServerConfig{Root: dir, MinTimeout: -1, SilenceLimit: -1})
 		defer stop()
-		// A client that asks and never answers.
+		// A client that asks and never answers (or a forged request): the
+		// first packet goes FirstRetries+1 times, and no ERROR follows.
 		conn := n.listen(0)
 		defer conn.close()
 		start := time.Now()
 		conn.writeTo(AppendRequest(nil, Request{Op: OpRRQ, Filename: "f", Mode: ModeOctet}), m.addr())
 		x := <-m.done
+		if d := time.Since(start); d != 3*time.Second {
+			t.Fatalf("server gave up after %v", d)
+		}
+		if x.snd.retransmits != 1 || !errors.Is(x.snd.err, ErrTimeout) {
+			t.Fatalf("%d retransmissions, %v", x.snd.retransmits, x.snd.err)
+		}
+		if data, errs := countPackets(conn); data != 2 || errs != 0 {
+			t.Fatalf("client got %d DATA and %d ERROR", data, errs)
+		}
+
+		// A client that answers the first block and falls silent: the
+		// retries run out after 1+2+4+8+8+8 s, then an ERROR.
+		conn2 := n.listen(0)
+		defer conn2.close()
+		conn2.writeTo(AppendRequest(nil, Request{Op: OpRRQ, Filename: "f", Mode: ModeOctet}), m.addr())
+		p := <-conn2.in
+		start = time.Now()
+		conn2.writeTo(AppendAck(nil, 1), p.from)
+		x = <-m.done
 		if d := time.Since(start); d != 31*time.Second {
 			t.Fatalf("server gave up after %v", d)
 		}
 		if x.snd.retransmits != 5 || !errors.Is(x.snd.err, ErrTimeout) {
 			t.Fatalf("%d retransmissions, %v", x.snd.retransmits, x.snd.err)
 		}
-		// The client got DATA 1 six times, then an ERROR.
-		var data, errs int
-		for len(conn.in) > 0 {
-			p := <-conn.in
-			switch op, _ := PacketOpcode(p.data); op {
-			case OpDATA:
-				data++
-			case OpERROR:
-				errs++
-			}
-		}
-		if data != 6 || errs != 1 {
+		if data, errs := countPackets(conn2); data != 6 || errs != 1 {
 			t.Fatalf("client got %d DATA and %d ERROR", data, errs)
 		}
 	})
+}
+
+func TestFakeTimeSilenceLimit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		dir := t.TempDir()
+		writeFile(t, dir, "f", patternBytes(5000))
+		n := newMemNet()
+		// The client asks for the longest timeout: the cap refuses it.
+		m, stop := memSetup(t, n, ServerConfig{Root: dir, MinTimeout: -1, MaxTimeoutOption: 10 * time.Second, SilenceLimit: 20 * time.Second})
+		defer stop()
+		conn := n.listen(0)
+		defer conn.close()
+		conn.writeTo(AppendRequest(nil, Request{Op: OpRRQ, Filename: "f", Mode: ModeOctet, Options: []Option{{Name: "timeout", Value: "255"}, {Name: "blksize", Value: "1024"}}}), m.addr())
+		p := <-conn.in
+		if op, _ := PacketOpcode(p.data); op != OpOACK || bytes.Contains(p.data, []byte("timeout")) {
+			t.Fatalf("first packet %q: want an OACK without timeout", p.data)
+		}
+		// Granted within the cap, and the client falls silent after ACK 0:
+		// 10 s, doubling, would take 310 s; the silence limit ends it at 20.
+		conn2 := n.listen(0)
+		defer conn2.close()
+		conn2.writeTo(AppendRequest(nil, Request{Op: OpRRQ, Filename: "f", Mode: ModeOctet, Options: []Option{{Name: "timeout", Value: "10"}}}), m.addr())
+		p = <-conn2.in
+		if op, _ := PacketOpcode(p.data); op != OpOACK || !bytes.Contains(p.data, []byte("timeout\x0010")) {
+			t.Fatalf("first packet %q: want an OACK with timeout 10", p.data)
+		}
+		start := time.Now()
+		conn2.writeTo(AppendAck(nil, 0), p.from)
+		for range 2 {
+			x := <-m.done
+			if x.neg.Timeout == 10*time.Second {
+				if d := time.Since(start); d != 20*time.Second || x.result != resultTimeout {
+					t.Fatalf("silent transfer ended after %v: %s", d, x.result)
+				}
+			}
+		}
+	})
+}
+
+// countPackets drains conn and counts the DATA and ERROR packets.
+func countPackets(conn *memConn) (data, errs int) {
+	for len(conn.in) > 0 {
+		p := <-conn.in
+		switch op, _ := PacketOpcode(p.data); op {
+		case OpDATA:
+			data++
+		case OpERROR:
+			errs++
+		}
+	}
+	return data, errs
 }
 
 func TestFakeTimeTransferDeadline(t *testing.T) {

@@ -33,8 +33,8 @@
 // The server is a listener actor on the server port, which parses requests
 // and starts one transfer actor per transfer, with a UDP socket of its own
 // bound to a fresh port: the server's transfer ID (TID) of RFC 1350. A
-// datagram from another address to that port gets ERROR 5 and leaves the
-// transfer alone. Transfers are spread over the system's loops. In
+// datagram from another address to that port gets ERROR 5 (within limits:
+// see Security) and leaves the transfer alone. Transfers are spread over the system's loops. In
 // single-port mode ([ServerConfig.SinglePort]) every reply comes from the
 // server port instead, and the listener tells transfers apart by the
 // client's address; this suits NAT and containers, and a replicated server
@@ -65,6 +65,48 @@
 // synced and renamed into place before the last ACK, so a client that
 // sees its upload acknowledged finds it complete, and an interrupted
 // upload leaves nothing under the target name.
+//
+// # Security
+//
+// TFTP has no authentication, so the server bounds what any stranger can
+// make it hold, send or log (every bound is a [ServerConfig] field and a
+// tftpd flag):
+//
+//   - Time: a timeout option above [ServerConfig.MaxTimeoutOption] (10 s)
+//     is refused, as RFC 2349 allows, and [ServerConfig.SilenceLimit]
+//     (30 s) abandons a transfer that has not heard from its client, so
+//     a slot is held for seconds, not the hour of the transfer deadline.
+//   - Fair shares: one client (an address, or a network of
+//     [ServerConfig.ClientPrefix4]/[ServerConfig.ClientPrefix6] bits)
+//     holds at most [ServerConfig.MaxClientTransfers] transfers (32) and
+//     makes new requests at [ServerConfig.ClientRate] (20/s, a token
+//     bucket). A refusal is an ERROR 0 that says why, and is counted in
+//     ioactor_tftp_requests_refused_total{reason}, never a silence that
+//     looks like loss.
+//   - Reflection: a transfer that never heard from its client sends its
+//     first packet [ServerConfig.FirstRetries]+1 times (2) and ends
+//     without an ERROR: an unanswered 15-byte RRQ draws 1,032 bytes
+//     (69×, tftpd-hpa 207×). An ERROR is never answered, and ERROR 5 to
+//     strangers is rate-limited per transfer port and server-wide
+//     ([ServerConfig.ErrorRate]); refusals are rate-limited per client,
+//     so that one flood does not silence the refusals of others.
+//   - Logs: file names and errors are cut short in log lines, and a
+//     refusal is logged once per client per sweep (10 s); a wrapper such
+//     as tftpd's summarises repeated records of one kind.
+//
+// Transfer sockets are not connected (connect(2) to the client), unlike
+// tftpd-hpa's. A connected socket has the kernel drop strangers' packets,
+// which is what stops tftpd-hpa's transfer ports from answering each
+// other's forged ERRORs; here the rules above stop that exchange instead
+// (an ERROR is never answered, an ERROR 5 is rate-limited), and they must
+// exist anyway, for single-port mode, where every transfer shares the
+// server port and no connect is possible. Unconnected sockets keep RFC
+// 1350's ERROR 5 to a stranger (a client that lost track of its TID
+// learns why), keep the transfer actor's socket the same in both modes
+// (one code path, one set of tests), and spare an ICMP error from a
+// spoofed victim's host from surfacing as ECONNREFUSED in the middle of a
+// transfer. The cost is a wake-up per stranger's datagram, which is
+// bounded by the rates above.
 //
 // # Client
 //
@@ -104,9 +146,12 @@
 // With [ServerConfig.Registerer] the server exports
 // ioactor_tftp_transfers_total{op,result}, ioactor_tftp_bytes_total{op},
 // ioactor_tftp_retransmits_total, ioactor_tftp_active_transfers,
-// ioactor_tftp_transfer_duration_seconds{op} and
-// ioactor_tftp_stray_packets_total{kind}, read from per-loop counters at
-// scrape time. Logs carry the transfer's id as "xfer".
+// ioactor_tftp_transfer_duration_seconds{op},
+// ioactor_tftp_stray_packets_total{kind},
+// ioactor_tftp_requests_refused_total{reason} and
+// ioactor_tftp_errors_suppressed_total, read from per-loop counters at
+// scrape time. Logs carry the transfer's id as "xfer", and the file name
+// quoted and cut to 64 bytes.
 //
 // # Concurrency
 //

@@ -301,9 +301,10 @@ func (f *fuzzIO) begin(x *xfer, st TransferState) {
 
 // FuzzServerTransfer feeds a server transfer a request and then a script of
 // events: packets from the client or from a stranger, timer ticks, send
-// completions. The transfer must not panic, must answer strangers with
-// ERROR 5 only, must never send a DATA longer than the block size, and
-// must release everything when cancelled.
+// completions, repeated requests. The transfer must not panic, must answer
+// strangers with ERROR 5 only, never an ERROR and within the rate limit,
+// must never send a DATA longer than the block size, and must release
+// everything when cancelled.
 func FuzzServerTransfer(f *testing.F) {
 	dir := f.TempDir()
 	os.WriteFile(filepath.Join(dir, "f"), patternBytes(3000), 0o644)
@@ -326,6 +327,7 @@ func FuzzServerTransfer(f *testing.F) {
 		var peer atomic.Bool
 		x := srv.newXfer(io, r, client, &stage, &peer, srv.m.shard(0))
 		now := time.Unix(1000, 0)
+		start := now
 		x.start(now, netip.MustParseAddrPort("192.0.2.9:2000"))
 		for len(script) >= 2 && !io.done {
 			kind, n := script[0], int(script[1])
@@ -336,7 +338,16 @@ func FuzzServerTransfer(f *testing.F) {
 			case 0:
 				x.packet(now, client, p)
 			case 1:
+				before := len(io.errs)
 				x.packet(now, stranger, p)
+				if op, err := PacketOpcode(p); err == nil && op == OpERROR && len(io.errs) > before {
+					t.Fatalf("an ERROR from a stranger was answered")
+				}
+				// Within the transfer port's allowance: a burst, then a
+				// few a second.
+				if max := strangerErrors + int(now.Sub(start)/time.Second)*strangerRate + 1; len(io.errs) > max {
+					t.Fatalf("%d ERRORs to strangers in %v", len(io.errs), now.Sub(start))
+				}
 			case 2:
 				now = now.Add(time.Duration(n) * 50 * time.Millisecond)
 				x.timer(now)
@@ -350,6 +361,9 @@ func FuzzServerTransfer(f *testing.F) {
 					u := io.commits[0]
 					io.commits = io.commits[1:]
 					x.committed(now, u.Commit())
+				}
+				if n%2 == 1 {
+					x.requestAgain(now) // the listener saw the request again
 				}
 			}
 		}

@@ -118,7 +118,14 @@ func newRaw(t testing.TB, network string) *rawConn {
 	if network == "udp6" {
 		addr = "[::1]:0"
 	}
-	c, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
+	return rawFrom(t, addr)
+}
+
+// rawFrom is a rawConn bound to addr: attackers use other loopback
+// addresses (127.0.0.2 and up) than the legitimate client.
+func rawFrom(t testing.TB, addr string) *rawConn {
+	t.Helper()
+	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
 	if err != nil {
 		t.Fatal(err)
 	}

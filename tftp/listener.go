@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/ioactor/ioactor/netio"
 	"github.com/ioactor/ioactor/udp"
 )
@@ -27,6 +29,7 @@ type entry struct {
 	client netip.AddrPort
 	req    []byte // the request's bytes, to recognise a retransmission
 	stage  atomic.Uint32
+	share  *share // the client's share, until the transfer ends
 	// peerEnded is set when the client ended the transfer with an ERROR.
 	peerEnded atomic.Bool
 	// queued is a request identical to req that came while the client
@@ -80,7 +83,10 @@ type listener struct {
 	draining, closing bool
 	quiet             bool // closing: the quiet period is over
 	poll              *netio.Timer
-	errBuf            []byte
+
+	shares     *shares
+	sweep      *netio.Timer
+	busyWarned bool // MaxTransfers' refusal was logged since the last sweep
 }
 
 func (l *listener) PreStart(ctx *netio.Context) {
@@ -88,6 +94,8 @@ func (l *listener) PreStart(ctx *netio.Context) {
 	l.shard = l.srv.m.shard(ctx.Loop().ID())
 	l.entries = make(map[netip.AddrPort]*entry)
 	l.byRef = make(map[netio.Ref]*entry)
+	l.shares = newShares(&l.srv.cfg)
+	l.sweep = ctx.Every(sweepInterval, sweepMsg{})
 	l.bind = udp.Bind{
 		Handler: ctx.Self(), LocalAddr: l.srv.cfg.Listen,
 		Options: []netio.SocketOption{netio.ReceiveBufferSize(4 << 20), netio.SendBufferSize(4 << 20)},
@@ -96,6 +104,7 @@ func (l *listener) PreStart(ctx *netio.Context) {
 }
 
 func (l *listener) PostStop(ctx *netio.Context) {
+	l.sweep.Stop()
 	for _, e := range l.entries {
 		if e.x != nil {
 			e.x.cancel("server stopped")
@@ -149,6 +158,9 @@ func (l *listener) Receive(ctx *netio.Context, msg any) {
 		l.checkDrained()
 	case drainPoll:
 		l.checkDrained()
+	case sweepMsg:
+		l.shares.sweep(now)
+		l.busyWarned = false
 	case closeMsg:
 		l.closing = true
 		for _, e := range l.entries {
@@ -178,6 +190,13 @@ func (l *listener) Receive(ctx *netio.Context, msg any) {
 const quietClose = 5 * time.Millisecond
 
 type quietOver struct{}
+
+// sweepMsg makes the listener forget idle clients (shares.sweep).
+type sweepMsg struct{}
+
+// requestAgainMsg tells a transfer actor that its client repeated the
+// request (xfer.requestAgain).
+type requestAgainMsg struct{}
 
 // resume takes over the transfers of another server (ServerConfig.Resume).
 func (l *listener) resume(now time.Time, states []TransferState) {
@@ -270,7 +289,7 @@ func (l *listener) datagram(now time.Time, from netip.AddrPort, b []byte) {
 	case err != nil:
 		l.shard.badRequests.Add(1)
 		if len(b) >= 2 {
-			l.reply(from, ErrIllegalOperation, "illegal TFTP operation")
+			l.reply(now, from, ErrIllegalOperation, "illegal TFTP operation", nil)
 		}
 	case op == OpRRQ || op == OpWRQ:
 		l.request(now, from, b)
@@ -278,13 +297,28 @@ func (l *listener) datagram(now time.Time, from netip.AddrPort, b []byte) {
 		// Never answer an ERROR.
 	default:
 		l.shard.foreign.Add(1)
-		l.reply(from, ErrUnknownTID, "unknown transfer ID")
+		l.reply(now, from, ErrUnknownTID, "unknown transfer ID", nil)
 	}
 }
 
-// reply sends an ERROR from the server port.
-func (l *listener) reply(to netip.AddrPort, code ErrorCode, msg string) {
+// reply sends an ERROR from the server port, within the server's
+// ErrorRate, or, for a client's refusals (sh not nil), within that
+// client's own allowance: a flood from one address must not use up the
+// ERRORs that tell another client why it is refused.
+func (l *listener) reply(now time.Time, to netip.AddrPort, code ErrorCode, msg string, sh *share) {
 	if l.sock.IsZero() {
+		return
+	}
+	if sh != nil {
+		if sh.refusals == nil {
+			sh.refusals = rate.NewLimiter(refusalRate, refusalBurst)
+		}
+		if !sh.refusals.AllowN(now, 1) {
+			l.shard.errorsSuppressed.Add(1)
+			return
+		}
+	} else if !l.srv.allowError(now, nil) {
+		l.shard.errorsSuppressed.Add(1)
 		return
 	}
 	// Errors are rare: a fresh command and buffer each, so that several in
@@ -300,11 +334,11 @@ func (l *listener) request(now time.Time, from netip.AddrPort, b []byte) {
 		if errors.Is(err, ErrMalformed) && bytes.Contains([]byte(err.Error()), []byte("unknown mode")) {
 			msg = "unknown transfer mode"
 		}
-		l.reply(from, ErrIllegalOperation, msg)
+		l.reply(now, from, ErrIllegalOperation, msg, nil)
 		return
 	}
 	if l.draining || l.closing {
-		l.reply(from, ErrUndefined, "server is shutting down")
+		l.refuse(now, from, refuseShutdown, "server is shutting down", nil)
 		return
 	}
 	if e := l.entries[from]; e != nil {
@@ -313,21 +347,55 @@ func (l *listener) request(now time.Time, from netip.AddrPort, b []byte) {
 		case same && stage == stagePinned:
 			return // a late duplicate
 		case same && stage == stageNew:
+			// A retransmission: the client did not get the first packet.
 			e.queued = true
+			switch {
+			case e.x != nil:
+				e.x.requestAgain(now)
+			case !e.ref.IsZero():
+				e.ref.Tell(requestAgainMsg{})
+			}
 			return
 		}
 		l.cancel(e, "superseded by a new request from the client")
 	}
+	sh := l.shares.get(from.Addr())
 	if max := l.srv.cfg.MaxTransfers; max > 0 && l.active() >= max {
-		l.srv.log.Warn("tftp: too many transfers; request refused", "client", from.String(), "max", max)
-		l.reply(from, ErrUndefined, "server busy, try again later")
+		if !l.busyWarned {
+			l.busyWarned = true
+			l.srv.log.Warn("tftp: too many transfers; requests refused (logged once per sweep interval; see ioactor_tftp_requests_refused_total)", "client", from.String(), "max", max)
+		}
+		l.refuse(now, from, refuseBusy, "server busy, try again later", sh)
 		return
 	}
-	l.start(now, from, req, b)
+	if why := l.shares.admit(now, sh); why != "" {
+		if !sh.warned {
+			sh.warned = true
+			l.srv.log.Warn("tftp: a client is over its share; its requests are refused (logged once per client and sweep interval)",
+				"client", l.shares.key(from.Addr()).String(), "reason", why, "active", sh.active)
+		}
+		msg := "too many transfers from your address, try again later"
+		if why == refuseClientRate {
+			msg = "too many requests from your address, slow down"
+		}
+		l.refuse(now, from, why, msg, sh)
+		return
+	}
+	l.start(now, from, req, b, sh)
 }
 
-func (l *listener) start(now time.Time, from netip.AddrPort, req Request, b []byte) {
-	e := &entry{client: from, req: append([]byte(nil), b...)}
+// refuse answers a request with an ERROR 0 and counts it.
+func (l *listener) refuse(now time.Time, from netip.AddrPort, why, msg string, sh *share) {
+	l.shard.refused[refuseIndex(why)].Add(1)
+	l.srv.log.Debug("tftp: request refused", "client", from.String(), "reason", why)
+	l.reply(now, from, ErrUndefined, msg, sh)
+}
+
+func (l *listener) start(now time.Time, from netip.AddrPort, req Request, b []byte, sh *share) {
+	e := &entry{client: from, req: append([]byte(nil), b...), share: sh}
+	if sh != nil {
+		sh.active++
+	}
 	l.entries[from] = e
 	if l.srv.cfg.SinglePort {
 		x := l.srv.newXfer(l, req, from, &e.stage, &e.peerEnded, l.shard)
@@ -360,12 +428,17 @@ func (l *listener) cancel(e *entry, why string) {
 
 // ended runs when the transfer of e is over.
 func (l *listener) ended(now time.Time, e *entry) {
+	if sh := e.share; sh != nil {
+		sh.active--
+		e.share = nil
+	}
 	if l.entries[e.client] == e {
 		delete(l.entries, e.client)
 		if e.queued && e.peerEnded.Load() && !l.draining && !l.closing {
 			req, err := ParseRequest(e.req)
 			if err == nil {
-				l.start(now, e.client, req, e.req)
+				sh := l.shares.get(e.client.Addr())
+				l.start(now, e.client, req, e.req, sh)
 			}
 		}
 	}

@@ -18,7 +18,11 @@ type shard struct {
 	foreign     atomic.Uint64 // datagrams from an unknown TID
 	ignored     atomic.Uint64 // datagrams ignored by a transfer
 	badRequests atomic.Uint64 // datagrams to the server port that are no request
-	_           [64]byte      // keep shards on separate cache lines
+	// errorsSuppressed counts ERROR packets to strangers not sent, over
+	// the rate limits.
+	errorsSuppressed atomic.Uint64
+	refused          [len(refuseReasons)]atomic.Uint64 // requests refused, by reason
+	_                [64]byte                          // keep shards on separate cache lines
 }
 
 var opLabels = [2]string{"read", "write"}
@@ -68,6 +72,8 @@ var (
 	descBytes     = prometheus.NewDesc("ioactor_tftp_bytes_total", "File bytes transferred (acknowledged downloads, received uploads), by operation.", []string{"op"}, nil)
 	descRetrans   = prometheus.NewDesc("ioactor_tftp_retransmits_total", "DATA, OACK and ACK packets the server sent again.", nil, nil)
 	descActive    = prometheus.NewDesc("ioactor_tftp_active_transfers", "TFTP transfers in progress.", nil, nil)
+	descRefused   = prometheus.NewDesc("ioactor_tftp_requests_refused_total", "Requests refused with an ERROR before a transfer started, by reason: busy (max transfers), client_transfers (max per client), client_rate (the client's request rate), shutting_down.", []string{"reason"}, nil)
+	descSuppress  = prometheus.NewDesc("ioactor_tftp_errors_suppressed_total", "ERROR packets not sent: over the per-transfer, per-client (refusals) or server-wide error rate.", nil, nil)
 	descStray     = prometheus.NewDesc("ioactor_tftp_stray_packets_total", "Datagrams that were not part of a transfer, by kind: foreign_tid (answered with ERROR 5), ignored (malformed or unexpected, from the client), bad_request (to the server port).", []string{"kind"}, nil)
 )
 
@@ -79,6 +85,8 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descRetrans
 	ch <- descActive
 	ch <- descStray
+	ch <- descRefused
+	ch <- descSuppress
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
@@ -86,8 +94,14 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	var bytes [2]uint64
 	var re, foreign, ignored, bad uint64
 	var active int64
+	var refused [len(refuseReasons)]uint64
+	var suppressed uint64
 	for i := range c.m.shards {
 		s := &c.m.shards[i]
+		for r := range refused {
+			refused[r] += s.refused[r].Load()
+		}
+		suppressed += s.errorsSuppressed.Load()
 		for op := range 2 {
 			bytes[op] += s.bytes[op].Load()
 			for r := range results {
@@ -111,4 +125,8 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descStray, prometheus.CounterValue, float64(foreign), "foreign_tid")
 	ch <- prometheus.MustNewConstMetric(descStray, prometheus.CounterValue, float64(ignored), "ignored")
 	ch <- prometheus.MustNewConstMetric(descStray, prometheus.CounterValue, float64(bad), "bad_request")
+	for r, rl := range refuseReasons {
+		ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(refused[r]), rl)
+	}
+	ch <- prometheus.MustNewConstMetric(descSuppress, prometheus.CounterValue, float64(suppressed))
 }

@@ -41,9 +41,12 @@ type receiver struct {
 	rto        rto
 	retries    int
 	maxRetries int
-	deadline   time.Time
-	expires    time.Time
-	dally      time.Duration
+	// firstRetries bounds the retries until heard: see sender.
+	firstRetries int
+	heard        bool // a DATA came from the sender
+	deadline     time.Time
+	expires      time.Time
+	dally        time.Duration
 
 	phase phase
 	err   error
@@ -60,7 +63,11 @@ type receiverConfig struct {
 	next       uint64
 	rto        rto
 	maxRetries int
-	expires    time.Time
+	// firstRetries, when limitFirst, bounds the retransmissions of
+	// the first acknowledgement until the sender answers.
+	firstRetries int
+	limitFirst   bool
+	expires      time.Time
 	// dally is how long to linger after the last block, re-acknowledging
 	// it if the sender did not get the ACK.
 	dally time.Duration
@@ -70,7 +77,7 @@ func newReceiver(c receiverConfig) *receiver {
 	r := &receiver{
 		bs: c.blockSize, window: max(c.window, 1), roll: c.roll, next: max(c.next, 1),
 		rto: c.rto, maxRetries: c.maxRetries, expires: c.expires, dally: c.dally,
-		first: c.first,
+		first: c.first, firstRetries: firstRetries(c.limitFirst, c.firstRetries, c.maxRetries),
 	}
 	r.setAck(r.next - 1)
 	r.pending = false
@@ -117,11 +124,13 @@ func (r *receiver) data(now time.Time, w uint16, n int) recvResult {
 	case phaseFailed:
 		return recvIgnore
 	case phaseDone:
+		r.heard = true
 		if _, ok := r.roll.index(w, r.next-1, 1); ok {
 			r.pending = true // the sender missed the last ACK
 		}
 		return recvIgnore
 	}
+	r.heard = true
 	if !r.expires.IsZero() && !now.Before(r.expires) {
 		r.fail(errTransferDeadline)
 		return recvFailed
@@ -187,8 +196,12 @@ func (r *receiver) timeout(now time.Time) event {
 		return evNone
 	}
 	r.retries++
-	if r.retries > r.maxRetries {
-		return r.fail(fmt.Errorf("%w after %d retransmissions", ErrTimeout, r.maxRetries))
+	limit := r.maxRetries
+	if !r.heard {
+		limit = r.firstRetries
+	}
+	if r.retries > limit {
+		return r.fail(fmt.Errorf("%w after %d retransmissions", ErrTimeout, limit))
 	}
 	r.rto.expired()
 	r.setAck(r.next - 1)

@@ -230,10 +230,17 @@ func (fsys *FS) wrap(err error) error {
 	return fmt.Errorf("tftp: %w", err)
 }
 
+// maxNameLen bounds the length of a file name: Linux's PATH_MAX.
+const maxNameLen = 4096
+
 // cleanName turns a TFTP file name into a clean path relative to the root,
 // or refuses it.
 func cleanName(name string) (string, error) {
 	switch {
+	case len(name) > maxNameLen:
+		// Before any work on it: a stranger's 65,000-byte name costs no
+		// path walk, and its error does not quote it.
+		return "", fmt.Errorf("%w: a name of %d bytes (at most %d)", ErrInvalidName, len(name), maxNameLen)
 	case strings.IndexByte(name, 0) >= 0:
 		return "", fmt.Errorf("%w: %q contains a NUL byte", ErrInvalidName, name)
 	case strings.IndexByte(name, '\\') >= 0:

@@ -106,6 +106,7 @@ func TestFSOpen(t *testing.T) {
 		{name: "file with slash", file: "hello.txt/", wantErr: ErrNotRegular, wantCode: ErrAccessViolation},
 		{name: "root", file: ".", wantErr: ErrNotRegular, wantCode: ErrAccessViolation},
 		{name: "upload temporary", file: "sub/.file.tftp-upload-ABC", wantErr: ErrInvalidName, wantCode: ErrAccessViolation},
+		{name: "too long", file: strings.Repeat("a/", 2049), wantErr: ErrInvalidName, wantCode: ErrAccessViolation},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

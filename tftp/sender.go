@@ -84,10 +84,14 @@ type sender struct {
 	rto        rto
 	retries    int
 	maxRetries int
-	fast       bool // a duplicate ACK has resent the window of this base
-	pending    bool // the window must be (re)sent: call emit
-	deadline   time.Time
-	expires    time.Time // the transfer's deadline; zero: none
+	// firstRetries bounds the retries while heard is false: a transfer
+	// whose client never answered (a spoofed request) reflects little.
+	firstRetries int
+	heard        bool // an ACK came from the client
+	fast         bool // a duplicate ACK has resent the window of this base
+	pending      bool // the window must be (re)sent: call emit
+	deadline     time.Time
+	expires      time.Time // the transfer's deadline; zero: none
 
 	phase phase
 	err   error
@@ -165,7 +169,11 @@ type senderConfig struct {
 	first      uint64
 	rto        rto
 	maxRetries int
-	expires    time.Time
+	// firstRetries, when limitFirst, bounds the retransmissions of
+	// the first packet until the client answers.
+	firstRetries int
+	limitFirst   bool
+	expires      time.Time
 	// prefetch keeps room for a second window, read ahead by prefetch
 	// while the first is in flight.
 	prefetch bool
@@ -178,11 +186,20 @@ const (
 	prefetchBlocks = 64
 )
 
+// firstRetries returns the retries allowed before the peer answers.
+func firstRetries(limit bool, first, retries int) int {
+	if !limit {
+		return retries
+	}
+	return min(max(first, 0), retries)
+}
+
 func newSender(c senderConfig) *sender {
 	s := &sender{
 		bs: c.blockSize, window: max(c.window, 1), roll: c.roll, src: c.src,
 		oack: c.oack, rto: c.rto, maxRetries: c.maxRetries, expires: c.expires,
-		basePos: c.src.pos(),
+		firstRetries: firstRetries(c.limitFirst, c.firstRetries, c.maxRetries),
+		basePos:      c.src.pos(),
 	}
 	n := s.window
 	if c.prefetch {
@@ -232,6 +249,7 @@ func (s *sender) ack(now time.Time, w uint16) event {
 	if s.phase != phaseRunning {
 		return evNone
 	}
+	s.heard = true
 	if s.expired(now) {
 		return s.fail(errTransferDeadline)
 	}
@@ -299,7 +317,7 @@ func (s *sender) jump(w uint16) (event, bool) {
 	if !ok || j < s.next || (last > 0 && j > last) {
 		return evNone, false
 	}
-	pos := s.basePos
+	var pos sourcePos
 	if j+1 >= s.produced {
 		// Blocks after j were not read yet: skip to j and read on there.
 		n := j + 1 - s.produced
@@ -471,8 +489,12 @@ func (s *sender) timeout(now time.Time) event {
 		return evProgress
 	}
 	s.retries++
-	if s.retries > s.maxRetries {
-		return s.fail(fmt.Errorf("%w after %d retransmissions", ErrTimeout, s.maxRetries))
+	limit := s.maxRetries
+	if !s.heard {
+		limit = s.firstRetries
+	}
+	if s.retries > limit {
+		return s.fail(fmt.Errorf("%w after %d retransmissions", ErrTimeout, limit))
 	}
 	s.rto.expired()
 	s.pending = true

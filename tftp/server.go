@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 
 	"github.com/ioactor/ioactor/netio"
 )
@@ -79,6 +80,48 @@ type ServerConfig struct {
 	// tsize is larger is refused at once); 0 means no bound.
 	MaxUploadSize int64
 
+	// Limits on what a stranger can make the server hold or send (see the
+	// package doc's Security section).
+
+	// MaxTimeoutOption is the largest timeout option granted; a larger one
+	// is refused (RFC 2349 allows it: the option is left out of the OACK
+	// and Timeout applies). 0 means 10 s, negative refuses the option.
+	MaxTimeoutOption time.Duration
+	// SilenceLimit abandons a transfer that has heard nothing from its
+	// client for that long, whatever its retries and timeout; 0 means
+	// 30 s, negative means no limit.
+	SilenceLimit time.Duration
+	// FirstRetries is how many times the first packet (DATA 1, the OACK
+	// or ACK 0) is sent again while the client has not answered at all;
+	// such a transfer also ends without an ERROR. A request with a forged
+	// source draws at most FirstRetries+1 packets. 0 means 1, negative
+	// means none; it is never more than Retries.
+	FirstRetries int
+	// MaxClientTransfers bounds the transfers at once of one client
+	// (one address, or one ClientPrefix4/ClientPrefix6 network); a request
+	// beyond it is refused with ERROR 0. 0 means 32, negative means no
+	// bound.
+	MaxClientTransfers int
+	// ClientRate is the rate of new requests one client may make, per
+	// second, with bursts of ClientBurst (a token bucket); a request
+	// beyond it is refused with ERROR 0. 0 means 20 per second, negative
+	// means no limit. ClientBurst 0 means 2×ClientRate (at least 1).
+	ClientRate  float64
+	ClientBurst int
+	// ClientPrefix4 and ClientPrefix6 are the prefix lengths that make one
+	// client for MaxClientTransfers and ClientRate; 0 means 32 (one IPv4
+	// address) and 64 (one IPv6 subnet).
+	ClientPrefix4, ClientPrefix6 int
+	// ErrorRate bounds the ERROR packets per second the server sends to
+	// strangers (unknown transfer IDs, malformed requests), across all
+	// transfers, with bursts of as many; each transfer port also answers
+	// strangers at most 4 times, then once a second. 0 means 200, negative
+	// means no limit. An ERROR packet itself is never answered. Refusals
+	// (MaxTransfers, MaxClientTransfers, ClientRate) are bounded per
+	// client instead, 20 then 10 a second, so that one flood cannot
+	// silence the refusals of everyone else.
+	ErrorRate float64
+
 	// Replicator, when set, records every transfer so that another server
 	// can finish it (package tftp/cluster). It requires SinglePort.
 	Replicator Replicator
@@ -107,7 +150,9 @@ type ServerConfig struct {
 	// ioactor_tftp_transfers_total{op,result}, ioactor_tftp_bytes_total{op},
 	// ioactor_tftp_retransmits_total, ioactor_tftp_active_transfers,
 	// ioactor_tftp_transfer_duration_seconds{op},
-	// ioactor_tftp_stray_packets_total{kind} and, for resumed downloads,
+	// ioactor_tftp_stray_packets_total{kind},
+	// ioactor_tftp_requests_refused_total{reason},
+	// ioactor_tftp_errors_suppressed_total and, for resumed downloads,
 	// ioactor_tftp_resume_lag_blocks.
 	Registerer prometheus.Registerer
 }
@@ -181,6 +226,37 @@ func (c ServerConfig) withDefaults() ServerConfig {
 	if c.MaxTransfers == 0 {
 		c.MaxTransfers = 4096
 	}
+	if c.MaxTimeoutOption == 0 {
+		c.MaxTimeoutOption = 10 * time.Second
+	}
+	if c.SilenceLimit == 0 {
+		c.SilenceLimit = 30 * time.Second
+	}
+	switch {
+	case c.FirstRetries == 0:
+		c.FirstRetries = 1
+	case c.FirstRetries < 0:
+		c.FirstRetries = 0
+	}
+	c.FirstRetries = min(c.FirstRetries, c.Retries)
+	if c.MaxClientTransfers == 0 {
+		c.MaxClientTransfers = 32
+	}
+	if c.ClientRate == 0 {
+		c.ClientRate = 20
+	}
+	if c.ClientBurst <= 0 {
+		c.ClientBurst = max(1, int(2*c.ClientRate))
+	}
+	if c.ClientPrefix4 <= 0 || c.ClientPrefix4 > 32 {
+		c.ClientPrefix4 = 32
+	}
+	if c.ClientPrefix6 <= 0 || c.ClientPrefix6 > 128 {
+		c.ClientPrefix6 = 64
+	}
+	if c.ErrorRate == 0 {
+		c.ErrorRate = 200
+	}
 	if c.CheckpointInterval <= 0 {
 		c.CheckpointInterval = 20 * time.Millisecond
 	}
@@ -200,6 +276,9 @@ type Server struct {
 	log    *slog.Logger
 	m      *metrics
 	ids    atomic.Uint64
+	// errLim bounds the ERROR packets to strangers, across loops; nil: no
+	// bound.
+	errLim *rate.Limiter
 
 	lis      netio.Ref
 	lisImpl  *listener // touched only on the listener's loop
@@ -254,7 +333,7 @@ func NewServer(sys *netio.System, cfg ServerConfig) (*Server, error) {
 func newServerState(cfg ServerConfig, loops int) (*Server, error) {
 	s := &Server{
 		cfg: cfg, fs: cfg.FS, log: cfg.Logger,
-		limits:  Limits{MaxBlockSize: cfg.MaxBlockSize, MaxWindowSize: cfg.MaxWindowSize},
+		limits:  Limits{MaxBlockSize: cfg.MaxBlockSize, MaxWindowSize: cfg.MaxWindowSize, MaxTimeout: cfg.MaxTimeoutOption},
 		m:       newMetrics(loops),
 		drained: make(chan struct{}),
 	}
@@ -262,6 +341,9 @@ func newServerState(cfg ServerConfig, loops int) (*Server, error) {
 	// servers (a replicated transfer keeps its id from one to the next)
 	// do not collide.
 	s.ids.Store(rand.Uint64() >> 24)
+	if cfg.ErrorRate > 0 {
+		s.errLim = rate.NewLimiter(rate.Limit(cfg.ErrorRate), max(1, int(cfg.ErrorRate)))
+	}
 	if s.log == nil {
 		s.log = slog.Default()
 	}

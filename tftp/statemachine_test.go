@@ -39,13 +39,13 @@ func (p patternFile) ReadAt(b []byte, off int64) (int, error) {
 // packet is dropped, duplicated or delayed by the rules, with a seeded
 // random source, and the clock is virtual.
 type link struct {
-	rng            *rand.Rand
-	drop, dup      float64 // probabilities, each direction
-	latency        time.Duration
-	jitter         time.Duration
-	dropFn         func(toReceiver bool, pkt []byte) bool // optional, deterministic drops
-	inflight       []flight
-	sent, received int
+	rng       *rand.Rand
+	drop, dup float64 // probabilities, each direction
+	latency   time.Duration
+	jitter    time.Duration
+	dropFn    func(toReceiver bool, pkt []byte) bool // optional, deterministic drops
+	inflight  []flight
+	sent      int
 }
 
 type flight struct {

@@ -8,6 +8,8 @@ import (
 	"os"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // xferIO is how a server transfer's packets and slow work leave it. The
@@ -117,6 +119,10 @@ type xfer struct {
 
 	ent *entry // the single-port driver's record
 
+	heard       time.Time     // when the client was last heard from
+	strangerLim *rate.Limiter // ERROR 5 to strangers; made on first use
+	extraSends  int           // first packets resent for a repeated request
+
 	ckpt      uint64    // the block of the last checkpoint given to the replicator
 	ckptAt    time.Time // and when
 	heldSince time.Time // when the current hold began (held)
@@ -133,7 +139,7 @@ func (s *Server) newXfer(io xferIO, req Request, client netip.AddrPort, stage *a
 	id := s.ids.Add(1)
 	x := &xfer{
 		srv: s, io: io, id: id, req: req, client: client, stage: stage, peerEnded: peerEnded, shard: sh,
-		log: s.log.With("xfer", id, "client", client.String(), "op", req.Op.String(), "file", req.Filename, "mode", req.Mode),
+		log: s.log.With("xfer", id, "client", client.String(), "op", req.Op.String(), "file", logName(req.Filename), "mode", req.Mode),
 	}
 	x.sentTok.x, x.timerTok.x = x, x
 	return x
@@ -150,11 +156,11 @@ func (x *xfer) opIndex() int {
 // start checks the request, opens the file and sends the first packet
 // (OACK, DATA 1, or ACK 0), or refuses with an ERROR. local is the TID.
 func (x *xfer) start(now time.Time, local netip.AddrPort) {
-	x.started = now
+	x.started, x.heard = now, now
 	x.local = local
 	x.counted = true
 	x.shard.active.Add(1)
-	x.log.Debug("tftp: request", "options", x.req.Options)
+	x.log.Debug("tftp: request", "options", logOptions(x.req.Options))
 	if x.req.Mode == ModeMail {
 		x.refuse(&Error{Code: ErrIllegalOperation, Message: "mail mode is not supported"})
 		return
@@ -194,8 +200,8 @@ func (x *xfer) begun(now time.Time, err error) {
 // resume continues a download another server started, from st.
 func (x *xfer) resume(now time.Time, local netip.AddrPort, st TransferState) {
 	x.id = st.ID // the same transfer: its checkpoints update its record
-	x.log = x.srv.log.With("xfer", x.id, "client", x.client.String(), "op", x.req.Op.String(), "file", x.req.Filename, "mode", x.req.Mode)
-	x.started = now
+	x.log = x.srv.log.With("xfer", x.id, "client", x.client.String(), "op", x.req.Op.String(), "file", logName(x.req.Filename), "mode", x.req.Mode)
+	x.started, x.heard = now, now
 	x.local = local
 	x.counted = true
 	x.shard.active.Add(1)
@@ -237,6 +243,7 @@ func (x *xfer) resume(now time.Time, local netip.AddrPort, st TransferState) {
 		prefetch: true,
 	})
 	x.snd.resumed = true
+	x.snd.heard = true // the client answered the server it started with
 	x.snd.restoreWindow = x.neg.WindowSize
 	if octet {
 		// Known in advance: no ACK beyond it moves the transfer. Netascii
@@ -366,6 +373,7 @@ func (x *xfer) startRead(now time.Time) error {
 	x.snd = newSender(senderConfig{
 		blockSize: x.neg.BlockSize, window: x.neg.WindowSize, roll: x.srv.cfg.Rollover, src: src,
 		oack: x.oack, first: 1, rto: r, maxRetries: x.srv.cfg.Retries, expires: x.expires(now),
+		firstRetries: x.srv.cfg.FirstRetries, limitFirst: true,
 		prefetch: x.neg.WindowSize*(4+x.neg.BlockSize) <= 2*prefetchMax,
 	})
 	return nil
@@ -397,6 +405,7 @@ func (x *xfer) startWrite(now time.Time) error {
 	x.rcv = newReceiver(receiverConfig{
 		blockSize: x.neg.BlockSize, window: x.neg.WindowSize, roll: x.srv.cfg.Rollover,
 		first: x.oack, next: 1, rto: r, maxRetries: x.srv.cfg.Retries, expires: x.expires(now), dally: dally,
+		firstRetries: x.srv.cfg.FirstRetries, limitFirst: true,
 	})
 	x.rcv.ackFirst()
 	return nil
@@ -438,10 +447,70 @@ func (x *xfer) flush(now time.Time) {
 }
 
 func (x *xfer) deadline() time.Time {
+	var d time.Time
 	if x.snd != nil {
-		return x.snd.nextDeadline()
+		d = x.snd.nextDeadline()
+	} else {
+		d = x.rcv.nextDeadline()
 	}
-	return x.rcv.nextDeadline()
+	if s := x.silentAt(); !s.IsZero() && (d.IsZero() || s.Before(d)) {
+		d = s
+	}
+	return d
+}
+
+// silentAt returns when the transfer is abandoned if the client stays
+// silent (ServerConfig.SilenceLimit), or zero.
+func (x *xfer) silentAt() time.Time {
+	lim := x.srv.cfg.SilenceLimit
+	if lim <= 0 || x.completed || x.heard.IsZero() {
+		return time.Time{}
+	}
+	return x.heard.Add(lim)
+}
+
+// errSilent ends a transfer whose client fell silent for SilenceLimit.
+var errSilent = fmt.Errorf("%w: no packet from the client within the silence limit", ErrTimeout)
+
+// requestAgain handles the client's request again while it has not
+// answered the first packet: the first packet was lost, so it goes again
+// at once, and the FirstRetries start over, at most Retries times. Each
+// costs the sender a request: a forged one still draws at most
+// FirstRetries+1 packets.
+func (x *xfer) requestAgain(now time.Time) {
+	if x.finished || x.committing || x.extraSends >= x.srv.cfg.Retries {
+		return
+	}
+	switch {
+	case x.snd != nil && !x.snd.heard && x.snd.phase == phaseRunning:
+		x.snd.pending, x.snd.retries = true, 0
+	case x.rcv != nil && !x.rcv.heard && x.rcv.phase == phaseRunning:
+		x.rcv.pending, x.rcv.retries = true, 0
+	default:
+		return
+	}
+	x.extraSends++
+	x.flush(now)
+}
+
+// stranger answers a datagram from another address than the client's
+// (RFC 1350: an ERROR 5, and the transfer goes on), within the limits:
+// never an ERROR for an ERROR (two transfer ports, or a port and a forged
+// source, would answer each other without end), and few per second.
+func (x *xfer) stranger(now time.Time, from netip.AddrPort, b []byte) {
+	x.shard.foreign.Add(1)
+	if op, err := PacketOpcode(b); err == nil && op == OpERROR {
+		return
+	}
+	if x.strangerLim == nil {
+		x.strangerLim = rate.NewLimiter(strangerRate, strangerErrors)
+	}
+	if !x.srv.allowError(now, x.strangerLim) {
+		x.shard.errorsSuppressed.Add(1)
+		return
+	}
+	x.errBuf = AppendError(x.errBuf[:0], ErrUnknownTID, "unknown transfer ID")
+	x.io.sendError(x, from, x.errBuf)
 }
 
 // packet handles a datagram sent to the transfer's TID.
@@ -450,10 +519,7 @@ func (x *xfer) packet(now time.Time, from netip.AddrPort, b []byte) {
 		return
 	}
 	if from != x.client {
-		// RFC 1350: answer a stranger, leave the transfer alone.
-		x.shard.foreign.Add(1)
-		x.errBuf = AppendError(x.errBuf[:0], ErrUnknownTID, "unknown transfer ID")
-		x.io.sendError(x, from, x.errBuf)
+		x.stranger(now, from, b)
 		return
 	}
 	op, err := PacketOpcode(b)
@@ -477,6 +543,7 @@ func (x *xfer) packet(now time.Time, from netip.AddrPort, b []byte) {
 			x.shard.ignored.Add(1)
 			return
 		}
+		x.heard = now
 		x.stage.Store(stagePinned)
 		probing := x.snd.probe != nil
 		ev := x.snd.ack(now, block)
@@ -502,6 +569,7 @@ func (x *xfer) packet(now time.Time, from netip.AddrPort, b []byte) {
 			x.shard.ignored.Add(1)
 			return
 		}
+		x.heard = now
 		if x.committing {
 			return // the last ACK goes out once the file is in place
 		}
@@ -532,6 +600,10 @@ func (x *xfer) packet(now time.Time, from netip.AddrPort, b []byte) {
 			return
 		}
 		x.flush(now)
+	case OpRRQ, OpWRQ:
+		// The client's request again, sent to our TID: it missed our
+		// first packet (a NAT, or a proxy, that learnt our port).
+		x.requestAgain(now)
 	default:
 		x.shard.ignored.Add(1)
 	}
@@ -598,6 +670,10 @@ func (x *xfer) timer(now time.Time) {
 	if x.held(now) {
 		return
 	}
+	if s := x.silentAt(); !s.IsZero() && !now.Before(s) {
+		x.fail(errSilent)
+		return
+	}
 	if x.snd != nil {
 		probing := x.snd.probe != nil
 		if x.snd.timeout(now) == evFailed {
@@ -643,7 +719,7 @@ func (x *xfer) sendFailed(now time.Time, err error) {
 		x.io.resumeWriting(x)
 		return
 	}
-	x.log.Warn("tftp: send failed", "err", err)
+	x.log.Warn("tftp: send failed", "err", logErr(err))
 	x.end(resultError, err)
 }
 
@@ -686,9 +762,13 @@ func (x *xfer) refuse(err error) {
 	x.end(resultRefused, err)
 }
 
-// fail ends the transfer with an ERROR to the client.
+// fail ends the transfer with an ERROR to the client, unless it never
+// heard from the client and times out: then the request may have been
+// forged, and the ERROR would only add to the reflection.
 func (x *xfer) fail(err error) {
-	x.sendErr(err)
+	if !errors.Is(err, ErrTimeout) || x.stage.Load() != stageNew {
+		x.sendErr(err)
+	}
 	switch {
 	case errors.Is(err, ErrTimeout):
 		x.end(resultTimeout, err)
@@ -773,9 +853,9 @@ func (x *xfer) complete(result string, err error) {
 	case resultOK:
 		x.log.Info("tftp: transfer complete", attrs...)
 	case resultRefused, resultPeerError, resultCancelled:
-		x.log.Info("tftp: transfer ended", append(attrs, "err", err)...)
+		x.log.Info("tftp: transfer ended", append(attrs, "err", logErr(err))...)
 	default:
-		x.log.Warn("tftp: transfer failed", append(attrs, "err", err)...)
+		x.log.Warn("tftp: transfer failed", append(attrs, "err", logErr(err))...)
 	}
 }
 
@@ -794,7 +874,7 @@ func (x *xfer) finish() {
 	}
 	if x.up != nil {
 		if err := x.up.Abort(); err != nil {
-			x.log.Warn("tftp: discard the partial upload", "err", err)
+			x.log.Warn("tftp: discard the partial upload", "err", logErr(err))
 		}
 		x.up = nil
 	}

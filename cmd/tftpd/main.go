@@ -55,6 +55,8 @@ type options struct {
 	cluster                             bool
 	nodeID, dataDir, raftAddr, httpAddr string
 	join, status                        string
+
+	hardening
 }
 
 func parse(args []string, stdout, stderr io.Writer) (*options, error) {
@@ -92,6 +94,7 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.httpAddr, "cluster-http", "127.0.0.1:8969", "cluster: HTTP address for /join and /status")
 	fs.StringVar(&o.join, "join", "", "cluster: the -cluster-http address of any member to join (empty: start a new cluster, or restart from -data)")
 	fs.StringVar(&o.status, "status", "", "print the cluster status from this -cluster-http address and exit (status 1 when the node is unhealthy)")
+	o.hardening.flags(fs)
 	if err := cli.Parse(fs, args, stdout, stderr); err != nil {
 		return nil, err
 	}
@@ -132,6 +135,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := o.check(o.cluster); err != nil {
+		return err
+	}
+	logger, flushLog := o.hardening.logger(logger)
+	defer flushLog()
 	listen, err := netip.ParseAddrPort(o.listen)
 	if err != nil {
 		return fmt.Errorf("-listen: %w", err)
@@ -168,6 +176,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		TransferDeadline: o.deadline, MaxTransfers: o.maxTransfers, MaxUploadSize: o.maxUpload,
 		Logger: logger, Registerer: reg,
 	}
+	o.apply(&tcfg)
 	if o.cluster {
 		return runCluster(ctx, o, sys, tcfg, reg, logger, stdout)
 	}
@@ -193,6 +202,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		fmt.Fprintf(stdout, "tftpd metrics on http://%s/metrics\n", ln.Addr())
 		go func() { httpErr <- httpSrv.Serve(ln) }()
+	}
+	if o.user != "" {
+		// The port is bound and the root open: root is no longer needed.
+		if err := dropPrivileges(o.user); err != nil {
+			srv.Close()
+			if httpSrv != nil {
+				httpSrv.Close()
+			}
+			return err
+		}
+		fmt.Fprintf(stdout, "tftpd running as user %s\n", o.user)
 	}
 
 	select {
