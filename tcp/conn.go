@@ -420,13 +420,15 @@ func (c *conn) write(ctx *netio.Context, cmd any, s segment) {
 	if !c.canWrite(ctx, cmd) {
 		return
 	}
-	if c.writable {
+	if c.writable && c.direct == nil {
 		// Nothing is pending (canWrite): one write(2) straight from the
 		// command, and if the kernel takes it all, the ack. What flush
-		// does for one segment, without the segment bookkeeping.
+		// does for one segment, without the segment bookkeeping. (With a
+		// DirectWriter the long way marks the connection busy first, so
+		// that no direct write lands inside a short write's rest.)
 		n, err := sysWrite(c.fd, s.data)
 		if n > 0 {
-			addOwned(&c.stats.bytesOut, uint64(n))
+			c.stats.bytesOut.Add(uint64(n)) // a DirectWriter adds too: not addOwned
 			s.data = s.data[n:]
 		}
 		switch {
@@ -616,7 +618,7 @@ func (c *conn) writeData() error {
 		n, err = writev(c.fd, c.iov)
 	}
 	if n > 0 {
-		addOwned(&c.stats.bytesOut, uint64(n))
+		c.stats.bytesOut.Add(uint64(n)) // a DirectWriter adds too: not addOwned
 		for i := c.segi; i < end && n > 0; i++ {
 			k := min(n, len(c.segs[i].data))
 			c.segs[i].data = c.segs[i].data[k:]
@@ -679,7 +681,7 @@ func (c *conn) sendFile(s *segment) error {
 		n, err := unix.Sendfile(c.fd, int(s.file.Fd()), &s.off, int(min(s.left, 1<<30)))
 		if n > 0 {
 			s.left -= int64(n)
-			addOwned(&c.stats.bytesOut, uint64(n))
+			c.stats.bytesOut.Add(uint64(n)) // a DirectWriter adds too: not addOwned
 		}
 		if err != nil {
 			return err

@@ -91,7 +91,8 @@ const (
 	reasonHandler         = "handler_terminated"
 )
 
-// loopStats are one loop's counters: written by that loop only, read at
+// loopStats are one loop's counters: written by that loop (bytesOut also by
+// DirectWriters, so it takes locked adds), read at
 // scrape time.
 type loopStats struct {
 	opened, bytesIn, bytesOut, acceptErrors atomic.Uint64
