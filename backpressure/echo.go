@@ -113,7 +113,9 @@ func (c *closer) receive(ctx *netio.Context, msg any, w echoWriter) {
 		return
 	}
 	if w.Handle(ctx, msg) {
-		c.closeIfDone(ctx, w.Idle())
+		if c.closing {
+			c.closeIfDone(ctx, w.Idle())
+		}
 		return
 	}
 	c.handleClose(ctx, msg, w.Idle())

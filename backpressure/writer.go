@@ -42,15 +42,21 @@ type readGate struct {
 	suspended bool
 }
 
+// check is called on every write and ack: small enough to inline, the
+// rare change of state in toggle.
 func (g *readGate) check(ctx *netio.Context, buffered int) {
-	switch {
-	case !g.suspended && buffered > g.wm.High:
-		g.suspended = true
-		ctx.Tell(g.conn, tcp.SuspendReading{})
-	case g.suspended && buffered < g.wm.Low:
-		g.suspended = false
-		ctx.Tell(g.conn, tcp.ResumeReading{})
+	if g.suspended && buffered < g.wm.Low || !g.suspended && buffered > g.wm.High {
+		g.toggle(ctx)
 	}
+}
+
+func (g *readGate) toggle(ctx *netio.Context) {
+	g.suspended = !g.suspended
+	if g.suspended {
+		ctx.Tell(g.conn, tcp.SuspendReading{})
+		return
+	}
+	ctx.Tell(g.conn, tcp.ResumeReading{})
 }
 
 // Suspended reports whether the writer has suspended reading.
