@@ -112,7 +112,9 @@ func newClientConn(t *Transport, p *peer, role connRole, remote netip.AddrPort) 
 	c := &clientConn{t: t, peer: p, role: role, remote: remote}
 	c.rd.max = t.cfg.MaxFrameSize
 	c.w.out = append(make([]byte, 0, 4096), preamble[:]...)
-	c.w.direct = tcp.NewDirectWriter()
+	if t.cfg.TLS == nil { // with TLS every byte goes through the shim
+		c.w.direct = tcp.NewDirectWriter()
+	}
 	c.w.kicked = true // the preamble waits for the connection
 	return c
 }
@@ -211,10 +213,19 @@ func (c *clientConn) Receive(ctx *netio.Context, msg any) {
 			ctx.Stop()
 			return
 		}
-		c.conn, c.connected = m.Conn, true
-		ctx.Tell(m.Conn, tcp.Register{Handler: ctx.Self(), Direct: c.w.direct})
-		ctx.Watch(m.Conn)
-		c.t.trackConn(m.Conn)
+		conn := m.Conn
+		if c.t.cfg.TLS != nil {
+			var err error
+			if conn, err = c.t.startTLS(ctx, m.Conn, c.remote, false); err != nil {
+				ctx.Tell(m.Conn, tcp.Abort{})
+				c.end(ctx, err, false)
+				return
+			}
+		}
+		c.conn, c.connected = conn, true
+		ctx.Tell(conn, tcp.Register{Handler: ctx.Self(), Direct: c.w.direct})
+		ctx.Watch(conn)
+		c.t.trackConn(conn)
 		c.peer.dialed(c, nil)
 		c.pump(ctx)
 	case tcp.CommandFailed:

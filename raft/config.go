@@ -1,6 +1,8 @@
 package raft
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"log/slog"
 	"time"
 
@@ -54,6 +56,14 @@ type Config struct {
 	// MaxFrameSize bounds one frame (an RPC or an answer, not snapshot
 	// data). Zero means 64 MiB.
 	MaxFrameSize int
+	// MaxConnections caps the accepted connections open at a time; more
+	// are reset at once. Zero means 256. (A peer opens about 4.)
+	MaxConnections int
+	// MaxBuffered bounds the bytes of incoming frames, in reassembly and
+	// queued for raft, of all accepted connections together; the
+	// connection whose frame would exceed it is closed. Zero means twice
+	// MaxFrameSize.
+	MaxBuffered int
 	// SnapshotChunkSize is the size of each write of snapshot data; two
 	// chunks are in flight at a time. Zero means 1 MiB.
 	SnapshotChunkSize int
@@ -68,6 +78,20 @@ type Config struct {
 	ReconnectBackoff time.Duration
 	// MaxReconnectBackoff caps the back-off; zero means 1 s.
 	MaxReconnectBackoff time.Duration
+
+	// TLS, when set, secures every connection with mutual TLS (see
+	// tls.go): it must hold this node's certificate, the cluster CA as
+	// RootCAs and ClientCAs, and ClientAuth RequireAndVerifyClientCert.
+	// Nil means plain TCP.
+	TLS *tls.Config
+	// PeerID reads a node id out of a verified peer certificate; with TLS
+	// a request whose RPC header names another node is refused
+	// (ErrIdentity), and a peer whose certificate gives an error is
+	// refused at the handshake. An empty id without an error means the
+	// certificate proves membership but names no node: its headers are
+	// not checked. Nil means the "urn:ioactor:node:" URI SAN of the
+	// certificates tftpd cert makes.
+	PeerID func(*x509.Certificate) (string, error)
 
 	// Logger receives the transport's logs; nil means slog.Default().
 	Logger *slog.Logger
@@ -112,6 +136,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxFrameSize <= 0 {
 		c.MaxFrameSize = defaultMaxFrame
+	}
+	if c.MaxConnections <= 0 {
+		c.MaxConnections = defaultMaxConns
+	}
+	if c.MaxBuffered <= 0 {
+		c.MaxBuffered = 2 * c.MaxFrameSize
 	}
 	if c.SnapshotChunkSize <= 0 {
 		c.SnapshotChunkSize = defaultChunk

@@ -4,6 +4,7 @@ package raft
 
 import (
 	"bytes"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -58,6 +59,24 @@ var impls = []impl{
 				addr = "127.0.0.1:0"
 			}
 			tr, err := New(Config{BindAddr: addr, Timeout: timeout, Logger: quietLog, MaxInFlight: testMaxInFlight})
+			if err != nil {
+				tb.Fatal(err)
+			}
+			return tr
+		},
+		link: func(from, to loopback) {},
+	},
+	{
+		// Ours with mutual TLS; the suite's headers name made-up
+		// nodes, so the certificates name none (see Config.PeerID).
+		name: "ours+TLS", ours: true, network: true,
+		make: func(tb testing.TB, addr string, timeout time.Duration) loopback {
+			tb.Helper()
+			if addr == "" {
+				addr = "127.0.0.1:0"
+			}
+			tr, err := New(Config{BindAddr: addr, Timeout: timeout, Logger: quietLog, MaxInFlight: testMaxInFlight,
+				TLS: testTLS(tb, "suite"), PeerID: func(*x509.Certificate) (string, error) { return "", nil }})
 			if err != nil {
 				tb.Fatal(err)
 			}

@@ -88,6 +88,11 @@ func endFrame(b []byte, start, max int) ([]byte, error) {
 type frameReader struct {
 	max   int
 	fresh bool
+	// bud, when set, is charged for the reassembly buffer as it grows
+	// (held is what this reader holds of it); a frame the budget cannot
+	// take fails with ErrOverloaded.
+	bud  *budget
+	held int
 
 	hdr  [frameHeaderLen]byte
 	hdrN int
@@ -97,10 +102,11 @@ type frameReader struct {
 
 // frame is one frame's content after the length: kind, id, body.
 type frame struct {
-	kind  rpcKind
-	id    uint64
-	body  []byte
-	whole []byte // kind+id+body, the storage the body aliases
+	kind   rpcKind
+	id     uint64
+	body   []byte
+	whole  []byte // kind+id+body, the storage the body aliases
+	charge int    // bytes of the reader's budget the owned frame carries
 }
 
 // feed consumes p and calls fn for each complete frame; it returns the
@@ -138,12 +144,21 @@ func (r *frameReader) feed(p []byte, fn func(f frame, owned bool) (stop bool, er
 				used += int(n)
 				owned := false
 				if r.fresh {
+					if r.bud != nil && !r.bud.take(len(body)) {
+						return used, fmt.Errorf("%w: %d bytes of frames buffered by all connections, the maximum is %d", ErrOverloaded, r.bud.used.Load(), r.bud.max)
+					}
 					body = append(make([]byte, 0, len(body)), body...)
 					owned = true
 				}
 				f, err := parseFrame(body)
 				if err != nil {
+					if owned && r.bud != nil {
+						r.bud.give(len(body))
+					}
 					return used, err
+				}
+				if owned && r.bud != nil {
+					f.charge = len(body)
 				}
 				stop, err := fn(f, owned)
 				if err != nil || stop {
@@ -151,13 +166,19 @@ func (r *frameReader) feed(p []byte, fn func(f frame, owned bool) (stop bool, er
 				}
 				continue
 			}
-			if r.fresh || cap(r.buf) < int(n) {
-				r.buf = make([]byte, 0, int(n))
+			// The buffer grows as bytes arrive, never ahead of them from
+			// the announced length: a length costs nothing until the
+			// bytes behind it came.
+			if r.fresh {
+				r.buf = nil
 			}
 			r.buf = r.buf[:0]
 			r.need = int(n)
 		}
 		k := min(r.need, len(p)-used)
+		if err := r.grow(k); err != nil {
+			return used, err
+		}
 		r.buf = append(r.buf, p[used:used+k]...)
 		used += k
 		r.need -= k
@@ -165,13 +186,20 @@ func (r *frameReader) feed(p []byte, fn func(f frame, owned bool) (stop bool, er
 			return used, nil
 		}
 		body := r.buf
+		charge := 0
 		if r.fresh {
+			// The frame carries its charge to its owner.
 			r.buf = nil
+			charge, r.held = r.held, 0
 		}
 		f, err := parseFrame(body)
 		if err != nil {
+			if r.bud != nil {
+				r.bud.give(charge)
+			}
 			return used, err
 		}
+		f.charge = charge
 		stop, err := fn(f, r.fresh)
 		if err != nil || stop {
 			return used, err
@@ -184,8 +212,44 @@ func (r *frameReader) feed(p []byte, fn func(f frame, owned bool) (stop bool, er
 func (r *frameReader) shrink() {
 	if r.need == 0 && cap(r.buf) > 1<<20 {
 		r.buf = nil
+		r.release()
 	}
 }
+
+// minGrow is the first capacity of a reassembly buffer.
+const minGrow = 16 << 10
+
+// grow makes room for k more bytes of the frame in progress (r.need of
+// which are still missing), doubling, and charges the budget.
+func (r *frameReader) grow(k int) error {
+	if len(r.buf)+k <= cap(r.buf) {
+		return nil
+	}
+	total := len(r.buf) + r.need // the whole frame body
+	c := min(max(2*cap(r.buf), len(r.buf)+k, minGrow), total)
+	if r.bud != nil && !r.bud.take(c-r.held) {
+		return fmt.Errorf("%w: %d bytes of frames buffered by all connections, the maximum is %d", ErrOverloaded, r.bud.used.Load(), r.bud.max)
+	}
+	if r.bud != nil {
+		r.held = c
+	}
+	nb := make([]byte, len(r.buf), c)
+	copy(nb, r.buf)
+	r.buf = nb
+	return nil
+}
+
+// release gives back what the reader holds of the budget (the buffer was
+// handed over or dropped).
+func (r *frameReader) release() {
+	if r.bud != nil && r.held > 0 {
+		r.bud.give(r.held)
+		r.held = 0
+	}
+}
+
+// partial reports whether a frame is half read.
+func (r *frameReader) partial() bool { return r.need > 0 || r.hdrN > 0 }
 
 func parseFrame(b []byte) (frame, error) {
 	kind := rpcKind(b[0])

@@ -23,6 +23,7 @@ type metrics struct {
 	reconnects    atomic.Uint64
 	dialFailures  atomic.Uint64
 	rejected      atomic.Uint64
+	spoofed       atomic.Uint64 // requests whose header named another node than the TLS peer
 }
 
 // latencyBuckets are the histogram's upper bounds, in seconds.
@@ -68,12 +69,14 @@ var (
 	descDialFailures = prometheus.NewDesc("ioactor_raft_transport_dial_failures_total",
 		"Dials that failed.", nil, nil)
 	descRejected = prometheus.NewDesc("ioactor_raft_transport_rejected_connections_total",
-		"Connections closed because they carried an oversized or malformed frame.", nil, nil)
+		"Connections closed because they carried an oversized or malformed frame, failed the TLS handshake or exceeded a limit.", nil, nil)
+	descSpoofed = prometheus.NewDesc("ioactor_raft_transport_identity_refused_total",
+		"Requests refused because their RPC header named another node than the peer's TLS certificate.", nil, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRPC, descRPCErrors, descServed, descBytes, descSnapshot, descDepth, descReconnects, descDialFailures, descRejected} {
+	for _, d := range []*prometheus.Desc{descRPC, descRPCErrors, descServed, descBytes, descSnapshot, descDepth, descReconnects, descDialFailures, descRejected, descSpoofed} {
 		ch <- d
 	}
 }
@@ -101,4 +104,5 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descReconnects, prometheus.CounterValue, float64(m.reconnects.Load()))
 	ch <- prometheus.MustNewConstMetric(descDialFailures, prometheus.CounterValue, float64(m.dialFailures.Load()))
 	ch <- prometheus.MustNewConstMetric(descRejected, prometheus.CounterValue, float64(m.rejected.Load()))
+	ch <- prometheus.MustNewConstMetric(descSpoofed, prometheus.CounterValue, float64(m.spoofed.Load()))
 }

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	hraft "github.com/hashicorp/raft"
 
@@ -55,10 +56,23 @@ func (l *listener) Receive(ctx *netio.Context, msg any) {
 		l.result <- m.Cause
 		ctx.Stop()
 	case tcp.Connected:
-		s := &serverConn{t: l.t, conn: m.Conn, connRef: m.Conn, remote: m.Remote}
+		if !l.t.admit(m.Conn) {
+			return
+		}
+		conn := m.Conn
+		if l.t.cfg.TLS != nil {
+			var err error
+			if conn, err = l.t.startTLS(ctx, m.Conn, m.Remote, true); err != nil {
+				m.Conn.Tell(tcp.Abort{})
+				return
+			}
+		}
+		s := &serverConn{t: l.t, conn: conn, connRef: m.Conn, remote: m.Remote}
 		s.rd.max = l.t.cfg.MaxFrameSize
 		s.rd.fresh = true
-		s.w.direct = tcp.NewDirectWriter()
+		if l.t.cfg.TLS == nil { // with TLS every byte goes through the shim
+			s.w.direct = tcp.NewDirectWriter()
+		}
 		// On the connection's loop, so its reads reach us without a copy.
 		l.t.mu.Lock()
 		if l.t.closed {
@@ -72,7 +86,7 @@ func (l *listener) Receive(ctx *netio.Context, msg any) {
 		l.t.servers[s] = struct{}{}
 		l.t.tcpConns[m.Conn] = struct{}{}
 		l.t.mu.Unlock()
-		ctx.Tell(m.Conn, tcp.Register{Handler: ref, Direct: s.w.direct})
+		ctx.Tell(conn, tcp.Register{Handler: ref, Direct: s.w.direct})
 	case closeReq:
 		ctx.Stop() // the tcp listener watches us: it closes the socket
 	}
@@ -110,16 +124,21 @@ type serverConn struct {
 	stopCh     chan struct{}
 	closing    bool
 	self       netio.Ref
-	woke       bool // this read queued a request for the dispatcher
+	woke       bool   // this read queued a request for the dispatcher
+	peer       string // the node id of the TLS peer, before its first request
+	born       time.Time
+	lastRead   time.Time
+	guard      *netio.Timer // deadlines (limits.go)
 }
 
 // inbound is a request for the dispatcher.
 type inbound struct {
-	kind rpcKind
-	id   uint64
-	body []byte // owned: decoded messages alias it
-	cmd  any    // already decoded (InstallSnapshot)
-	pipe *snapPipe
+	kind   rpcKind
+	id     uint64
+	body   []byte // owned: decoded messages alias it
+	cmd    any    // already decoded (InstallSnapshot)
+	pipe   *snapPipe
+	charge int // of the transport's budget, given back when popped
 }
 
 type resumeReading struct{}
@@ -133,6 +152,7 @@ func (s *serverConn) PreStart(ctx *netio.Context) {
 	s.qsignal = make(chan struct{}, 1)
 	s.stopCh = make(chan struct{})
 	ctx.Watch(s.conn)
+	s.startGuard(ctx)
 	d := &dispatcher{s: s, t: s.t, self: ctx.Self()}
 	s.t.wg.Add(1)
 	go d.run()
@@ -145,6 +165,7 @@ func (s *serverConn) Receive(ctx *netio.Context, msg any) {
 	switch m := msg.(type) {
 	case *tcp.Received:
 		s.t.m.bytesIn.Add(uint64(len(m.Data)))
+		s.lastRead = ctx.Now()
 		s.woke = false
 		if err := s.onData(ctx, m.Data); err != nil {
 			s.reject(ctx, err)
@@ -167,6 +188,10 @@ func (s *serverConn) Receive(ctx *netio.Context, msg any) {
 		s.pump(ctx)
 	case protocolError:
 		s.reject(ctx, m.err)
+	case tlsPeer:
+		s.peer = m.id
+	case guardTick:
+		s.checkGuard(ctx)
 	case tcp.ConnectionClosed:
 		s.conn = netio.Ref{}
 		ctx.Stop()
@@ -254,21 +279,23 @@ func (s *serverConn) onData(ctx *netio.Context, p []byte) error {
 func (s *serverConn) onFrame(f frame, _ bool) (bool, error) {
 	switch f.kind {
 	case kindAppendEntries, kindRequestVote, kindRequestPreVote, kindTimeoutNow:
-		s.push(inbound{kind: f.kind, id: f.id, body: f.body})
+		s.push(inbound{kind: f.kind, id: f.id, body: f.body, charge: f.charge})
 		return false, nil
 	case kindInstallSnapshot:
 		req := new(hraft.InstallSnapshotRequest)
 		if err := decodeInstallSnapshotRequest(f.body, req, true); err != nil {
+			s.t.bud.give(f.charge)
 			return false, err
 		}
 		pipe := newSnapPipe(s.t, s.self, req.Size)
-		s.push(inbound{kind: f.kind, id: f.id, cmd: req, pipe: pipe})
+		s.push(inbound{kind: f.kind, id: f.id, cmd: req, pipe: pipe, charge: f.charge})
 		if req.Size > 0 {
 			s.snap = pipe
 			return true, nil // the rest of the read is snapshot data
 		}
 		return false, nil
 	default:
+		s.t.bud.give(f.charge)
 		return false, fmt.Errorf("%w: unknown request kind %v", ErrMalformed, f.kind)
 	}
 }
@@ -306,6 +333,7 @@ func (s *serverConn) pop(self netio.Ref) (inbound, bool) {
 	}
 	n := len(s.q)
 	s.qmu.Unlock()
+	s.t.bud.give(in.charge)
 	if n <= serverQueueFrames/2 && s.resume.CompareAndSwap(true, false) {
 		self.Tell(resumeReading{})
 	}
@@ -314,6 +342,7 @@ func (s *serverConn) pop(self netio.Ref) (inbound, bool) {
 
 func (s *serverConn) PostStop(ctx *netio.Context) {
 	close(s.stopCh)
+	s.stopGuard()
 	s.w.mu.Lock()
 	raws := s.w.closeLocked(ErrConnectionClosed)
 	s.w.mu.Unlock()
@@ -365,6 +394,9 @@ func (d *dispatcher) run() {
 		if !has && len(d.inflight) < serverInFlight {
 			if in, ok := d.s.pop(d.self); ok {
 				rpc, ch, kind, err := d.decode(in)
+				if err == nil {
+					err = d.t.checkPeer(d.s.peer, rpc.Command)
+				}
 				if err != nil {
 					d.self.Tell(protocolError{err: err})
 					return

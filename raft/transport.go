@@ -35,6 +35,8 @@ type Transport struct {
 	// Goroutines the transport started (dispatchers, pipeline deliverers).
 	wg sync.WaitGroup
 
+	bud budget // bytes of incoming frames, all server connections (limits.go)
+
 	mu        sync.Mutex
 	closed    bool
 	peers     map[hraft.ServerAddress]*peer
@@ -56,6 +58,9 @@ var (
 // New starts a transport: it is listening when New returns.
 func New(cfg Config) (*Transport, error) {
 	cfg = cfg.withDefaults()
+	if err := tlsSetup(&cfg); err != nil {
+		return nil, err
+	}
 	bind, err := resolve(cfg.BindAddr)
 	if err != nil {
 		return nil, fmt.Errorf("raft transport: bind address: %w", err)
@@ -73,6 +78,7 @@ func New(cfg Config) (*Transport, error) {
 		tcpConns:   make(map[netio.Ref]struct{}),
 	}
 	t.m = newMetrics(cfg.Registerer != nil)
+	t.bud.max = int64(cfg.MaxBuffered)
 	t.sys = cfg.System
 	if t.sys == nil {
 		// A private System: its loops and logger are this transport's, it

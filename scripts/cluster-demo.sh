@@ -8,8 +8,9 @@
 # Raft and cluster-HTTP ports are picked by the kernel (port 0) and read
 # from each node's output. Every wait is bounded: the demo fails with a
 # message when a node does not start or does not bind the TFTP port, or
-# when the client dies. Needs tftp-hpa and iproute2 (ss). Stops only what
-# it started.
+# when the client dies. The nodes authenticate each other with
+# certificates made by tftpd cert (mutual TLS on the raft and cluster-HTTP
+# ports). Needs tftp-hpa and iproute2 (ss). Stops only what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
@@ -58,11 +59,16 @@ want=$(sha256sum < "$work/big.bin")
 for i in 1 2 3; do
   mkdir -p "$work/root$i"; cp "$work/big.bin" "$work/root$i/"
 done
+# The cluster's certificates: a CA, and one per node with its id bound in.
+"$work/tftpd" cert ca -dir "$work/ca" > /dev/null
+for i in 1 2 3; do
+  "$work/tftpd" cert node -ca "$work/ca" -node-id "n$i" -host 127.0.0.1 -dir "$work/certs$i" > /dev/null
+done
 
 http=()
 start() { # start N [JOIN]
   local i=$1
-  "$work/tftpd" -cluster -node-id "n$i" -data "$work/data$i" -raft 127.0.0.1:0 \
+  "$work/tftpd" -cluster -cluster-tls "$work/certs$i" -node-id "n$i" -data "$work/data$i" -raft 127.0.0.1:0 \
     -cluster-http 127.0.0.1:0 -root "$work/root$i" -listen "127.0.0.1:$port" \
     ${2:+-join "$2"} > "$work/n$i.out" 2> "$work/n$i.log" &
   pids[$i]=$!
@@ -76,7 +82,7 @@ start() { # start N [JOIN]
 start 1
 start 2 "${http[1]}"
 start 3 "${http[1]}"
-status() { "$work/tftpd" -status "${http[$1]}" 2>/dev/null; }
+status() { "$work/tftpd" -status "${http[$1]}" -cluster-tls "$work/certs1" 2>/dev/null; }
 three_voters() { [ "$(status 2 | sed -n '/"voters"/,/]/p' | grep -c '"n[123]"')" -eq 3 ]; }
 wait_for 20 "three voters" three_voters
 leader=

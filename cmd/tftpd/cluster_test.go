@@ -18,14 +18,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ioactor/ioactor/internal/clustertls"
 	"github.com/ioactor/ioactor/internal/testutil"
 )
 
 // clusterNode is one tftpd -cluster process the test started.
 type clusterNode struct {
 	id, raft, http, root, data string
+	certs                      string        // -cluster-tls; empty: -cluster-insecure
 	metrics                    string        // -metrics-listen; empty: none
 	gid                        int           // the process's group ID; 0: the test's
+	netns                      string        // the network namespace it runs in (ip netns exec); empty: the test's
+	extra                      []string      // more flags
 	cmd                        *exec.Cmd     // nil once killed
 	done                       chan struct{} // closed when the process has exited
 	log                        *testutil.SyncBuffer
@@ -46,6 +50,8 @@ type testCluster struct {
 	bin    string
 	listen string
 	nodes  []*clusterNode
+	client *http.Client // for /status: with a member's certificate when the cluster has them
+	scheme string       // of the cluster HTTP endpoints
 }
 
 func freeTCP(t testing.TB) string {
@@ -83,7 +89,9 @@ func buildTftpd(t testing.TB) string {
 // 127.0.0.1.
 func startCluster(t testing.TB, bin string, files map[string][]byte, allowWrite bool) *testCluster {
 	t.Helper()
-	return startClusterWith(t, bin, files, clusterLayout{allowWrite: allowWrite})
+	// TFTPD_CLUSTER_INSECURE=1 runs them without TLS, to compare (the
+	// failover pauses, say).
+	return startClusterWith(t, bin, files, clusterLayout{allowWrite: allowWrite, insecure: os.Getenv("TFTPD_CLUSTER_INSECURE") != ""})
 }
 
 // clusterLayout places the nodes of startClusterWith; zero fields mean
@@ -98,13 +106,49 @@ type clusterLayout struct {
 	// gid gives node i's group ID (its user stays the test's), so that
 	// nftables can tell its packets apart (meta skgid).
 	gid func(i int) int
+	// insecure runs the nodes with -cluster-insecure instead of
+	// certificates made with tftpd cert.
+	insecure bool
+	// netns and extra give node i's network namespace and more flags
+	// (see clusterNode).
+	netns func(i int) string
+	extra func(i int) []string
+}
+
+// makeCerts runs tftpd cert to make a CA in dir and a node directory per
+// node; it returns an HTTP client with the first node's certificate.
+func makeCerts(t testing.TB, bin, dir string, nodes []*clusterNode) *http.Client {
+	t.Helper()
+	ca := filepath.Join(dir, "ca")
+	if out, err := exec.Command(bin, "cert", "ca", "-dir", ca).CombinedOutput(); err != nil {
+		t.Fatalf("tftpd cert ca: %v\n%s", err, out)
+	}
+	for _, n := range nodes {
+		n.certs = filepath.Join(dir, "certs-"+n.id)
+		hosts := []string{"127.0.0.1"} // and the node's own IPs (the partition test gives each one)
+		for _, a := range []string{n.raft, n.http} {
+			if h, _, err := net.SplitHostPort(a); err == nil && h != "127.0.0.1" {
+				hosts = append(hosts, h)
+			}
+		}
+		if out, err := exec.Command(bin, "cert", "node", "-ca", ca, "-node-id", n.id, "-host", strings.Join(hosts, ","), "-dir", n.certs).CombinedOutput(); err != nil {
+			t.Fatalf("tftpd cert node: %v\n%s", err, out)
+		}
+	}
+	ident, err := clustertls.Load(nodes[0].certs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &http.Transport{TLSClientConfig: ident.ClientConfig()}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: time.Second}
 }
 
 // startClusterWith starts three nodes serving copies of files, laid out as
 // l says; node 0 bootstraps, the others join through it.
 func startClusterWith(t testing.TB, bin string, files map[string][]byte, l clusterLayout) *testCluster {
 	t.Helper()
-	c := &testCluster{t: t, bin: bin, listen: l.listen}
+	c := &testCluster{t: t, bin: bin, listen: l.listen, client: &http.Client{Timeout: time.Second}, scheme: "http://"}
 	if c.listen == "" {
 		c.listen = freeUDP(t)
 	}
@@ -124,11 +168,20 @@ func startClusterWith(t testing.TB, bin string, files map[string][]byte, l clust
 		if l.gid != nil {
 			n.gid = l.gid(i)
 		}
+		if l.netns != nil {
+			n.netns = l.netns(i)
+		}
+		if l.extra != nil {
+			n.extra = l.extra(i)
+		}
 		os.MkdirAll(n.root, 0o755)
 		for name, b := range files {
 			os.WriteFile(filepath.Join(n.root, name), b, 0o644)
 		}
 		c.nodes = append(c.nodes, n)
+	}
+	if !l.insecure {
+		c.client, c.scheme = makeCerts(t, bin, dir, c.nodes), "https://"
 	}
 	for i, n := range c.nodes {
 		join := ""
@@ -181,6 +234,11 @@ func tail(s string, n int) string {
 func (c *testCluster) start(n *clusterNode, join string, allowWrite bool) {
 	args := []string{"-cluster", "-node-id", n.id, "-data", n.data, "-raft", n.raft, "-cluster-http", n.http,
 		"-root", n.root, "-listen", c.listen}
+	if n.certs != "" {
+		args = append(args, "-cluster-tls", n.certs)
+	} else {
+		args = append(args, "-cluster-insecure")
+	}
 	if join != "" {
 		args = append(args, "-join", join)
 	}
@@ -190,8 +248,13 @@ func (c *testCluster) start(n *clusterNode, join string, allowWrite bool) {
 	if n.metrics != "" {
 		args = append(args, "-metrics-listen", n.metrics)
 	}
+	args = append(args, n.extra...)
 	n.log = &testutil.SyncBuffer{}
 	cmd := exec.Command(c.bin, args...)
+	if n.netns != "" {
+		// ip netns exec execs the binary: the PID is the node's.
+		cmd = exec.Command("ip", append([]string{"netns", "exec", n.netns, c.bin}, args...)...)
+	}
 	cmd.Stdout, cmd.Stderr = n.log, n.log
 	// Should the test binary die without its cleanup, the node dies too.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -224,6 +287,7 @@ func (c *testCluster) kill(n *clusterNode, sig syscall.Signal) {
 
 type nodeStatus struct {
 	State     string   `json:"state"`
+	Term      uint64   `json:"term"`
 	Leader    string   `json:"leader"`
 	Voters    []string `json:"voters"`
 	Transfers []struct {
@@ -233,8 +297,7 @@ type nodeStatus struct {
 
 func (c *testCluster) status(n *clusterNode) (nodeStatus, error) {
 	var st nodeStatus
-	cl := http.Client{Timeout: time.Second}
-	resp, err := cl.Get("http://" + n.http + "/status")
+	resp, err := c.client.Get(c.scheme + n.http + "/status")
 	if err != nil {
 		return st, err
 	}

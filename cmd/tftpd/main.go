@@ -3,6 +3,8 @@
 //
 //	tftpd -root /srv/tftp                      # read-only, 127.0.0.1:6969
 //	tftpd -root /srv/tftp -listen 0.0.0.0:69 -allow-write -metrics-listen 127.0.0.1:9169
+//	tftpd cert ca -dir ca && tftpd cert node -ca ca -node-id n1 -host 127.0.0.1 -dir n1
+//	tftpd -cluster -cluster-tls n1 -node-id n1 -data n1/data ...
 //
 // It serves -root (the current directory by default) and nothing outside
 // it: ".." and symbolic links that leave the root are refused. Uploads are
@@ -32,6 +34,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/ioactor/ioactor/internal/cli"
+	"github.com/ioactor/ioactor/internal/clustertls"
 	"github.com/ioactor/ioactor/netio"
 	"github.com/ioactor/ioactor/tftp"
 	"github.com/ioactor/ioactor/tftp/cluster"
@@ -55,6 +58,10 @@ type options struct {
 	cluster                             bool
 	nodeID, dataDir, raftAddr, httpAddr string
 	join, status                        string
+	tlsDir                              string
+	insecure, statusOpen                bool
+	vip                                 vipOptions
+	listenSet                           bool
 
 	hardening
 }
@@ -93,11 +100,16 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.raftAddr, "raft", "127.0.0.1:7969", "cluster: TCP address of the raft transport")
 	fs.StringVar(&o.httpAddr, "cluster-http", "127.0.0.1:8969", "cluster: HTTP address for /join and /status")
 	fs.StringVar(&o.join, "join", "", "cluster: the -cluster-http address of any member to join (empty: start a new cluster, or restart from -data)")
+	fs.StringVar(&o.tlsDir, "cluster-tls", "", "cluster: directory with ca.crt, node.crt and node.key (tftpd cert node): mutual TLS on -raft and -cluster-http")
+	fs.BoolVar(&o.insecure, "cluster-insecure", false, "cluster: run without TLS: anyone who reaches -raft or -cluster-http can join, read the uploads and disrupt the cluster")
+	fs.BoolVar(&o.statusOpen, "cluster-status-open", false, "cluster: serve /status to clients without a certificate too (read-only; /join still needs one)")
 	fs.StringVar(&o.status, "status", "", "print the cluster status from this -cluster-http address and exit (status 1 when the node is unhealthy)")
+	o.vip.register(fs)
 	o.hardening.flags(fs)
 	if err := cli.Parse(fs, args, stdout, stderr); err != nil {
 		return nil, err
 	}
+	fs.Visit(func(f *flag.Flag) { o.listenSet = o.listenSet || f.Name == "listen" })
 	if fs.NArg() > 0 {
 		return nil, cli.Usagef(stderr, "tftpd: unexpected arguments %q (tftpd -h lists the flags)", fs.Args())
 	}
@@ -120,6 +132,9 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "cert" {
+		return runCert(args[1:], stdout, stderr)
+	}
 	o, err := parse(args, stdout, stderr)
 	if err != nil {
 		return err
@@ -129,7 +144,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	if o.status != "" {
-		return printStatus(ctx, o.status, stdout)
+		return printStatus(ctx, o.status, o.tlsDir, stdout)
 	}
 	logger, err := newLogger(stderr, o.logLevel, o.logFormat)
 	if err != nil {
@@ -143,6 +158,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	listen, err := netip.ParseAddrPort(o.listen)
 	if err != nil {
 		return fmt.Errorf("-listen: %w", err)
+	}
+	if listen, err = vipListen(&o.vip, listen, o.listenSet, o.cluster); err != nil {
+		return err
 	}
 	roll, err := tftp.ParseRollover(o.rollover)
 	if err != nil {
@@ -241,9 +259,19 @@ func runCluster(ctx context.Context, o *options, sys *netio.System, tcfg tftp.Se
 	if o.dataDir == "" {
 		return errors.New("-cluster needs -data")
 	}
+	tlsCfg, certID, err := clusterTLS(o, logger)
+	if err != nil {
+		return err
+	}
 	id := o.nodeID
 	if id == "" {
+		id = certID
+	}
+	if id == "" {
 		id = o.raftAddr
+	}
+	if certID != "" && id != certID {
+		return fmt.Errorf("-node-id %q: the certificate in %s is node %q's", id, o.tlsDir, certID)
 	}
 	fsys, err := tftp.NewFS(tftp.FSConfig{Root: tcfg.Root, AllowWrite: tcfg.AllowWrite, AllowOverwrite: tcfg.AllowOverwrite})
 	if err != nil {
@@ -253,12 +281,21 @@ func runCluster(ctx context.Context, o *options, sys *netio.System, tcfg tftp.Se
 	tcfg.FS = fsys
 	node, err := cluster.StartNode(ctx, cluster.NodeConfig{
 		ID: id, DataDir: o.dataDir, RaftAddr: o.raftAddr, HTTPAddr: o.httpAddr, Join: o.join,
-		Fast: true, FS: fsys, Logger: logger,
+		Fast: true, FS: fsys, Logger: logger, TLS: tlsCfg, StatusOpen: o.statusOpen,
 	})
 	if err != nil {
 		return err
 	}
 	defer node.Close()
+	addr, err := newVIP(&o.vip, node, logger, reg)
+	if err != nil {
+		return err
+	}
+	scfg := cluster.ServeConfig{TFTP: tcfg, Registerer: reg}
+	if addr != nil {
+		defer addr.Close()
+		scfg.Address = addr
+	}
 	fmt.Fprintf(stdout, "tftpd cluster node %s: raft %s, status http://%s/status; serving %s on %v while leader\n", id, node.RaftAddr(), node.HTTPAddr(), tcfg.Root, tcfg.Listen)
 	var httpSrv *http.Server
 	if o.metrics != "" {
@@ -272,18 +309,29 @@ func runCluster(ctx context.Context, o *options, sys *netio.System, tcfg tftp.Se
 		go httpSrv.Serve(ln)
 		defer httpSrv.Close()
 	}
-	err = cluster.Serve(ctx, sys, node, cluster.ServeConfig{TFTP: tcfg, Registerer: reg})
+	err = cluster.Serve(ctx, sys, node, scfg)
 	logger.Info("tftpd: cluster node stopped")
 	return err
 }
 
-// printStatus prints a cluster node's /status.
-func printStatus(ctx context.Context, addr string, stdout io.Writer) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/status", nil)
+// printStatus prints a cluster node's /status; with tlsDir over https,
+// with that node certificate.
+func printStatus(ctx context.Context, addr, tlsDir string, stdout io.Writer) error {
+	url, client := "http://"+addr+"/status", http.DefaultClient
+	if tlsDir != "" {
+		ident, err := clustertls.Load(tlsDir)
+		if err != nil {
+			return fmt.Errorf("-cluster-tls: %w", err)
+		}
+		tr := &http.Transport{TLSClientConfig: ident.ClientConfig()}
+		defer tr.CloseIdleConnections()
+		url, client = "https://"+addr+"/status", &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return fmt.Errorf("-status: %w", err)
 	}
@@ -292,11 +340,14 @@ func printStatus(ctx context.Context, addr string, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("-status: %w", err)
 	}
-	stdout.Write(body)
+	if _, err := stdout.Write(body); err != nil {
+		return err
+	}
 	var st cluster.Status
 	if err := json.Unmarshal(body, &st); err != nil {
 		return fmt.Errorf("-status: %s answered %s, not a status: %w", addr, resp.Status, err)
 	}
+	printVIPHolders(ctx, body, strings.TrimSuffix(url, addr+"/status"), client, stdout)
 	if !st.Healthy {
 		return fmt.Errorf("node %s is unhealthy: %s", st.ID, st.Problem)
 	}

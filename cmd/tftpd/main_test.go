@@ -145,7 +145,7 @@ func TestFlags(t *testing.T) {
 }
 
 func TestHelpAndVersion(t *testing.T) {
-	testutil.CheckHelp(t, "tftpd", run, [][]string{{"-h"}, {"-help"}})
+	testutil.CheckHelp(t, "tftpd", run, [][]string{{"-h"}, {"-help"}, {"cert", "-h"}, {"cert", "node", "-h"}})
 }
 
 var statusRE = regexp.MustCompile(`status http://(\S+)/status`)

@@ -70,29 +70,11 @@ func TestClusterPartition(t *testing.T) {
 	cmd := exec.CommandContext(ctx, "unshare", "--net", "--", self,
 		"-test.run", "^TestClusterPartition$", "-test.v", "-test.count=1", "-test.timeout=90s")
 	cmd.Env = append(os.Environ(), partitionEnv+"="+bin)
-	r, w, err := os.Pipe()
+	out, err := runLogged(t, cmd)
 	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout, cmd.Stderr = w, w
-	err = cmd.Start()
-	w.Close()
-	if err != nil {
-		r.Close()
-		t.Fatal(err)
-	}
-	var out strings.Builder
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		t.Log("netns| " + sc.Text())
-		out.WriteString(sc.Text() + "\n")
-	}
-	r.Close()
-	if err := cmd.Wait(); err != nil {
 		t.Fatalf("the test in its network namespace failed: %v (if unshare itself failed: it needs root with CAP_SYS_ADMIN)", err)
 	}
-	if !strings.Contains(out.String(), "--- PASS: TestClusterPartition") {
+	if !strings.Contains(out, "--- PASS: TestClusterPartition") {
 		t.Fatal("the test in its network namespace did not report a pass")
 	}
 }
@@ -161,10 +143,30 @@ func (d dataSent) others(i int) uint64 {
 // readDataSent reads the capture counters.
 func readDataSent() (dataSent, error) {
 	d := dataSent{start: time.Now()}
-	out, err := exec.Command("nft", "-j", "list", "counters", "table", "inet", "capture").Output()
+	cs, err := nftCounters("table", "inet", "capture")
 	d.end = time.Now()
 	if err != nil {
-		return d, fmt.Errorf("nft list counters: %w", err)
+		return d, err
+	}
+	for name, packets := range cs {
+		var i int
+		if _, err := fmt.Sscanf(name, "node%d", &i); err != nil || i < 1 || i > 3 {
+			return d, fmt.Errorf("nft list counters: unexpected counter %q", name)
+		}
+		d.n[i-1] = packets
+	}
+	if len(cs) != 3 {
+		return d, fmt.Errorf("nft list counters: %d counters, want 3: %v", len(cs), cs)
+	}
+	return d, nil
+}
+
+// nftCounters lists the named counters (of the table args name, if any)
+// with their packet counts.
+func nftCounters(args ...string) (map[string]uint64, error) {
+	out, err := exec.Command("nft", append([]string{"-j", "list", "counters"}, args...)...).Output()
+	if err != nil {
+		return nil, fmt.Errorf("nft list counters: %w", err)
 	}
 	var v struct {
 		Nftables []struct {
@@ -175,24 +177,15 @@ func readDataSent() (dataSent, error) {
 		} `json:"nftables"`
 	}
 	if err := json.Unmarshal(out, &v); err != nil {
-		return d, fmt.Errorf("nft list counters: %w: %s", err, out)
+		return nil, fmt.Errorf("nft list counters: %w: %s", err, out)
 	}
-	seen := 0
+	cs := make(map[string]uint64)
 	for _, o := range v.Nftables {
-		if o.Counter == nil {
-			continue
+		if o.Counter != nil {
+			cs[o.Counter.Name] += o.Counter.Packets
 		}
-		var i int
-		if _, err := fmt.Sscanf(o.Counter.Name, "node%d", &i); err != nil || i < 1 || i > 3 {
-			return d, fmt.Errorf("nft list counters: unexpected counter %q", o.Counter.Name)
-		}
-		d.n[i-1] = o.Counter.Packets
-		seen++
 	}
-	if seen != 3 {
-		return d, fmt.Errorf("nft list counters: %d counters, want 3: %s", seen, out)
-	}
-	return d, nil
+	return cs, nil
 }
 
 func mustReadDataSent(t testing.TB) dataSent {

@@ -15,6 +15,11 @@ import (
 // answer to POST /join.
 const HeaderLeader = "X-Leader"
 
+// ErrJoinRefused: the leader refused the join for good (a bad request, a
+// certificate that names another node, an address that is another
+// member's); the joining node stops trying.
+var ErrJoinRefused = errors.New("raftnode: join refused")
+
 // maxRedirects bounds the 307 answers one join request follows (two
 // followers with stale views could point at each other).
 const maxRedirects = 4
@@ -27,6 +32,9 @@ func (n *Node) join(ctx context.Context, addr string) error {
 		if err == nil {
 			n.log.Info(n.cfg.LogPrefix+": joined", "via", addr)
 			return nil
+		}
+		if errors.Is(err, ErrJoinRefused) {
+			return err // retrying would be refused again
 		}
 		n.log.Info(n.cfg.LogPrefix+": join failed, retrying", "via", addr, "err", err)
 		select {
@@ -58,7 +66,11 @@ func (n *Node) postJoin(ctx context.Context, addr string) error {
 // post makes one POST /join; on a 307 it returns the leader's address
 // with the error.
 func (n *Node) post(ctx context.Context, addr string, body []byte) (leader string, err error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/join", bytes.NewReader(body))
+	scheme := "http://"
+	if n.cfg.TLS != nil {
+		scheme = "https://"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, scheme+addr+"/join", bytes.NewReader(body))
 	if err != nil {
 		return "", err
 	}
@@ -73,6 +85,10 @@ func (n *Node) post(ctx context.Context, addr string, body []byte) (leader strin
 		return "", nil
 	}
 	err = fmt.Errorf("raftnode: join via %s: %s: %s", addr, resp.Status, bytes.TrimSpace(msg))
+	switch resp.StatusCode {
+	case http.StatusBadRequest, http.StatusForbidden, http.StatusConflict:
+		err = fmt.Errorf("%w: %w", ErrJoinRefused, err)
+	}
 	if resp.StatusCode == http.StatusTemporaryRedirect {
 		return resp.Header.Get(HeaderLeader), err
 	}
@@ -82,20 +98,34 @@ func (n *Node) post(ctx context.Context, addr string, body []byte) (leader strin
 // HandleJoin is POST /join with a [Member]: the leader adds it (see
 // AddMember) and answers 200; a follower answers 307 with the leader's
 // HTTP address, when it knows it, in X-Leader. A body without id or
-// raft_addr is a 400, a failure to add it a 503.
+// raft_addr is a 400. With Config.TLS, a request whose client certificate
+// does not name m.ID is a 403, and the member may move its own raft
+// address. A change refused by the membership checks is a 403 (not the
+// owner), 409 (address taken), 429 (rate limit) or 503 (quorum,
+// unreachable, raft's errors).
 func (n *Node) HandleJoin(w http.ResponseWriter, r *http.Request) {
 	var m Member
-	if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&m); err != nil || m.ID == "" || m.RaftAddr == "" {
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&m); err != nil || m.ID == "" || m.RaftAddr == "" {
 		http.Error(w, "bad join request", http.StatusBadRequest)
 		return
+	}
+	owner := false
+	if n.cfg.TLS != nil {
+		if id := requestID(r); id != m.ID {
+			n.log.Warn(n.cfg.LogPrefix+": join refused", "id", m.ID, "certificate", id, "remote", r.RemoteAddr)
+			http.Error(w, fmt.Sprintf("%v: the certificate names %q, the join %q", ErrIdentity, id, m.ID), http.StatusForbidden)
+			return
+		}
+		owner = true
 	}
 	if !n.IsLeader() {
 		w.Header().Set(HeaderLeader, n.LeaderHTTP())
 		http.Error(w, "not the leader", http.StatusTemporaryRedirect)
 		return
 	}
-	if err := n.AddMember(m); err != nil {
-		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+	if err := n.addMember(m, owner); err != nil {
+		n.log.Warn(n.cfg.LogPrefix+": join refused", "id", m.ID, "raft", m.RaftAddr, "remote", r.RemoteAddr, "err", err)
+		http.Error(w, err.Error(), joinStatus(err))
 		return
 	}
 }

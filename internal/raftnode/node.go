@@ -23,6 +23,15 @@
 // state holds it, so that a restarted member on a new HTTP address is found
 // again.
 //
+// With Config.TLS the joins go over https with the node's certificate, and
+// the leader takes a join for id X only with X's certificate. Whatever the
+// mode, it refuses the changes that could break the cluster (another
+// member's raft address, a move asked by anyone but the member, a voter that
+// does not answer, a voter that would leave the cluster short of a reachable
+// quorum, too many changes at once): see security.go and [ErrQuorum]. A
+// refusal for good (400, 403, 409) ends the joining node's retries
+// ([ErrJoinRefused]).
+//
 // The package is internal: its hooks (LogPrefix, Tune, the raw *raft.Raft)
 // fit its two users, tftp/cluster and cmd/raftkv, and the follower's answer
 // to /join is not settled (the first redirects, the second forwards).
@@ -30,6 +39,7 @@ package raftnode
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -120,6 +130,16 @@ type Config struct {
 	RaftTimeout time.Duration
 	// Registerer receives the default transport's metrics; nil means none.
 	Registerer prometheus.Registerer
+	// TLS, when set, secures the HTTP side: joins and advertisements go
+	// over https with it (it must carry this node's certificate and the
+	// cluster CA as RootCAs), and HandleJoin takes a join for id X only
+	// from a client whose certificate names X (see [ErrIdentity]). Nil
+	// means plain HTTP and no proof of identity.
+	TLS *tls.Config
+	// RaftTLS, when set, is the default transport's Config.TLS, and the
+	// handshake that checks a joining node's raft address. Nil means
+	// plain TCP.
+	RaftTLS *tls.Config
 	// RequestTimeout bounds each join request (redirects included) and
 	// raft's acceptance of a new voter or member record; zero means 5 s.
 	RequestTimeout time.Duration
@@ -165,6 +185,7 @@ type Node struct {
 	store    *raftboltdb.BoltStore
 	clientTr *http.Transport // joins and advertisements
 	client   *http.Client
+	health   *health   // voters' reachability and the membership rate limit
 	notify   chan bool // raft's NotifyCh
 	leader   chan bool // deduplicated leadership changes, for the owner
 
@@ -187,13 +208,17 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, errors.New("raftnode: ID, DataDir, RaftAddr, HTTPAddr and FSM are required")
 	}
 	cfg = cfg.withDefaults()
-	n := &Node{cfg: cfg, log: cfg.Logger, notify: make(chan bool, 16), leader: make(chan bool, 16)}
+	n := &Node{cfg: cfg, log: cfg.Logger, health: newHealth(), notify: make(chan bool, 16), leader: make(chan bool, 16)}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.clientTr = &http.Transport{
 		DialContext:         (&net.Dialer{Timeout: cfg.RequestTimeout}).DialContext,
 		MaxIdleConnsPerHost: 2,
 		IdleConnTimeout:     30 * time.Second,
 		DisableCompression:  true,
+	}
+	if cfg.TLS != nil {
+		n.clientTr.TLSClientConfig = cfg.TLS.Clone()
+		n.clientTr.TLSHandshakeTimeout = cfg.RequestTimeout
 	}
 	n.client = &http.Client{Transport: n.clientTr}
 	if err := n.start(ctx); err != nil {
@@ -228,12 +253,20 @@ func (n *Node) start(ctx context.Context) error {
 	newTransport := cfg.NewTransport
 	if newTransport == nil {
 		newTransport = func(bind string) (raft.Transport, error) {
-			return iraft.New(iraft.Config{System: cfg.System, BindAddr: bind, Timeout: cfg.RaftTimeout, Logger: n.log, Registerer: cfg.Registerer})
+			t, err := iraft.New(iraft.Config{System: cfg.System, BindAddr: bind, Timeout: cfg.RaftTimeout, TLS: cfg.RaftTLS, Logger: n.log, Registerer: cfg.Registerer})
+			if err != nil {
+				// Not t: a nil *Transport in the interface is not nil,
+				// and Close would call its method.
+				return nil, err
+			}
+			return t, nil
 		}
 	}
-	if n.trans, err = newTransport(cfg.RaftAddr); err != nil {
+	trans, err := newTransport(cfg.RaftAddr)
+	if err != nil {
 		return fmt.Errorf("raftnode: raft transport on %s: %w", cfg.RaftAddr, err)
 	}
+	n.trans = trans
 	rc := raft.DefaultConfig()
 	if cfg.Fast {
 		rc.HeartbeatTimeout = 300 * time.Millisecond
@@ -253,10 +286,15 @@ func (n *Node) start(ctx context.Context) error {
 	if n.raft, err = raft.NewRaft(rc, cfg.FSM, logs, n.store, snaps, n.trans); err != nil {
 		return fmt.Errorf("raftnode: start raft: %w", err)
 	}
-	n.wg.Add(1)
+	n.raft.RegisterObserver(n.health.obs)
+	n.wg.Add(2)
 	go func() {
 		defer n.wg.Done()
 		n.watch()
+	}()
+	go func() {
+		defer n.wg.Done()
+		n.health.run(n.ctx)
 	}()
 
 	switch {
@@ -335,8 +373,13 @@ func (n *Node) watch() {
 // AddMember makes m a voter (unless it is one at that raft address) and
 // records its HTTP address through the FSM (unless recorded already). The
 // leader only: elsewhere raft's errors (raft.ErrNotLeader) come back
-// wrapped.
-func (n *Node) AddMember(m Member) error {
+// wrapped. The caller has not proven it is m: a change of an existing
+// member's raft address is refused (ErrNotOwner), and a new voter must
+// pass the checks described at [ErrQuorum].
+func (n *Node) AddMember(m Member) error { return n.addMember(m, false) }
+
+// addMember is AddMember; owner says the request comes from m itself.
+func (n *Node) addMember(m Member, owner bool) error {
 	f := n.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
 		return fmt.Errorf("raftnode: read configuration: %w", err)
@@ -348,6 +391,9 @@ func (n *Node) AddMember(m Member) error {
 		}
 	}
 	if !voter {
+		if err := n.checkVoterChange(f.Configuration(), m, owner); err != nil {
+			return fmt.Errorf("raftnode: add voter %s at %s: %w", m.ID, m.RaftAddr, err)
+		}
 		if err := n.raft.AddVoter(raft.ServerID(m.ID), raft.ServerAddress(m.RaftAddr), 0, n.cfg.RequestTimeout).Error(); err != nil {
 			return fmt.Errorf("raftnode: add voter %s: %w", m.ID, err)
 		}
@@ -383,7 +429,7 @@ func (n *Node) advertise() {
 	for n.cfg.FSM.MemberHTTP(m.ID) != m.HTTPAddr {
 		var err error
 		if n.IsLeader() {
-			err = n.AddMember(m)
+			err = n.addMember(m, true)
 		} else if addr := n.LeaderHTTP(); addr != "" {
 			err = n.postJoin(n.ctx, addr)
 		}

@@ -3,6 +3,7 @@ package raftnode
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -100,7 +101,19 @@ func startTestNode(t *testing.T, dir, id, raftAddr, join string) *testNode {
 }
 
 func tryStartTestNode(t *testing.T, dir, id, raftAddr, join string) (*testNode, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return tryStartTLSNode(t, dir, id, raftAddr, join, nil)
+}
+
+// tryStartTLSNode is tryStartTestNode with tc (nil: none) on the HTTP
+// endpoint and the joins.
+func tryStartTLSNode(t *testing.T, dir, id, raftAddr, join string, tc *tls.Config) (*testNode, error) {
+	var ln net.Listener
+	var err error
+	if tc != nil {
+		ln, err = tls.Listen("tcp", "127.0.0.1:0", tc)
+	} else {
+		ln, err = net.Listen("tcp", "127.0.0.1:0")
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -113,7 +126,7 @@ func tryStartTestNode(t *testing.T, dir, id, raftAddr, join string) (*testNode, 
 	defer cancel()
 	tn.Node, err = Start(ctx, Config{
 		ID: id, DataDir: filepath.Join(dir, id), RaftAddr: raftAddr, HTTPAddr: tn.http, Join: join,
-		FSM: tn.fsm, Fast: true, Logger: log.With("node", id), RequestTimeout: 2 * time.Second,
+		FSM: tn.fsm, Fast: true, Logger: log.With("node", id), RequestTimeout: 2 * time.Second, TLS: tc,
 	})
 	if err != nil {
 		ln.Close()

@@ -12,7 +12,8 @@
 //
 // # Limitations
 //
-// Across hosts the TFTP address must move with the leader (a virtual IP
-// managed outside this package); on one host every node binds the same
-// loopback address in turn.
+// Across hosts the TFTP address moves with the leader: [ServeConfig.Address]
+// (a virtual IP, package internal/vip) is acquired before the port is bound
+// and released after it is; on one host every node binds the same loopback
+// address in turn.
 package cluster

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"golang.org/x/net/netutil"
 
 	"github.com/ioactor/ioactor/internal/raftnode"
 	"github.com/ioactor/ioactor/netio"
@@ -56,7 +58,32 @@ type NodeConfig struct {
 	// A System given here must be shut down after Close.
 	System *netio.System
 	Logger *slog.Logger
+
+	// TLS, when set, turns on mutual TLS on the HTTP endpoint (a client
+	// certificate of the cluster CA is required, and /join for id X needs
+	// X's) and on the default raft transport. It must hold this node's
+	// certificate, the cluster CA as RootCAs and ClientCAs, and
+	// ClientAuth RequireAndVerifyClientCert (clustertls's Identity.Config
+	// does). Nil means plain HTTP and TCP: anyone who reaches the ports is
+	// a member.
+	TLS *tls.Config
+	// StatusOpen serves GET /status to clients without a certificate too
+	// (it is read-only; /join still needs one). Only with TLS.
+	StatusOpen bool
+	// MaxHTTPConns caps the HTTP endpoint's connections; zero means 2048.
+	MaxHTTPConns int
 }
+
+// Limits of the cluster HTTP endpoint: every connection is closed within
+// them, whatever the client does.
+const (
+	httpHeaderTimeout = 5 * time.Second // TLS handshake and request headers
+	httpReadTimeout   = 10 * time.Second
+	httpWriteTimeout  = 10 * time.Second
+	httpIdleTimeout   = 30 * time.Second
+	httpMaxHeader     = 8 << 10
+	httpMaxConns      = 2048
+)
 
 // Node is one member of the replicated TFTP service's raft cluster.
 type Node struct {
@@ -69,6 +96,7 @@ type Node struct {
 	ln   net.Listener
 	sums *sumCache      // file digests, by name, size and modification time
 	wg   sync.WaitGroup // the HTTP server and the digests
+	vips addressStatus  // Status.VIPs
 
 	problem atomic.Value // string: why the node is unhealthy, "" when it is not
 
@@ -124,6 +152,10 @@ func (n *Node) start(ctx context.Context) error {
 	if n.ln, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
 		return fmt.Errorf("cluster: http listen: %w", err)
 	}
+	var raftTLS *tls.Config
+	if cfg.TLS != nil && cfg.NewTransport == nil {
+		raftTLS = cfg.TLS
+	}
 	ctx, cancel := context.WithTimeout(ctx, joinTimeout)
 	defer cancel()
 	n.rn, err = raftnode.Start(ctx, raftnode.Config{
@@ -139,6 +171,8 @@ func (n *Node) start(ctx context.Context) error {
 		},
 		NewTransport: cfg.NewTransport,
 		System:       cfg.System,
+		TLS:          cfg.TLS,
+		RaftTLS:      raftTLS,
 		Logger:       n.log,
 		LogPrefix:    "cluster",
 	})
@@ -147,13 +181,34 @@ func (n *Node) start(ctx context.Context) error {
 	}
 	n.raft = n.rn.Raft()
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /join", n.rn.HandleJoin)
+	mux.HandleFunc("POST /join", n.rn.HandleJoin) // with TLS it checks the certificate's node id
 	mux.HandleFunc("GET /status", raftnode.StatusHandler(n.Status))
-	n.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	n.http = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: httpHeaderTimeout,
+		ReadTimeout:       httpReadTimeout,
+		WriteTimeout:      httpWriteTimeout,
+		IdleTimeout:       httpIdleTimeout,
+		MaxHeaderBytes:    httpMaxHeader,
+		// A stranger's failed handshakes are debug logs, not a flood.
+		ErrorLog: slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
+	}
+	maxConns := cfg.MaxHTTPConns
+	if maxConns <= 0 {
+		maxConns = httpMaxConns
+	}
+	ln := netutil.LimitListener(n.ln, maxConns)
+	if cfg.TLS != nil {
+		tc := cfg.TLS.Clone()
+		if cfg.StatusOpen {
+			tc.ClientAuth = tls.VerifyClientCertIfGiven
+		}
+		ln = tls.NewListener(ln, tc)
+	}
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
-		n.http.Serve(n.ln)
+		n.http.Serve(ln)
 	}()
 	return nil
 }
@@ -169,6 +224,7 @@ func (n *Node) IsLeader() bool { return n.rn.IsLeader() }
 type Status struct {
 	ID    string `json:"id"`
 	State string `json:"state"`
+	Term  uint64 `json:"term"`
 	// Healthy is false while the node cannot do its part: a leader that
 	// cannot bind the TFTP port. Problem says why.
 	Healthy   bool     `json:"healthy"`
@@ -177,6 +233,8 @@ type Status struct {
 	Members   []Member `json:"members"`
 	Voters    []string `json:"voters"`
 	Transfers []Record `json:"transfers"`
+	// VIPs is what this node's host holds of the virtual addresses.
+	VIPs []AddressStatus `json:"vips,omitempty"`
 }
 
 // Status returns the node's view of the cluster.
@@ -184,7 +242,7 @@ func (n *Node) Status() Status {
 	_, leader := n.raft.LeaderWithID()
 	s := n.fsm.state()
 	problem, _ := n.problem.Load().(string)
-	st := Status{ID: n.cfg.ID, State: n.raft.State().String(), Healthy: problem == "", Problem: problem, Leader: string(leader), Members: s.Members, Transfers: s.Transfers}
+	st := Status{ID: n.cfg.ID, State: n.raft.State().String(), Term: n.raft.CurrentTerm(), Healthy: problem == "", Problem: problem, Leader: string(leader), Members: s.Members, Transfers: s.Transfers, VIPs: n.addressStatus()}
 	if f := n.raft.GetConfiguration(); f.Error() == nil {
 		for _, srv := range f.Configuration().Servers {
 			st.Voters = append(st.Voters, string(srv.ID))

@@ -286,9 +286,14 @@ type ServeConfig struct {
 	// Registerer, when not nil, receives the failover metrics.
 	Registerer prometheus.Registerer
 	// BindTimeout is how long a new leader tries to bind the TFTP port
-	// before it reports itself unhealthy and hands leadership over (zero:
-	// 5 s). On one host the old leader may hold the port for a moment.
+	// (and acquire Address) before it reports itself unhealthy and hands
+	// leadership over (zero: 5 s). On one host the old leader may hold the
+	// port for a moment.
 	BindTimeout time.Duration
+	// Address, when not nil, is the virtual IP that TFTP.Listen is on:
+	// acquired after gaining leadership, before the bind; released after
+	// the port is released (see package internal/vip for why that order).
+	Address Address
 }
 
 // Serve runs the replicated TFTP service until ctx ends: while the node
@@ -308,15 +313,26 @@ func Serve(ctx context.Context, sys *netio.System, n *Node, cfg ServeConfig) err
 	tcfg.SinglePort = true
 	tcfg.Replicator = rep
 	var srv *tftp.Server
+	holding := false
 	stopServing := func() {
 		if srv != nil {
 			srv.Close()
 			srv = nil
 			n.log.Info("cluster: TFTP port released")
 		}
+		if holding {
+			holding = false
+			releaseAddress(n, cfg.Address)
+		}
 	}
 	defer stopServing()
+	if cfg.Address != nil {
+		// A copy a previous run of this node left (killed, or its host
+		// frozen) goes before anything else.
+		releaseAddress(n, cfg.Address)
+	}
 	leading := false
+	var since time.Time // when this node last gained leadership
 	for {
 		select {
 		case <-ctx.Done():
@@ -344,6 +360,7 @@ func Serve(ctx context.Context, sys *netio.System, n *Node, cfg ServeConfig) err
 				n.setProblem("")
 				continue
 			}
+			since = time.Now()
 			// Apply everything committed before resuming from it; retry
 			// while this node leads (a barrier can time out on a node that
 			// is still catching up).
@@ -369,7 +386,23 @@ func Serve(ctx context.Context, sys *netio.System, n *Node, cfg ServeConfig) err
 				states = append(states, r.State)
 			}
 			tcfg.Resume = states
-			if srv = bindLeader(ctx, sys, n, tcfg, cfg.BindTimeout); srv == nil {
+			// Add and announce the address before the bind and before
+			// the resumed transfers' first packets.
+			acquire := func() error { return nil }
+			if cfg.Address != nil {
+				acquire = func() error {
+					if holding {
+						return nil
+					}
+					if err := cfg.Address.Acquire(since); err != nil {
+						return fmt.Errorf("acquire the virtual IP: %w", err)
+					}
+					holding = true
+					n.log.Info("cluster: virtual IP acquired", "since_leader", time.Since(since))
+					return nil
+				}
+			}
+			if srv = bindLeader(ctx, sys, n, tcfg, cfg.BindTimeout, acquire); srv == nil {
 				continue
 			}
 			m.failovers.Inc()
@@ -385,7 +418,9 @@ func Serve(ctx context.Context, sys *netio.System, n *Node, cfg ServeConfig) err
 // within bindTimeout is unhealthy: it says why in its log and its Status,
 // and hands leadership over once, so that a node that can bind serves. It
 // goes on trying, once a second, for as long as it still leads.
-func bindLeader(ctx context.Context, sys *netio.System, n *Node, tcfg tftp.ServerConfig, bindTimeout time.Duration) *tftp.Server {
+//
+// acquire runs before each try; an error from it is a failure to bind.
+func bindLeader(ctx context.Context, sys *netio.System, n *Node, tcfg tftp.ServerConfig, bindTimeout time.Duration, acquire func() error) *tftp.Server {
 	if bindTimeout <= 0 {
 		bindTimeout = 5 * time.Second
 	}
@@ -393,10 +428,13 @@ func bindLeader(ctx context.Context, sys *netio.System, n *Node, tcfg tftp.Serve
 	var logged time.Time
 	handedOver := false
 	for n.IsLeader() && ctx.Err() == nil {
-		srv, err := tftp.NewServer(sys, tcfg)
+		err := acquire()
 		if err == nil {
-			n.setProblem("")
-			return srv
+			var srv *tftp.Server
+			if srv, err = tftp.NewServer(sys, tcfg); err == nil {
+				n.setProblem("")
+				return srv
+			}
 		}
 		wait := 10 * time.Millisecond
 		if time.Since(start) >= bindTimeout {
@@ -422,6 +460,17 @@ func bindLeader(ctx context.Context, sys *netio.System, n *Node, tcfg tftp.Serve
 		}
 	}
 	return nil
+}
+
+// releaseAddress deletes the virtual IP from this host.
+func releaseAddress(n *Node, a Address) {
+	deleted, err := a.Release()
+	if err != nil {
+		n.log.Error("cluster: cannot delete the virtual IP", "err", err)
+	}
+	if deleted {
+		n.log.Info("cluster: virtual IP released")
+	}
 }
 
 type serveMetrics struct {
