@@ -105,10 +105,12 @@ type Config struct {
 	FSM FSM
 
 	// Fast shortens raft's timers for loopback clusters (tests, demos):
-	// heartbeat and election 300 ms, leader lease 300 ms (raft's largest
-	// for that heartbeat: a 150 ms lease made a leader on a busy host step
-	// down for a 200 ms scheduling stall); raft's CommitTimeout stays 50 ms
-	// (it paces the empty appends of an idle leader).
+	// heartbeat and election 300 ms, leader lease 150 ms (half the election
+	// timeout, so that a cut-off leader gives up — the TFTP port, the
+	// virtual IP — before another node can be elected: never two holders);
+	// raft's CommitTimeout stays 50 ms (it paces the empty appends of an
+	// idle leader). On a host so loaded that the leader misses its
+	// followers for 150 ms it steps down: one failover pause, safe.
 	// False keeps raft's defaults.
 	Fast bool
 	// Tune, if set, adjusts raft's configuration after the defaults and
@@ -271,7 +273,7 @@ func (n *Node) start(ctx context.Context) error {
 	if cfg.Fast {
 		rc.HeartbeatTimeout = 300 * time.Millisecond
 		rc.ElectionTimeout = 300 * time.Millisecond
-		rc.LeaderLeaseTimeout = 300 * time.Millisecond
+		rc.LeaderLeaseTimeout = 150 * time.Millisecond
 	}
 	if cfg.Tune != nil {
 		cfg.Tune(rc)

@@ -39,7 +39,7 @@ type NodeConfig struct {
 	// (or restarts an existing member from its data directory).
 	Join string
 	// Fast shortens raft's timers for a fast failover: heartbeat and
-	// election 300 ms, leader lease 300 ms; raft's CommitTimeout stays
+	// election 300 ms, leader lease 150 ms; raft's CommitTimeout stays
 	// 50 ms (it paces the empty appends of an idle leader). A cut-off
 	// leader holds its downloads 50 ms after its checkpoints stop
 	// committing (Replicator.Stalled), whatever the lease.

@@ -51,7 +51,7 @@ type replicator struct {
 
 // holdAfter is how long a checkpoint may take to commit before the node's
 // downloads hold (Stalled). A leader cut off from the others learns it
-// lost its leadership only when its lease (300 ms with the Fast timers)
+// lost its leadership only when its lease (150 ms with the Fast timers)
 // runs out; holding sooner keeps its clients close to the last committed
 // checkpoint, which is where the next leader resumes them. A commit takes
 // a few milliseconds on a healthy cluster.
