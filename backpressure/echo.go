@@ -64,55 +64,76 @@ func overrun(ctx *netio.Context, conn netio.Ref) {
 // it with KeepOpenOnPeerClosed so it can finish echoing after the peer's FIN.
 // Received bytes go out without a copy when nothing is in flight.
 func NewAckEcho(conn netio.Ref, wm Watermarks) netio.Actor {
-	w := NewAckWriter(conn, wm)
-	return &echo{closer: closer{conn: conn}, w: w, write: w.WriteReceived}
+	e := &ackEcho{closer: closer{conn: conn}}
+	e.w.init(conn, wm)
+	return e
 }
+
+// ackEcho is the ACK echo. It holds its writer by value, so a message
+// touches one handler object (with a thousand connections, each pointer
+// followed is a likely cache miss).
+type ackEcho struct {
+	closer
+	w AckWriter
+}
+
+func (e *ackEcho) Receive(ctx *netio.Context, msg any) { e.receive(ctx, msg, &e.w) }
+
+func (w *AckWriter) echo(ctx *netio.Context, data []byte) error { return w.WriteReceived(ctx, data) }
 
 // NewNackEcho returns the NACK-with-suspend echo handler of Akka's chapter.
 // Register it with KeepOpenOnPeerClosed and UseResumeWriting.
 func NewNackEcho(conn netio.Ref, wm Watermarks) netio.Actor {
-	w := NewNackWriter(conn, wm)
-	return &echo{closer: closer{conn: conn}, w: w, write: w.Write}
+	return &nackEcho{closer: closer{conn: conn}, w: NewNackWriter(conn, wm)}
 }
 
-// flowWriter is what the echo handlers need of a writer.
-type flowWriter interface {
+type nackEcho struct {
+	closer
+	w *NackWriter
+}
+
+func (e *nackEcho) Receive(ctx *netio.Context, msg any) { e.receive(ctx, msg, e.w) }
+
+func (w *NackWriter) echo(ctx *netio.Context, data []byte) error { return w.Write(ctx, data) }
+
+// echoWriter is what the ACK and NACK echoes need of their writer.
+type echoWriter interface {
+	echo(ctx *netio.Context, data []byte) error
 	Handle(ctx *netio.Context, msg any) bool
 	Idle() bool
 }
 
-// echo writes back what it receives through a flow writer.
-type echo struct {
-	closer
-	w     flowWriter
-	write func(ctx *netio.Context, data []byte) error
-}
-
-func (e *echo) Receive(ctx *netio.Context, msg any) {
-	if e.w.Handle(ctx, msg) {
-		e.closeIfDone(ctx, e.w.Idle())
-		return
-	}
-	if r, ok := msg.(*tcp.Received); ok {
-		if err := e.write(ctx, r.Data); err != nil {
-			overrun(ctx, e.conn)
+// receive is the ACK and NACK echoes' Receive: Received data goes back
+// through w, then come w's own messages, then the close events.
+func (c *closer) receive(ctx *netio.Context, msg any, w echoWriter) {
+	if r, ok := msg.(*tcp.Received); ok { // the most frequent message first
+		if err := w.echo(ctx, r.Data); err != nil {
+			overrun(ctx, c.conn)
 		}
 		return
 	}
-	e.handleClose(ctx, msg, e.w.Idle())
+	if w.Handle(ctx, msg) {
+		if c.closing {
+			c.closeIfDone(ctx, w.Idle())
+		}
+		return
+	}
+	c.handleClose(ctx, msg, w.Idle())
 }
 
 // NewPullEcho returns the pull-mode echo handler of Akka's chapter: it asks
 // for the next chunk only once the previous one has been written, so it
 // buffers at most one chunk. The connection must be in pull mode.
 func NewPullEcho(conn netio.Ref) netio.Actor {
-	return &pullEcho{closer: closer{conn: conn}, r: PullReader{Conn: conn}, w: NewAckWriter(conn, Watermarks{})}
+	e := &pullEcho{closer: closer{conn: conn}, r: PullReader{Conn: conn}}
+	e.w.init(conn, Watermarks{})
+	return e
 }
 
 type pullEcho struct {
 	closer
 	r PullReader
-	w *AckWriter
+	w AckWriter
 }
 
 func (e *pullEcho) PreStart(ctx *netio.Context) { e.r.Next(ctx) }

@@ -42,15 +42,21 @@ type readGate struct {
 	suspended bool
 }
 
+// check is called on every write and ack: small enough to inline, the
+// rare change of state in toggle.
 func (g *readGate) check(ctx *netio.Context, buffered int) {
-	switch {
-	case !g.suspended && buffered > g.wm.High:
-		g.suspended = true
-		ctx.Tell(g.conn, tcp.SuspendReading{})
-	case g.suspended && buffered < g.wm.Low:
-		g.suspended = false
-		ctx.Tell(g.conn, tcp.ResumeReading{})
+	if g.suspended && buffered < g.wm.Low || !g.suspended && buffered > g.wm.High {
+		g.toggle(ctx)
 	}
+}
+
+func (g *readGate) toggle(ctx *netio.Context) {
+	g.suspended = !g.suspended
+	if g.suspended {
+		ctx.Tell(g.conn, tcp.SuspendReading{})
+		return
+	}
+	ctx.Tell(g.conn, tcp.ResumeReading{})
 }
 
 // Suspended reports whether the writer has suspended reading.
@@ -71,9 +77,16 @@ type ackOf struct{ w *AckWriter }
 
 // NewAckWriter returns an ACK-paced writer for conn.
 func NewAckWriter(conn netio.Ref, wm Watermarks) *AckWriter {
-	w := &AckWriter{readGate: readGate{conn: conn, wm: wm.withDefaults()}}
-	w.cmd.Ack = ackOf{w}
+	w := &AckWriter{}
+	w.init(conn, wm)
 	return w
+}
+
+// init sets up a writer in place (the echo handlers hold theirs by value:
+// one allocation, and one place in memory touched per message).
+func (w *AckWriter) init(conn netio.Ref, wm Watermarks) {
+	w.readGate = readGate{conn: conn, wm: wm.withDefaults()}
+	w.cmd.Ack = ackOf{w}
 }
 
 // Write queues a copy of data and sends it as soon as no write is in

@@ -104,7 +104,7 @@ func BenchmarkIdleCluster(b *testing.B) {
 		if err := os.MkdirAll(root, 0o755); err != nil {
 			b.Fatal(err)
 		}
-		args := []string{"-cluster", "-node-id", n.id, "-data", filepath.Join(dir, n.id+".data"),
+		args := []string{"-cluster", "-cluster-insecure", "-node-id", n.id, "-data", filepath.Join(dir, n.id+".data"),
 			"-raft", fmt.Sprintf("127.0.0.1:%d", freePort(b, "tcp")), "-cluster-http", n.http,
 			"-root", root, "-listen", listen, "-log-level", "warn"}
 		if join != "" {

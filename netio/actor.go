@@ -110,20 +110,23 @@ const (
 )
 
 type actor struct {
-	id    uint64
-	sys   *System
-	loop  *Loop      // nil for a blocking actor
-	g     *goMailbox // non-nil for a blocking actor
-	impl  Actor
-	ctx   Context
-	done  atomic.Pointer[chan struct{}] // made lazily by Done
-	state actorState                    // owned by the actor's goroutine
-
+	// What every message touches first, in one cache line.
+	loop      *Loop // nil for a blocking actor
+	impl      Actor
+	ctx       Context
 	behaviors []ReceiveFunc // become stack; empty means impl.Receive
+	state     actorState    // owned by the actor's goroutine
 	stopReq   bool
-	watchers  []*actor
-	fds       []int
-	dead      atomic.Bool // set when stopped; read by other goroutines
+	busy      bool  // its code is on the loop's stack: a Deliver to it queues
+	queued    int32 // envelopes to it in its loop's local queue
+
+	id       uint64
+	sys      *System
+	g        *goMailbox                    // non-nil for a blocking actor
+	done     atomic.Pointer[chan struct{}] // made lazily by Done
+	watchers []*actor
+	fds      []int
+	dead     atomic.Bool // set when stopped; read by other goroutines
 }
 
 var actorIDs atomic.Uint64
@@ -179,6 +182,14 @@ func (a *actor) invoke(e envelope) {
 		}
 		return
 	}
+	a.busy = true
+	a.invokeBusy(e)
+	a.busy = false
+}
+
+// invokeBusy is invoke's body, run with a.busy set (failed clears it when
+// the actor's code panics).
+func (a *actor) invokeBusy(e envelope) {
 	if a.state == stateNew {
 		a.start()
 		if a.state == stateStopped {
@@ -207,15 +218,22 @@ func (a *actor) invoke(e envelope) {
 	switch {
 	case e.kind == kindFunc:
 		e.msg.(func(*Context))(&a.ctx)
-	case len(a.behaviors) > 0:
-		a.behaviors[len(a.behaviors)-1](&a.ctx, e.msg)
 	default:
-		a.impl.Receive(&a.ctx, e.msg)
+		a.receive(e.msg)
 	}
 	a.ctx.sender = nil
 	if a.stopReq {
 		a.stop()
 	}
+}
+
+// receive calls the current behaviour with msg.
+func (a *actor) receive(msg any) {
+	if n := len(a.behaviors); n > 0 {
+		a.behaviors[n-1](&a.ctx, msg)
+		return
+	}
+	a.impl.Receive(&a.ctx, msg)
 }
 
 // failed handles a panic recovered from the actor's code: log it and stop
@@ -224,19 +242,25 @@ func (a *actor) failed(r any) {
 	a.sys.panics.Add(1)
 	a.sys.logger.Error("netio: actor panicked; stopping it", "actor", a.id, "panic", r)
 	a.ctx.sender = nil
+	a.busy = false
 	a.stop()
 }
 
 // safely runs f and turns a panic into a stop of the actor.
+// recover is called only when f did not return: it costs more than the
+// rest on a socket actor's path.
 func (a *actor) safely(f func()) {
+	done := false
 	defer func() {
-		if r := recover(); r != nil {
+		if !done {
+			r := recover()
 			a.sys.panics.Add(1)
 			a.sys.logger.Error("netio: actor panicked; stopping it", "actor", a.id, "panic", r)
 			a.stopReq = true
 		}
 	}()
 	f()
+	done = true
 }
 
 func (a *actor) start() {

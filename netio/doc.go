@@ -13,11 +13,16 @@
 //   - A message between two actors of the same loop ([Context.Tell]) is a push
 //     onto the loop's local queue: no lock, no goroutine switch, drained in the
 //     same loop turn.
+//   - [Context.Deliver] is a Tell that, to an actor of the same loop that is
+//     not running and has nothing queued, calls its Receive at once (a direct
+//     call instead of a queue hop); otherwise it queues. Socket actors hand
+//     their handlers data and acks this way.
 //   - [Ref.Tell] is safe from any goroutine: it appends to the loop's remote
 //     queue under a mutex and wakes the loop through an eventfd, at most one
 //     write per wake-up (a CAS coalesces concurrent senders).
 //   - Messages from one sender to one receiver arrive in the order they were
-//     sent, provided the sender uses one path (Context.Tell or Ref.Tell).
+//     sent, provided the sender uses one path (Context.Tell and
+//     Context.Deliver, or Ref.Tell).
 //   - [Context.Become], [Context.BecomeStacked] and [Context.Unbecome] swap
 //     behaviour; [Context.Stop] stops; [Context.Watch] delivers [Terminated].
 //   - [Context.After] and [Context.Every] are per-loop timers.

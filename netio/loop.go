@@ -67,6 +67,7 @@ type Loop struct {
 	wakeSet atomic.Bool
 
 	delivered uint64    // owned by the loop; published to messages once per drain
+	depth     int       // nesting of direct deliveries (Context.Deliver)
 	yield     bool      // a goroutine was readied: yield before blocking
 	yielded   time.Time // the last yield
 	messages  atomic.Uint64
@@ -271,7 +272,9 @@ func (l *Loop) dispatch(fd int, events uint32) {
 		return
 	}
 	a := ent.a
+	a.busy = true
 	a.safely(func() { ent.h.OnEvents(&a.ctx, events) })
+	a.busy = false
 	if a.stopReq {
 		a.stop()
 	}
@@ -362,8 +365,16 @@ func (l *Loop) waitEvents(d time.Duration) (int, error) {
 	if err := l.parkFile.SetReadDeadline(deadline); err != nil {
 		return epollWait(l.epfd, l.events, max(time.Until(deadline), 0))
 	}
+	return l.park()
+}
+
+// park waits on the runtime's poller. It is a function of its own because
+// what its closure captures is moved to the heap: in waitEvents that was
+// an allocation on every wait, one per message in a closed-loop echo.
+func (l *Loop) park() (int, error) {
+	var n int
 	var werr error
-	err = l.parkConn.Read(func(fd uintptr) bool {
+	err := l.parkConn.Read(func(fd uintptr) bool {
 		n, werr = epollWait(l.epfd, l.events, 0)
 		return n != 0 || werr != nil && !errors.Is(werr, unix.EINTR)
 	})
@@ -476,6 +487,9 @@ func (r *ring) push(to, from *actor, msg any, k kind) {
 	s := &r.buf[(r.head+r.n)&(len(r.buf)-1)]
 	s.to, s.from, s.msg, s.kind = to, from, msg, k
 	r.n++
+	if to != nil {
+		to.queued++
+	}
 }
 
 func (r *ring) pushEnvelope(e envelope) { r.push(e.to, e.from, e.msg, e.kind) }
@@ -493,6 +507,9 @@ func (r *ring) pop() envelope {
 	r.buf[r.head] = envelope{}
 	r.head = (r.head + 1) & (len(r.buf) - 1)
 	r.n--
+	if e.to != nil {
+		e.to.queued--
+	}
 	return e
 }
 

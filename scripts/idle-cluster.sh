@@ -15,7 +15,7 @@ go build -o "$work/tftpd" ./cmd/tftpd
 start() { # start N [JOIN]
   local i=$1
   mkdir -p "$work/root$i"
-  "$work/tftpd" -cluster -node-id "n$i" -data "$work/data$i" -raft "127.0.0.1:2700$i" \
+  "$work/tftpd" -cluster -cluster-insecure -node-id "n$i" -data "$work/data$i" -raft "127.0.0.1:2700$i" \
     -cluster-http "127.0.0.1:2800$i" -root "$work/root$i" -listen 127.0.0.1:26969 \
     ${2:+-join "$2"} > "$work/n$i.log" 2>&1 &
   pids[$i]=$!

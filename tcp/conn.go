@@ -65,59 +65,68 @@ type segment struct {
 type registerTimeout struct{}
 type connectTimeout struct{}
 
-// conn is the actor that owns one TCP socket.
+// conn is the actor that owns one TCP socket. The fields a message touches
+// come first (with many connections each cache line is a likely miss).
 type conn struct {
-	fd            int
-	registered    bool // fd is in the loop's poller (netio closes it at stop)
-	state         connState
-	remote, local netip.AddrPort
-	pull          bool
-
-	// Who hears about it.
-	commander netio.Ref // sender of Connect, or the bind handler
-	handler   netio.Ref
-	connect   any // the Connect command, for CommandFailed
-	regTO     time.Duration
-
-	keepOpen, useResume bool
+	fd    int
+	state connState
+	pull  bool
 
 	// Reading (edge-triggered: readable is the level we track).
 	readable      bool
 	hup           bool // the peer's FIN (or an error) has been signalled
 	suspended     bool // SuspendReading, or pull mode waiting for ResumeReading
 	peerClosed    bool // read returned 0
-	recv          Received
 	confirmedWait bool // ConfirmedClose sent FIN: read until the peer's FIN
 
 	// Writing.
-	writable      bool
-	pending       bool
-	segs          []segment
-	segi          int
-	ackTo         netio.Ref
-	writeSuspend  bool // useResumeWriting: a write failed, waiting for ResumeWriting
+	writable     bool
+	pending      bool
+	writeSuspend bool // useResumeWriting: a write failed, waiting for ResumeWriting
+	spillBig     bool // spill grew past maxSpillKept: drop it once idle
+	closing      closeKind
+
+	keepOpen, useResume bool
+	registered          bool // fd is in the loop's poller (netio closes it at stop)
+
+	handler netio.Ref
+	ackTo   netio.Ref
+	stats   *loopStats
+	recv    Received
+	segs    []segment
+	segi    int
+	seg1    [1]segment // segs' first backing: a single write needs no other memory
+
 	resumeWaiters []netio.Ref
 	iov           []unix.Iovec
 	spill         []byte // holds the unwritten rest of transient writes
-	spillBig      bool   // spill grew past maxSpillKept: drop it once idle
+
+	// Who hears about it.
+	commander netio.Ref // sender of Connect, or the bind handler
+	connect   any       // the Connect command, for CommandFailed
+	regTO     time.Duration
+
+	remote, local netip.AddrPort
 
 	direct *DirectWriter // attached at Register; nil when none
 
 	// Closing.
-	closing     closeKind
 	closeSender netio.Ref
 
 	timer *netio.Timer
-	stats *loopStats
 }
 
 // newAcceptedConn is a connection accepted by a listener.
 func newAcceptedConn(fd int, remote netip.AddrPort, bindHandler netio.Ref, pull bool, regTO time.Duration) *conn {
-	return &conn{fd: fd, state: stateWaitingRegister, remote: remote, commander: bindHandler, pull: pull, suspended: pull, regTO: regTO, writable: true}
+	c := &conn{fd: fd, state: stateWaitingRegister, remote: remote, commander: bindHandler, pull: pull, suspended: pull, regTO: regTO, writable: true}
+	c.segs = c.seg1[:0]
+	return c
 }
 
-func newOutgoingConn(cmd any, c *Connect, commander netio.Ref) *conn {
-	return &conn{fd: -1, state: stateConnecting, remote: c.Remote, commander: commander, connect: cmd, pull: c.PullMode, suspended: c.PullMode, regTO: c.RegisterTimeout}
+func newOutgoingConn(cmd any, cc *Connect, commander netio.Ref) *conn {
+	c := &conn{fd: -1, state: stateConnecting, remote: cc.Remote, commander: commander, connect: cmd, pull: cc.PullMode, suspended: cc.PullMode, regTO: cc.RegisterTimeout}
+	c.segs = c.seg1[:0]
+	return c
 }
 
 const connEvents = netio.EventIn | netio.EventOut | netio.EventRdHup | unix.EPOLLET
@@ -248,16 +257,10 @@ func (c *conn) read(ctx *netio.Context) {
 	}
 	l := ctx.Loop()
 	buf := l.ReadBuffer()
-	n, err := unix.Read(c.fd, buf)
+	n, err := sysRead(c.fd, buf)
 	switch {
 	case n > 0:
-		c.stats.bytesIn.Add(uint64(n))
-		if c.handler.Loop() == l {
-			c.recv.Data = buf[:n]
-			ctx.Tell(c.handler, &c.recv)
-		} else {
-			ctx.Tell(c.handler, &Received{Data: append([]byte(nil), buf[:n]...)})
-		}
+		addOwned(&c.stats.bytesIn, uint64(n))
 		if c.pull {
 			c.suspended = true
 		}
@@ -266,6 +269,14 @@ func (c *conn) read(ctx *netio.Context) {
 		c.readable = n == len(buf) || c.hup
 		if c.readable && !c.suspended {
 			ctx.Wake(c.fd, netio.EventIn)
+		}
+		// Last: a handler of this loop runs now, within this turn (what it
+		// sends the connection is queued behind this callback).
+		if c.handler.Loop() == l {
+			c.recv.Data = buf[:n]
+			ctx.Deliver(c.handler, &c.recv)
+		} else {
+			ctx.Tell(c.handler, &Received{Data: append([]byte(nil), buf[:n]...)})
 		}
 	case n == 0 && err == nil:
 		c.readable = false
@@ -292,6 +303,10 @@ func (c *conn) onPeerFIN(ctx *netio.Context) {
 }
 
 func (c *conn) Receive(ctx *netio.Context, msg any) {
+	if m, ok := msg.(*Write); ok { // the hot path's command, before the type switch
+		c.write(ctx, msg, segment{data: m.Data, ack: m.Ack, transient: m.Transient})
+		return
+	}
 	switch m := msg.(type) {
 	case Write:
 		c.write(ctx, msg, segment{data: m.Data, ack: m.Ack, transient: m.Transient})
@@ -404,6 +419,30 @@ func (c *conn) canWrite(ctx *netio.Context, cmd any) bool {
 func (c *conn) write(ctx *netio.Context, cmd any, s segment) {
 	if !c.canWrite(ctx, cmd) {
 		return
+	}
+	if c.writable && c.direct == nil {
+		// Nothing is pending (canWrite): one write(2) straight from the
+		// command, and if the kernel takes it all, the ack. What flush
+		// does for one segment, without the segment bookkeeping. (With a
+		// DirectWriter the long way marks the connection busy first, so
+		// that no direct write lands inside a short write's rest.)
+		n, err := sysWrite(c.fd, s.data)
+		if n > 0 {
+			c.stats.bytesOut.Add(uint64(n)) // a DirectWriter adds too: not addOwned
+			s.data = s.data[n:]
+		}
+		switch {
+		case err == nil && len(s.data) == 0:
+			if s.ack != nil {
+				ctx.Deliver(replyTo(ctx, c.handler), s.ack)
+			}
+			c.afterWrite(ctx)
+			return
+		case err != nil && !errors.Is(err, unix.EAGAIN):
+			c.fail(ctx, "write", err)
+			return
+		}
+		c.writable = false // a short write or EAGAIN: the kernel is full
 	}
 	c.segs = append(c.segs[:0], s)
 	c.start(ctx)
@@ -537,7 +576,7 @@ func (c *conn) flush(ctx *netio.Context) {
 				c.releaseSegments()
 			}
 			if ack != nil {
-				ctx.Tell(c.ackTo, ack)
+				ctx.Deliver(c.ackTo, ack)
 			}
 		}
 	}
@@ -566,7 +605,7 @@ func (c *conn) writeData() error {
 		end++
 	}
 	if end-c.segi == 1 {
-		n, err = unix.Write(c.fd, s.data)
+		n, err = sysWrite(c.fd, s.data)
 	} else {
 		c.iov = c.iov[:0]
 		for i := c.segi; i < end; i++ {
@@ -579,7 +618,7 @@ func (c *conn) writeData() error {
 		n, err = writev(c.fd, c.iov)
 	}
 	if n > 0 {
-		c.stats.bytesOut.Add(uint64(n))
+		c.stats.bytesOut.Add(uint64(n)) // a DirectWriter adds too: not addOwned
 		for i := c.segi; i < end && n > 0; i++ {
 			k := min(n, len(c.segs[i].data))
 			c.segs[i].data = c.segs[i].data[k:]
@@ -595,10 +634,44 @@ func (c *conn) writeData() error {
 	return nil
 }
 
-func writev(fd int, iov []unix.Iovec) (int, error) {
-	n, _, e := unix.Syscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+// The socket's read, write and writev are raw system calls: the socket is
+// non-blocking, so the call never blocks and the runtime's bookkeeping for a
+// call that might (entersyscall, exitsyscall, a processor hand-off when it
+// runs long) is pure cost — a quarter of the loop's own instructions per
+// message in the echo benchmark. sendfile stays a normal call: reading the
+// file may block on the disk.
+
+// errEAGAIN is EAGAIN as an error made once: the common error needs no
+// conversion on the hot path.
+var errEAGAIN error = unix.EAGAIN
+
+func errnoErr(e unix.Errno) error {
+	if e == unix.EAGAIN {
+		return errEAGAIN
+	}
+	return e
+}
+
+func sysRead(fd int, p []byte) (int, error) {
+	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
 	if e != 0 {
-		return 0, e
+		return -1, errnoErr(e)
+	}
+	return int(n), nil
+}
+
+func sysWrite(fd int, p []byte) (int, error) {
+	n, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+	if e != 0 {
+		return -1, errnoErr(e)
+	}
+	return int(n), nil
+}
+
+func writev(fd int, iov []unix.Iovec) (int, error) {
+	n, _, e := unix.RawSyscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+	if e != 0 {
+		return 0, errnoErr(e)
 	}
 	return int(n), nil
 }
@@ -608,7 +681,7 @@ func (c *conn) sendFile(s *segment) error {
 		n, err := unix.Sendfile(c.fd, int(s.file.Fd()), &s.off, int(min(s.left, 1<<30)))
 		if n > 0 {
 			s.left -= int64(n)
-			c.stats.bytesOut.Add(uint64(n))
+			c.stats.bytesOut.Add(uint64(n)) // a DirectWriter adds too: not addOwned
 		}
 		if err != nil {
 			return err

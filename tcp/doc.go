@@ -34,6 +34,15 @@
 // handler's Receive returns (a handler on another loop gets a copy). [Write.Data]
 // is read by the connection without a copy until the write completes.
 //
+// A handler on the connection's loop gets its Received and its acks by
+// [netio.Context.Deliver]: a direct call within the connection's turn when
+// the handler is idle with nothing queued, else a queued message. Either way
+// it handles one message at a time, in order; what it sends the connection
+// meanwhile is queued and handled right after.
+//
+// The socket's read, write and writev are raw system calls (the socket is
+// non-blocking); sendfile is not.
+//
 // # Limitations
 //
 // Linux only. Addresses are numeric ([netip.AddrPort]); resolve names first.

@@ -91,12 +91,17 @@ const (
 	reasonHandler         = "handler_terminated"
 )
 
-// loopStats are one loop's counters: written by that loop only, read at
+// loopStats are one loop's counters: written by that loop (bytesOut also by
+// DirectWriters, so it takes locked adds), read at
 // scrape time.
 type loopStats struct {
 	opened, bytesIn, bytesOut, acceptErrors atomic.Uint64
 	closedBy                                [7]atomic.Uint64
 }
+
+// addOwned adds n to a counter that only the calling loop writes: a plain
+// load and store (readers still see a whole value), not a locked add.
+func addOwned(c *atomic.Uint64, n uint64) { c.Store(c.Load() + n) }
 
 var closeReasons = [...]string{"closed", "confirmed", "aborted", "peer", "error", reasonRegisterTimeout, reasonHandler}
 

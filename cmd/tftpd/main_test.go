@@ -160,7 +160,7 @@ func TestClusterLeaderThatCannotBindIsUnhealthy(t *testing.T) {
 	}
 	defer squatter.Close()
 	match, _, stderr, stop := testutil.Start(t, run, statusRE, 20*time.Second,
-		"-cluster", "-node-id", "n1", "-data", t.TempDir(), "-raft", "127.0.0.1:0", "-cluster-http", "127.0.0.1:0",
+		"-cluster", "-cluster-insecure", "-node-id", "n1", "-data", t.TempDir(), "-raft", "127.0.0.1:0", "-cluster-http", "127.0.0.1:0",
 		"-root", t.TempDir(), "-listen", squatter.LocalAddr().String())
 	defer stop()
 	httpAddr := match[1]

@@ -33,6 +33,9 @@ type Config struct {
 	Burst int
 	// Interval is the length of one counting interval; 0 means 10 s.
 	Interval time.Duration
+	// Now reads the clock that intervals run on; nil means time.Now. Tests
+	// set it.
+	Now func() time.Time
 }
 
 // SummaryMessage is the message of a summary record. Its attributes are
@@ -56,6 +59,7 @@ type state struct {
 	base     slog.Handler // summaries go here, without the With attributes
 	burst    int
 	interval time.Duration
+	now      func() time.Time
 
 	mu    sync.Mutex
 	start time.Time
@@ -70,7 +74,10 @@ func New(next slog.Handler, cfg Config) *Handler {
 	if cfg.Interval <= 0 {
 		cfg.Interval = 10 * time.Second
 	}
-	return &Handler{next: next, st: &state{base: next, burst: cfg.Burst, interval: cfg.Interval, kinds: make(map[kindKey]int)}}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Handler{next: next, st: &state{base: next, burst: cfg.Burst, interval: cfg.Interval, now: cfg.Now, kinds: make(map[kindKey]int)}}
 }
 
 // Enabled reports whether the wrapped handler takes records of level l.
@@ -83,13 +90,15 @@ func (h *Handler) Handle(ctx context.Context, r slog.Record) error {
 	if st.burst < 0 {
 		return h.next.Handle(ctx, r)
 	}
-	now := r.Time
-	if now.IsZero() {
-		now = time.Now()
-	}
 	st.mu.Lock()
+	// The interval runs on the clock read under the lock, not on the
+	// records' times: concurrent loggers take their records' times before
+	// they queue for the lock, out of order, and an earlier time arriving
+	// after a later one must not start a new interval (it did: more than
+	// Burst records of a kind got through).
+	now := st.now()
 	var sums []slog.Record
-	if st.start.IsZero() || now.Sub(st.start) >= st.interval || now.Before(st.start) {
+	if st.start.IsZero() || now.Sub(st.start) >= st.interval {
 		sums = st.rollLocked(now)
 	}
 	k := kindKey{r.Level, r.Message}

@@ -40,10 +40,12 @@ func TestRepeatedRecordsAreSummarised(t *testing.T) {
 
 func TestIntervalRollsAndNegativeBurstPasses(t *testing.T) {
 	var buf bytes.Buffer
-	log := slog.New(logsum.New(slog.NewTextHandler(&buf, nil), logsum.Config{Burst: 1, Interval: time.Millisecond}))
+	clock := time.Now()
+	now := func() time.Time { return clock }
+	log := slog.New(logsum.New(slog.NewTextHandler(&buf, nil), logsum.Config{Burst: 1, Interval: time.Millisecond, Now: now}))
 	log.Warn("a")
 	log.Warn("a")
-	time.Sleep(5 * time.Millisecond)
+	clock = clock.Add(5 * time.Millisecond)
 	log.Warn("a") // a new interval: written, after the summary of the last
 	out := buf.String()
 	if strings.Count(out, "msg=a") != 2 || !strings.Contains(out, "suppressed=1") {
