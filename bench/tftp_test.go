@@ -44,6 +44,7 @@ import (
 
 	pin "github.com/pin/tftp/v3"
 
+	"github.com/ioactor/ioactor/internal/loadgen"
 	"github.com/ioactor/ioactor/netio"
 	"github.com/ioactor/ioactor/tftp"
 )
@@ -313,19 +314,6 @@ func newTFTPBenchEnv(b *testing.B) *tftpBenchEnv {
 	return e
 }
 
-// tftpCRCWriter checks what it is given against a CRC, cheaply enough not to
-// slow the client.
-type tftpCRCWriter struct {
-	crc uint32
-	n   int64
-}
-
-func (w *tftpCRCWriter) Write(p []byte) (int, error) {
-	w.crc = crc32.Update(w.crc, crc32.IEEETable, p)
-	w.n += int64(len(p))
-	return len(p), nil
-}
-
 type tftpSample struct {
 	mbps, cpuPerGiB float64
 }
@@ -348,11 +336,11 @@ func (e *tftpBenchEnv) measure(sc tftpScenario, s *tftpServer) (tftpSample, erro
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 			defer cancel()
 			c := sc.client
-			w := &tftpCRCWriter{}
+			w := &loadgen.CRCWriter{}
 			if _, err := c.Get(ctx, s.addr, sc.file, w); err != nil {
 				errs <- err
-			} else if w.n != sc.size || w.crc != e.crc[sc.file] {
-				errs <- fmt.Errorf("got %d bytes, crc %08x; want %d, %08x", w.n, w.crc, sc.size, e.crc[sc.file])
+			} else if w.N != sc.size || w.CRC != e.crc[sc.file] {
+				errs <- fmt.Errorf("got %d bytes, crc %08x; want %d, %08x", w.N, w.CRC, sc.size, e.crc[sc.file])
 			}
 		}()
 	}
