@@ -19,26 +19,17 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/ioactor/ioactor/internal/cli"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "bench:", err)
-		}
-		os.Exit(2)
-	}
+	cli.Main("bench", func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+		return run(ctx, args, os.Stdin, stdout, stderr)
+	})
 }
 
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
@@ -48,7 +39,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			return serve(ctx, args[1:], stdin, stdout, stderr)
 		case "storm":
 			return storm(ctx, args[1:], stdout, stderr)
-		case "-version", "--version", "version":
+		}
+		if cli.IsVersion(args[0]) {
 			fmt.Fprintln(stdout, "bench", cli.Version())
 			return nil
 		}
