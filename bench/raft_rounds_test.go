@@ -16,7 +16,8 @@ import (
 // rounds (each round runs every transport once, in a rotating order), so
 // that a machine whose load changes during the run biases none of them;
 // the table gives each metric's median over the rounds and the ratio to
-// NetworkTransport:
+// NetworkTransport. The CPU rows are the whole process's (both ends, every
+// goroutine and loop) per heartbeat round trip and per MB of snapshot:
 //
 //	go test -run '^$' -bench RaftRounds -benchtime 1x ./bench/ -args -raft.rounds 9
 var raftRounds = flag.Int("raft.rounds", 7, "BenchmarkRaftRounds: interleaved rounds")
@@ -43,7 +44,8 @@ func BenchmarkRaftRounds(b *testing.B) {
 	const snapSize = 64 << 20
 
 	metrics := []string{"heartbeat p50 µs", "heartbeat p99 µs", "append 1x128B p50 µs", "append 1x128B p99 µs",
-		"pipeline 64x128B entries/s", "snapshot 64MiB MB/s"}
+		"pipeline 64x128B entries/s", "snapshot 64MiB MB/s",
+		"heartbeat CPU µs", "snapshot CPU µs/MB"}
 	vals := make(map[string][]float64) // metric/impl → per-round values
 	add := func(metric string, i int, v float64) {
 		k := metric + "/" + impls[i].name
@@ -101,14 +103,15 @@ func BenchmarkRaftRounds(b *testing.B) {
 		}
 		return float64(n*len(batch.Entries)) / el.Seconds()
 	}
-	snapshot := func(p pair) float64 {
-		start := time.Now()
+	snapshot := func(p pair) (mbps, cpuPerMB float64) {
+		start, cpu := time.Now(), cpuTime()
 		var resp hraft.InstallSnapshotResponse
 		req := &hraft.InstallSnapshotRequest{Term: 3, Leader: []byte("l"), LastLogIndex: 100, LastLogTerm: 3, Size: snapSize}
 		if err := p.client.InstallSnapshot("f", p.server.LocalAddr(), req, &resp, &zeroReader{n: snapSize}); err != nil || !resp.Success {
 			b.Fatal(err, resp.Success)
 		}
-		return snapSize / 1e6 / time.Since(start).Seconds()
+		el, used := time.Since(start), cpuTime()-cpu
+		return snapSize / 1e6 / el.Seconds(), float64(used.Microseconds()) / (snapSize / 1e6)
 	}
 	// Warm up: connections dialed, buffers grown.
 	for _, p := range pairs {
@@ -120,14 +123,18 @@ func BenchmarkRaftRounds(b *testing.B) {
 		for k := range impls {
 			i := (k + r) % len(impls)
 			p := pairs[i]
+			cpu := cpuTime()
 			p50, p99 := sync(p, hb)
+			add("heartbeat CPU µs", i, float64((cpuTime()-cpu).Microseconds())/roundCalls)
 			add("heartbeat p50 µs", i, p50)
 			add("heartbeat p99 µs", i, p99)
 			p50, p99 = sync(p, app)
 			add("append 1x128B p50 µs", i, p50)
 			add("append 1x128B p99 µs", i, p99)
 			add("pipeline 64x128B entries/s", i, pipelined(p))
-			add("snapshot 64MiB MB/s", i, snapshot(p))
+			mbps, cpuMB := snapshot(p)
+			add("snapshot 64MiB MB/s", i, mbps)
+			add("snapshot CPU µs/MB", i, cpuMB)
 		}
 	}
 	b.StopTimer()

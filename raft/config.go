@@ -65,7 +65,9 @@ type Config struct {
 	// MaxFrameSize.
 	MaxBuffered int
 	// SnapshotChunkSize is the size of each write of snapshot data; two
-	// chunks are in flight at a time. Zero means 1 MiB.
+	// chunks are in flight at a time. Zero means 256 KiB (larger chunks fall
+	// out of the CPU cache between the reader and write(2): 1 MiB cost
+	// 15–33 % more CPU per MB on the development VM).
 	SnapshotChunkSize int
 	// SnapshotReadAhead bounds the snapshot data the receiver buffers
 	// ahead of raft's reads; beyond it reading stops at the socket, the
@@ -104,7 +106,7 @@ const (
 	defaultMaxPool      = 2
 	defaultMaxInFlight  = 16
 	defaultMaxFrame     = 64 << 20
-	defaultChunk        = 1 << 20
+	defaultChunk        = 256 << 10
 	defaultReadAhead    = 4 << 20
 	defaultBackoff      = 10 * time.Millisecond
 	defaultMaxBackoff   = time.Second

@@ -586,7 +586,8 @@ func TestSnapshotReadAheadIsBounded(t *testing.T) {
 			t.Errorf("the sender kept sending (%d, then %d bytes) while the receiver stalled", a, b)
 		}
 		t.Logf("the sender stalled %d bytes ahead", b)
-		// 4 MiB read-ahead, two 1 MiB chunks, the socket buffers.
+		// The read-ahead (4 MiB through the loop, 256 KiB once the socket
+		// is handed over), two 256 KiB chunks, the socket buffers.
 		if limit := int64(16 << 20); b > limit {
 			t.Errorf("sender got %d bytes ahead of a stalled receiver, want ≤ %d", b, limit)
 		}

@@ -66,10 +66,14 @@
 // outstanding and blocks the sender beyond that, but never longer than
 // Config.Timeout (ErrPipelineFull), so a pipeline whose futures nobody
 // reads cannot hang raft (hashicorp/raft#612). Snapshot data is written in
-// chunks, each only after the kernel took the one before the previous; the
-// receiver buffers at most Config.SnapshotReadAhead of it before it stops
-// reading the socket, so a receiver that does not read holds the sender
-// through the TCP window. A connection stops reading, the same way, when
+// chunks, each only after the kernel took the one before the previous.
+// Without TLS the receiving connection hands its socket over to raft's
+// reading goroutine (tcp.HandOverReading) once the InstallSnapshot header
+// arrived: raft's Reads read the socket themselves (through the runtime's
+// poller), into raft's buffer or a 256 KiB one, and nothing more is
+// buffered; with TLS the loop reads and buffers at most
+// Config.SnapshotReadAhead before it stops reading the socket. Either way
+// a receiver that does not read holds the sender through the TCP window. A connection stops reading, the same way, when
 // raft falls behind on its requests.
 //
 // # TLS

@@ -119,8 +119,9 @@ type serverConn struct {
 	pre        int // preamble bytes checked
 	rd         frameReader
 	snap       *snapPipe
-	suspended  bool // reading suspended because the queue was full
-	closeAfter bool // close once the answer is written (after a snapshot)
+	handing    *snapPipe // asked tcp to hand its reading over to this pipe
+	suspended  bool      // reading suspended because the queue was full
+	closeAfter bool      // close once the answer is written (after a snapshot)
 	stopCh     chan struct{}
 	closing    bool
 	self       netio.Ref
@@ -182,6 +183,13 @@ func (s *serverConn) Receive(ctx *netio.Context, msg any) {
 		if s.suspended && !s.closing {
 			s.suspended = false
 			ctx.Tell(s.conn, tcp.ResumeReading{})
+		}
+	case tcp.ReadingHandedOver:
+		if s.snap != nil && s.snap == s.handing && !s.closing {
+			s.snap.handOver(m.File, s.snap.remaining)
+			s.snap = nil
+		} else {
+			m.File.Close()
 		}
 	case closeAfterAnswer:
 		s.closeAfter = true
@@ -258,6 +266,11 @@ func (s *serverConn) onData(ctx *netio.Context, p []byte) error {
 			return err
 		}
 		p = p[n:]
+	}
+	if s.snap != nil && s.handing == nil && s.w.direct != nil {
+		// Not with TLS (s.conn is the shim, the socket holds ciphertext).
+		s.handing = s.snap
+		ctx.Tell(s.conn, tcp.HandOverReading{})
 	}
 	s.rd.shrink()
 	if !s.suspended && s.queueLen() >= serverQueueFrames {
@@ -350,8 +363,12 @@ func (s *serverConn) PostStop(ctx *netio.Context) {
 		r.done <- ErrConnectionClosed
 	}
 	s.w.release(ErrConnectionClosed)
+	cut := fmt.Errorf("%w: before all snapshot data arrived", ErrConnectionClosed)
 	if s.snap != nil {
-		s.snap.finish(fmt.Errorf("%w: before all snapshot data arrived", ErrConnectionClosed))
+		s.snap.finish(cut)
+	}
+	if s.handing != nil {
+		s.handing.finish(cut) // closes the socket's duplicate: a complete snapshot keeps io.EOF
 	}
 	s.t.mu.Lock()
 	delete(s.t.servers, s)

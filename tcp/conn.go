@@ -76,6 +76,7 @@ type conn struct {
 	readable      bool
 	hup           bool // the peer's FIN (or an error) has been signalled
 	suspended     bool // SuspendReading, or pull mode waiting for ResumeReading
+	handedOver    bool // HandOverReading: suspended for good
 	peerClosed    bool // read returned 0
 	confirmedWait bool // ConfirmedClose sent FIN: read until the peer's FIN
 
@@ -320,7 +321,12 @@ func (c *conn) Receive(ctx *netio.Context, msg any) {
 		c.register(ctx, *m)
 	case SuspendReading, *SuspendReading:
 		c.suspended = true
+	case HandOverReading, *HandOverReading:
+		c.handOverReading(ctx, msg)
 	case ResumeReading, *ResumeReading:
+		if c.handedOver {
+			break
+		}
 		c.suspended = false
 		if c.readable {
 			ctx.Wake(c.fd, netio.EventIn)

@@ -1,0 +1,48 @@
+package tcp
+
+import (
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ioactor/ioactor/netio"
+)
+
+// HandOverReading gives the reading of a connection to a goroutine, for a
+// bulk stream (package raft's snapshot data) that the goroutine then reads
+// at the socket into its own buffers, without the loop's read buffer and
+// the copy out of it. The connection stops reading for good (as after
+// SuspendReading; a later ResumeReading is ignored) and answers with [ReadingHandedOver], whose File is a
+// duplicate of its socket on the Go runtime's poller (Read blocks the
+// goroutine, not a thread; SetReadDeadline works), or with CommandFailed
+// when it is not open.
+//
+// Every byte the connection read before it took the command reached the
+// handler as Received before ReadingHandedOver; what the File reads comes
+// after them. The caller must Close the File: the socket stays open, and a
+// reset (Abort) is not sent, until both the connection and the File are
+// closed. Writing and closing stay the connection's; write nothing to the
+// File.
+type HandOverReading struct{}
+
+// ReadingHandedOver answers HandOverReading.
+type ReadingHandedOver struct{ File *os.File }
+
+// handOverReading duplicates the socket for HandOverReading (loop).
+func (c *conn) handOverReading(ctx *netio.Context, cmd any) {
+	to := replyTo(ctx, c.handler)
+	if c.state != stateOpen || c.fd < 0 || c.closing != closeNone {
+		ctx.Tell(to, CommandFailed{Cmd: cmd, Cause: fmt.Errorf("hand over reading: %w", ErrClosing)})
+		return
+	}
+	fd, err := unix.FcntlInt(uintptr(c.fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		ctx.Tell(to, CommandFailed{Cmd: cmd, Cause: fmt.Errorf("hand over reading: dup: %w", err)})
+		return
+	}
+	c.suspended, c.handedOver = true, true
+	// The duplicate shares the socket's O_NONBLOCK, so os.NewFile puts it
+	// on the runtime's poller.
+	ctx.Tell(to, ReadingHandedOver{File: os.NewFile(uintptr(fd), "tcp-read")})
+}

@@ -1,0 +1,68 @@
+package tcp_test
+
+import (
+	"io"
+	"testing"
+	"time"
+
+	"github.com/ioactor/ioactor/tcp"
+)
+
+func TestHandOverReading(t *testing.T) {
+	sys := newSystem(t)
+	p := newProbe(sys)
+	peer, conn := serverConn(t, sys, p, tcp.Register{})
+	if _, err := peer.Write([]byte("before")); err != nil {
+		t.Fatal(err)
+	}
+	if r := expect[tcp.Received](t, p); string(r.Data) != "before" {
+		t.Fatalf("Received %q, want \"before\"", r.Data)
+	}
+	conn.Tell(tcp.HandOverReading{})
+	f := expect[tcp.ReadingHandedOver](t, p).File
+	defer f.Close()
+
+	// From now on the file reads, the connection does not, even when asked.
+	conn.Tell(tcp.ResumeReading{})
+	if _, err := peer.Write([]byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(f, buf); err != nil || string(buf) != "after" {
+		t.Fatalf("file read %q, %v", buf, err)
+	}
+	p.quiet(t, 100*time.Millisecond)
+
+	// A read blocks on the runtime's poller and honours its deadline.
+	if err := f.SetReadDeadline(time.Now().Add(50 * time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Read(buf); err == nil {
+		t.Fatal("a read of a silent socket returned")
+	}
+
+	// The connection still writes.
+	conn.Tell(tcp.Write{Data: []byte("reply"), Ack: "ack"})
+	if a := p.next(t); a != "ack" {
+		t.Fatalf("got %v, want the ack", a)
+	}
+	if _, err := io.ReadFull(peer, buf); err != nil || string(buf) != "reply" {
+		t.Fatalf("peer read %q, %v", buf, err)
+	}
+
+	// The peer's FIN reaches the file's reader.
+	peer.Close()
+	if err := f.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := f.Read(buf); err != io.EOF {
+		t.Fatalf("read after the peer closed: %d, %v, want io.EOF", n, err)
+	}
+	f.Close()
+	// The connection did not read the FIN either: it closes when told.
+	conn.Tell(tcp.Close{})
+	expect[tcp.Closed](t, p)
+}
