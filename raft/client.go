@@ -3,7 +3,9 @@ package raft
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -87,6 +89,19 @@ type clientConn struct {
 	npend    atomic.Int32 // len(pend), for picking the least busy connection
 	isClosed atomic.Bool
 
+	// Callers read (roleHeartbeat and roleRPC without TLS): once the
+	// connection handed its reading over (tcp.HandOverReading), a caller
+	// waiting for its answer takes the read token and reads the socket
+	// itself, through a duplicate of it on the runtime's poller, until its
+	// own call is complete, completing the others' on the way; then it
+	// gives the token back for the next waiting caller. An answer then
+	// wakes its caller directly, as a blocking net.Conn read does, instead
+	// of the loop and the loop the caller.
+	rfile *os.File      // under w.mu; closed by shutdown
+	rtok  chan struct{} // holds the token while nobody reads; nil: the actor reads
+	rbuf  []byte        // the token holder's
+	rdl   time.Time     // the token holder's: rfile's read deadline
+
 	// Owned by the actor.
 	conn      netio.Ref // the tcp connection, once connected
 	connected bool
@@ -114,6 +129,9 @@ func newClientConn(t *Transport, p *peer, role connRole, remote netip.AddrPort) 
 	c.w.out = append(make([]byte, 0, 4096), preamble[:]...)
 	if t.cfg.TLS == nil { // with TLS every byte goes through the shim
 		c.w.direct = tcp.NewDirectWriter()
+		if role == roleHeartbeat || role == roleRPC {
+			c.rtok = make(chan struct{}, 1)
+		}
 	}
 	c.w.kicked = true // the preamble waits for the connection
 	return c
@@ -224,10 +242,25 @@ func (c *clientConn) Receive(ctx *netio.Context, msg any) {
 		}
 		c.conn, c.connected = conn, true
 		ctx.Tell(conn, tcp.Register{Handler: ctx.Self(), Direct: c.w.direct})
+		if c.rtok != nil {
+			ctx.Tell(conn, tcp.HandOverReading{})
+		}
 		ctx.Watch(conn)
 		c.t.trackConn(conn)
 		c.peer.dialed(c, nil)
 		c.pump(ctx)
+	case tcp.ReadingHandedOver:
+		// Every answer the connection read came before this: from now on
+		// the callers read (the frame reader is the token holder's).
+		c.w.mu.Lock()
+		if c.w.closed != nil {
+			c.w.mu.Unlock()
+			m.File.Close()
+			return
+		}
+		c.rfile = m.File
+		c.w.mu.Unlock()
+		c.rtok <- struct{}{}
 	case tcp.CommandFailed:
 		if _, ok := m.Cmd.(tcp.Connect); ok {
 			c.dialing = false
@@ -402,6 +435,77 @@ func (c *clientConn) enqueue(cl *call, kind rpcKind, args any) error {
 	return nil
 }
 
+// wait returns once cl is complete: a synchronous call's caller reads the
+// answers itself while it holds the read token (see rfile).
+func (c *clientConn) wait(cl *call) {
+	if c.rtok == nil {
+		<-cl.done
+		return
+	}
+	select {
+	case <-cl.done:
+		return
+	case <-c.rtok:
+	}
+	c.readFor(cl)
+	c.rtok <- struct{}{}
+	<-cl.done
+}
+
+// readFor reads answers until cl is complete, its deadline passed (the
+// timeout sweep fails it) or the connection ended (token holder).
+func (c *clientConn) readFor(cl *call) {
+	c.w.mu.Lock()
+	f, deadline := c.rfile, cl.deadline
+	c.w.mu.Unlock()
+	if f == nil {
+		return // closed: shutdown failed every call
+	}
+	if c.rbuf == nil {
+		c.rbuf = make([]byte, 16<<10)
+	}
+	for len(cl.done) == 0 {
+		if !deadline.Equal(c.rdl) {
+			if err := f.SetReadDeadline(deadline); err != nil {
+				c.readFailed(err)
+				return
+			}
+			c.rdl = deadline
+		}
+		n, err := f.Read(c.rbuf)
+		if n > 0 {
+			c.t.m.bytesIn.Add(uint64(n))
+			if _, err := c.rd.feed(c.rbuf[:n], c.onFrame); err != nil {
+				c.t.m.rejected.Add(1)
+				c.t.log.Warn("raft transport: bad answer; closing the connection", "peer", c.remote, "err", err)
+				c.close(fmt.Errorf("%w: %w", ErrConnectionClosed, err), true)
+				return
+			}
+			continue
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return // the sweep fails the call and drops the connection
+		}
+		if err == nil {
+			err = io.ErrNoProgress
+		}
+		c.readFailed(err)
+		return
+	}
+}
+
+// readFailed ends the connection over a failed read by a caller.
+func (c *clientConn) readFailed(err error) {
+	switch {
+	case errors.Is(err, os.ErrClosed):
+		return // shutdown closed it
+	case errors.Is(err, io.EOF):
+		c.close(fmt.Errorf("%w: %w", ErrConnectionClosed, errPeerClosed), false)
+	default:
+		c.close(fmt.Errorf("%w: %w", ErrConnectionClosed, err), true)
+	}
+}
+
 // setDeadline moves a pending call's deadline.
 func (c *clientConn) setDeadline(cl *call, d time.Time) {
 	c.w.mu.Lock()
@@ -426,7 +530,12 @@ func (c *clientConn) shutdown(err error) {
 	}
 	c.pend, c.phead = nil, 0
 	c.npend.Store(0)
+	f := c.rfile
+	c.rfile = nil
 	c.w.mu.Unlock()
+	if f != nil {
+		f.Close() // a caller blocked reading it returns
+	}
 	for _, r := range raws {
 		r.done <- err
 	}

@@ -85,8 +85,8 @@ func (s *serverConn) startGuard(ctx *netio.Context) {
 // checkGuard closes the connection if it is late with its preamble or
 // silent in the middle of a frame (actor).
 func (s *serverConn) checkGuard(ctx *netio.Context) {
-	if s.closing {
-		return
+	if s.closing || s.handOff {
+		return // handed off: the dispatcher owns rd and checks it
 	}
 	now, limit := ctx.Now(), s.t.cfg.Timeout
 	switch {
@@ -98,13 +98,16 @@ func (s *serverConn) checkGuard(ctx *netio.Context) {
 }
 
 // stopGuard stops the timer and gives back what the connection held of
-// the budget (actor, PostStop).
-func (s *serverConn) stopGuard() {
+// the budget (actor, PostStop); rd only when the actor owns it (ownRd),
+// else the dispatcher releases it.
+func (s *serverConn) stopGuard(ownRd bool) {
 	if s.guard != nil {
 		s.guard.Stop()
 	}
-	s.rd.buf = nil
-	s.rd.release()
+	if ownRd {
+		s.rd.buf = nil
+		s.rd.release()
+	}
 	s.qmu.Lock()
 	for _, in := range s.q {
 		s.t.bud.give(in.charge)

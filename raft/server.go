@@ -2,8 +2,10 @@ package raft
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -110,16 +112,25 @@ type serverConn struct {
 	w writer // answers, from the dispatcher
 
 	// Queue to the dispatcher.
-	qmu     sync.Mutex
-	q       []inbound
-	qsignal chan struct{}
-	resume  atomic.Bool // the dispatcher must ask for ResumeReading
+	qmu sync.Mutex
+	q   []inbound
+	// rfile: the socket, handed over to the dispatcher (under qmu): a
+	// connection whose first request is a heartbeat (raft's heartbeat
+	// connection) is then read by its dispatcher itself, one request at a
+	// time, as NetworkTransport serves one: a heartbeat costs no wake-up
+	// of the loop and none of the dispatcher by the loop. From then on the
+	// dispatcher owns rd.
+	rfile    *os.File
+	dispDone bool // the dispatcher returned (under qmu): rfile is not set after
+	qsignal  chan struct{}
+	resume   atomic.Bool // the dispatcher must ask for ResumeReading
 
 	// Owned by the actor.
 	pre        int // preamble bytes checked
 	rd         frameReader
 	snap       *snapPipe
 	handing    *snapPipe // asked tcp to hand its reading over to this pipe
+	handOff    bool      // asked tcp to hand its reading over to the dispatcher
 	suspended  bool      // reading suspended because the queue was full
 	closeAfter bool      // close once the answer is written (after a snapshot)
 	stopCh     chan struct{}
@@ -143,6 +154,10 @@ type inbound struct {
 }
 
 type resumeReading struct{}
+
+// handOffReading asks the actor to hand the socket's reading over to the
+// dispatcher.
+type handOffReading struct{}
 
 type closeAfterAnswer struct{}
 
@@ -184,7 +199,25 @@ func (s *serverConn) Receive(ctx *netio.Context, msg any) {
 			s.suspended = false
 			ctx.Tell(s.conn, tcp.ResumeReading{})
 		}
+	case handOffReading:
+		if !s.closing && s.handing == nil && s.snap == nil && !s.handOff {
+			s.handOff = true
+			ctx.Tell(s.conn, tcp.HandOverReading{})
+		}
 	case tcp.ReadingHandedOver:
+		if s.handOff && s.snap == nil && !s.closing {
+			s.qmu.Lock()
+			done := s.dispDone
+			if !done {
+				s.rfile = m.File
+			}
+			s.qmu.Unlock()
+			if done {
+				m.File.Close()
+			}
+			s.signal()
+			return
+		}
 		if s.snap != nil && s.snap == s.handing && !s.closing {
 			s.snap.handOver(m.File, s.snap.remaining)
 			s.snap = nil
@@ -315,9 +348,17 @@ func (s *serverConn) onFrame(f frame, _ bool) (bool, error) {
 
 func (s *serverConn) push(in inbound) {
 	s.woke = true
+	s.enqueue(in)
+}
+
+func (s *serverConn) enqueue(in inbound) {
 	s.qmu.Lock()
 	s.q = append(s.q, in)
 	s.qmu.Unlock()
+	s.signal()
+}
+
+func (s *serverConn) signal() {
 	select {
 	case s.qsignal <- struct{}{}:
 	default:
@@ -355,7 +396,13 @@ func (s *serverConn) pop(self netio.Ref) (inbound, bool) {
 
 func (s *serverConn) PostStop(ctx *netio.Context) {
 	close(s.stopCh)
-	s.stopGuard()
+	s.qmu.Lock()
+	f := s.rfile
+	s.qmu.Unlock()
+	if f != nil {
+		f.Close() // the dispatcher's read returns; it releases rd
+	}
+	s.stopGuard(f == nil)
 	s.w.mu.Lock()
 	raws := s.w.closeLocked(ErrConnectionClosed)
 	s.w.mu.Unlock()
@@ -392,6 +439,9 @@ type dispatcher struct {
 
 	inflight []pending
 	free     []chan hraft.RPCResponse
+	first    bool   // the connection's first request was seen
+	rbuf     []byte // socket reads, once handed over
+	rdl      bool   // a read deadline is set (in the middle of a frame)
 }
 
 type pending struct {
@@ -402,6 +452,7 @@ type pending struct {
 
 func (d *dispatcher) run() {
 	defer d.t.wg.Done()
+	defer d.releaseReading()
 	var next hraft.RPC
 	var nextCh chan hraft.RPCResponse
 	var nextKind rpcKind
@@ -418,6 +469,12 @@ func (d *dispatcher) run() {
 					d.self.Tell(protocolError{err: err})
 					return
 				}
+				if !d.first {
+					d.first = true
+					if kind == kindHeartbeat && d.s.w.direct != nil { // not with TLS
+						d.self.Tell(handOffReading{})
+					}
+				}
 				next, nextCh, nextKind, nextID, has = rpc, ch, kind, in.id, true
 				if kind == kindHeartbeat {
 					if fn := d.t.heartbeat.get(); fn != nil {
@@ -427,6 +484,14 @@ func (d *dispatcher) run() {
 						has = false
 						continue
 					}
+				}
+				continue
+			}
+		}
+		if !has && len(d.inflight) == 0 {
+			if f := d.s.readFile(); f != nil {
+				if !d.read(f) {
+					return
 				}
 				continue
 			}
@@ -459,6 +524,84 @@ func (d *dispatcher) run() {
 		case <-d.t.shutdownCh:
 			return
 		}
+	}
+}
+
+// readFile returns the socket once it is handed over to the dispatcher.
+func (s *serverConn) readFile() *os.File {
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	if len(s.q) > 0 {
+		return nil
+	}
+	return s.rfile
+}
+
+// read reads the handed-over socket once and queues the requests it
+// completes (dispatcher, with nothing queued or in flight); false: the
+// connection is done. A frame once begun must go on arriving within
+// Config.Timeout (ErrStalled), as the actor's guard checks.
+func (d *dispatcher) read(f *os.File) bool {
+	s := d.s
+	if mid := s.rd.partial(); mid || d.rdl {
+		var dl time.Time
+		if mid {
+			dl = time.Now().Add(d.t.cfg.Timeout)
+		}
+		if err := f.SetReadDeadline(dl); err != nil {
+			d.self.Tell(closeReq{})
+			return false
+		}
+		d.rdl = mid
+	}
+	if d.rbuf == nil {
+		d.rbuf = make([]byte, 16<<10)
+	}
+	n, err := f.Read(d.rbuf)
+	if n > 0 {
+		d.t.m.bytesIn.Add(uint64(n))
+		if _, err := s.rd.feed(d.rbuf[:n], d.onFrame); err != nil {
+			d.self.Tell(protocolError{err: err})
+			return false
+		}
+		s.rd.shrink()
+		return true
+	}
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		d.self.Tell(protocolError{err: fmt.Errorf("%w: silent for %v in the middle of a frame", ErrStalled, d.t.cfg.Timeout)})
+	case errors.Is(err, os.ErrClosed):
+		// PostStop closed it.
+	default: // the peer's FIN, or a socket error
+		d.self.Tell(closeReq{})
+	}
+	return false
+}
+
+// onFrame queues a request read by the dispatcher. A connection read this
+// way carries no snapshot (raft's heartbeat connection carries heartbeats).
+func (d *dispatcher) onFrame(f frame, _ bool) (bool, error) {
+	switch f.kind {
+	case kindAppendEntries, kindRequestVote, kindRequestPreVote, kindTimeoutNow:
+		d.s.enqueue(inbound{kind: f.kind, id: f.id, body: f.body, charge: f.charge})
+		return false, nil
+	default:
+		d.t.bud.give(f.charge)
+		return false, fmt.Errorf("%w: request kind %v on a connection read by its dispatcher", ErrMalformed, f.kind)
+	}
+}
+
+// releaseReading gives back what rd holds, if the dispatcher owns it
+// (returning).
+func (d *dispatcher) releaseReading() {
+	d.s.qmu.Lock()
+	f := d.s.rfile
+	d.s.dispDone = true
+	d.s.qmu.Unlock()
+	if f != nil {
+		f.Close()
+		d.s.rd.buf = nil
+		d.s.rd.release()
 	}
 }
 

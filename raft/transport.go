@@ -252,7 +252,7 @@ func (t *Transport) roundTrip(target hraft.ServerAddress, kind rpcKind, role con
 		putCall(cl)
 		return t.opErr(kind, target, err)
 	}
-	<-cl.done
+	c.wait(cl)
 	err = cl.err
 	if err == nil {
 		err = decodeAnswer(cl.buf, resp)

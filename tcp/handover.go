@@ -18,7 +18,8 @@ import (
 // goroutine, not a thread; SetReadDeadline works), or with CommandFailed
 // when it is not open.
 //
-// Every byte the connection read before it took the command reached the
+// The connection's loop is no longer woken by arriving data (nor by the
+// peer's FIN: the File's reader sees it). Every byte the connection read before it took the command reached the
 // handler as Received before ReadingHandedOver; what the File reads comes
 // after them. The caller must Close the File: the socket stays open, and a
 // reset (Abort) is not sent, until both the connection and the File are
@@ -39,6 +40,12 @@ func (c *conn) handOverReading(ctx *netio.Context, cmd any) {
 	fd, err := unix.FcntlInt(uintptr(c.fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		ctx.Tell(to, CommandFailed{Cmd: cmd, Cause: fmt.Errorf("hand over reading: dup: %w", err)})
+		return
+	}
+	// Nor wake the loop for what arrives: EPOLLIN and EPOLLRDHUP off.
+	if err := ctx.Modify(c.fd, connEvents&^(netio.EventIn|netio.EventRdHup)); err != nil {
+		unix.Close(fd)
+		ctx.Tell(to, CommandFailed{Cmd: cmd, Cause: fmt.Errorf("hand over reading: %w", err)})
 		return
 	}
 	c.suspended, c.handedOver = true, true
