@@ -398,3 +398,107 @@ func TestUnreachablePeerErrors(t *testing.T) {
 		}
 	}
 }
+
+// A connection whose first request is a heartbeat is read by its
+// dispatcher (server.go, rfile): it answers heartbeats and other requests
+// one at a time, and bad input, a snapshot or a stall in the middle of a
+// frame still close it, and only it.
+func TestHeartbeatConnectionReadByItsDispatcher(t *testing.T) {
+	leakcheck.Check(t)
+	reg := prometheus.NewRegistry()
+	server := newOurs(t, Config{MaxFrameSize: 1024, Registerer: reg, Timeout: 300 * time.Millisecond})
+	answerVotes(t, server)
+	server.SetHeartbeatHandler(func(rpc hraft.RPC) {
+		rpc.Respond(&hraft.AppendEntriesResponse{Term: rpc.Command.(*hraft.AppendEntriesRequest).Term, Success: true}, nil)
+	})
+	hb := appendAppendEntriesRequest(nil, &hraft.AppendEntriesRequest{RPCHeader: hraft.RPCHeader{ID: []byte("l"), Addr: []byte("127.0.0.1:1")}, Term: 4})
+	vr := appendRequestVoteRequest(nil, &hraft.RequestVoteRequest{Term: 7})
+	answer := func(t *testing.T, c net.Conn, id uint64, resp any) {
+		t.Helper()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		hdr := make([]byte, frameHeaderLen)
+		if _, err := io.ReadFull(c, hdr); err != nil {
+			t.Fatal(err)
+		}
+		f := make([]byte, binary.BigEndian.Uint32(hdr))
+		if _, err := io.ReadFull(c, f); err != nil {
+			t.Fatal(err)
+		}
+		got, k := binary.Uvarint(f[1:])
+		if rpcKind(f[0]) != kindResponse || k <= 0 || got != id {
+			t.Fatalf("answer %x, want a response to %d", f, id)
+		}
+		if err := decodeAnswer(f[1+k:], resp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	open := func(t *testing.T) net.Conn {
+		t.Helper()
+		c, err := net.Dial("tcp", string(server.LocalAddr()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.Write(append(preamble[:], frameBytes(kindAppendEntries, 1, hb)...))
+		var resp hraft.AppendEntriesResponse
+		answer(t, c, 1, &resp)
+		if !resp.Success || resp.Term != 4 {
+			t.Fatalf("heartbeat answer %+v", resp)
+		}
+		return c
+	}
+	client := newOurs(t, Config{})
+	c := open(t)
+	// The hand-over is asynchronous: wait for it, so that what follows
+	// is read by the dispatcher.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		handed := false
+		server.mu.Lock()
+		for sc := range server.servers {
+			sc.qmu.Lock()
+			handed = handed || sc.rfile != nil
+			sc.qmu.Unlock()
+		}
+		server.mu.Unlock()
+		if handed {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the heartbeat connection was not handed over to its dispatcher")
+		}
+	}
+	for id := uint64(2); id < 100; id++ {
+		if id%10 == 0 {
+			c.Write(frameBytes(kindRequestVote, id, vr))
+			var resp hraft.RequestVoteResponse
+			answer(t, c, id, &resp)
+			if !resp.Granted {
+				t.Fatalf("vote answer %+v", resp)
+			}
+			continue
+		}
+		f := frameBytes(kindAppendEntries, id, hb)
+		c.Write(f[:5]) // in two reads
+		c.Write(f[5:])
+		var resp hraft.AppendEntriesResponse
+		answer(t, c, id, &resp)
+	}
+	cases := map[string][]byte{
+		"garbage append": frameBytes(kindAppendEntries, 100, []byte{0xff, 0xff, 0xff}),
+		"snapshot":       frameBytes(kindInstallSnapshot, 100, appendInstallSnapshotRequest(nil, &hraft.InstallSnapshotRequest{Size: 10})),
+		"stall":          frameBytes(kindAppendEntries, 100, hb)[:7],
+	}
+	for name, input := range cases {
+		t.Run(name, func(t *testing.T) {
+			c := open(t)
+			c.Write(input)
+			expectClosed(t, c)
+			if err := vote(client, server.LocalAddr()); err != nil {
+				t.Fatalf("a good client failed after a bad one: %v", err)
+			}
+		})
+	}
+	if got := counter(t, reg, "ioactor_raft_transport_rejected_connections_total"); got != float64(len(cases)) {
+		t.Errorf("rejected connections = %v, want %d", got, len(cases))
+	}
+}
