@@ -44,6 +44,18 @@
 // works on one, already offers the next on the Consumer channel; it writes
 // answers the way callers write requests.
 //
+// Three kinds of connection stop being read by the loop once they are set
+// up (without TLS): the tcp connection hands its socket over
+// (tcp.HandOverReading: a duplicate of it on the Go runtime's poller, the
+// loop no longer woken by what arrives). On the heartbeat and RPC
+// connections the callers read: a caller waiting for its answer takes the
+// connection's read token and reads until its own answer came, completing
+// the others' on the way, so an answer wakes its caller directly. A server
+// connection whose first request is a heartbeat (raft's heartbeat
+// connection) is read by its dispatcher, one request at a time, as
+// raft.NetworkTransport serves one. A snapshot's data is read by raft's
+// own Reads. One wake-up of a goroutine per hop is left, as with net.Conn.
+//
 // Timeouts: a connection's sweep fires at its oldest pending call's
 // deadline (no timer while nothing is pending). A call that times out
 // closes its connection, as raft.NetworkTransport does: the server answers
@@ -147,9 +159,10 @@
 // Frames are limited to Config.MaxFrameSize (64 MiB by default): a raft log
 // entry larger than that cannot be replicated. raft's own go-metrics are not
 // bridged to Prometheus. A System passed in Config must be shut down only
-// after Close. A request still crosses from the loop that reads it to the
-// dispatcher goroutine that runs raft's handler, and an answer from the
-// loop to the waiting caller, so a heartbeat round trip is about as fast as
-// raft.NetworkTransport's, not faster; the snapshot receiver copies the data
-// twice (see README.md).
+// after Close. A connection read by its callers notices that the peer
+// closed it only when the next call reads (as a pooled net.Conn of
+// raft.NetworkTransport does): that call fails, and the one after it
+// dials anew. A pipelined append still crosses from the loop that reads it
+// to the dispatcher goroutine, and its answer from the loop to the
+// pipeline's consumer (batching many per wake-up).
 package raft
