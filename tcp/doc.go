@@ -28,6 +28,11 @@
 // connection simply stops and restarts reading, which has the same effect on
 // the kernel buffer and the TCP window as removing EPOLLIN.
 //
+// [HandOverReading] gives the reading to a goroutine for good: the answer,
+// [ReadingHandedOver], carries a duplicate of the socket on the Go runtime's
+// poller, and the connection takes EPOLLIN off its registration (one
+// epoll_ctl), so arriving data wakes that goroutine and not the loop.
+//
 // # Ownership
 //
 // [Received.Data] aliases the loop's read buffer and is valid only until the
