@@ -244,6 +244,10 @@ func (c *conn) OnEvents(ctx *netio.Context, ev uint32) {
 	if ev&(netio.EventRdHup|netio.EventHup|netio.EventErr) != 0 {
 		c.hup = true // sticky: the edge will not come again
 	}
+	if c.handedOver && ev&(netio.EventHup|netio.EventErr) != 0 {
+		c.handedOverHup(ctx) // nobody may be reading: close
+		return
+	}
 	if ev&(netio.EventIn|netio.EventRdHup|netio.EventHup|netio.EventErr) != 0 {
 		c.readable = true
 		c.read(ctx)

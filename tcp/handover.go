@@ -19,7 +19,8 @@ import (
 // when it is not open.
 //
 // The connection's loop is no longer woken by arriving data (nor by the
-// peer's FIN: the File's reader sees it). Every byte the connection read before it took the command reached the
+// peer's FIN: the File's reader sees it); a reset or hang-up of the socket
+// still ends the connection as a failed read would. Every byte the connection read before it took the command reached the
 // handler as Received before ReadingHandedOver; what the File reads comes
 // after them. The caller must Close the File: the socket stays open, and a
 // reset (Abort) is not sent, until both the connection and the File are
@@ -52,4 +53,24 @@ func (c *conn) handOverReading(ctx *netio.Context, cmd any) {
 	// The duplicate shares the socket's O_NONBLOCK, so os.NewFile puts it
 	// on the runtime's poller.
 	ctx.Tell(to, ReadingHandedOver{File: os.NewFile(uintptr(fd), "tcp-read")})
+}
+
+// handedOverHup ends a connection whose reading was handed over when the
+// socket is reset or hung up (EPOLLERR, EPOLLHUP: reported whatever the
+// interest), since the File's reader, if any, may be waiting for something
+// else (a raft dispatcher waits for raft's answer): the handler learns it as
+// from a failed read. The peer's FIN alone (EPOLLRDHUP) is the reader's.
+func (c *conn) handedOverHup(ctx *netio.Context) {
+	if c.state != stateOpen || c.fd < 0 || c.closing != closeNone {
+		return
+	}
+	soerr, err := unix.GetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_ERROR)
+	switch {
+	case err != nil:
+	case soerr != 0:
+		err = unix.Errno(soerr)
+	default:
+		err = unix.EPIPE // hung up both ways
+	}
+	c.fail(ctx, "read", err)
 }

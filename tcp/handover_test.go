@@ -2,6 +2,7 @@ package tcp_test
 
 import (
 	"io"
+	"net"
 	"testing"
 	"time"
 
@@ -65,4 +66,18 @@ func TestHandOverReading(t *testing.T) {
 	// The connection did not read the FIN either: it closes when told.
 	conn.Tell(tcp.Close{})
 	expect[tcp.Closed](t, p)
+}
+
+// A reset socket ends a handed-over connection even when nobody reads the
+// File (the raft dispatcher may be waiting for raft instead).
+func TestHandOverReadingResetEndsTheConnection(t *testing.T) {
+	sys := newSystem(t)
+	p := newProbe(sys)
+	peer, conn := serverConn(t, sys, p, tcp.Register{})
+	conn.Tell(tcp.HandOverReading{})
+	f := expect[tcp.ReadingHandedOver](t, p).File
+	defer f.Close()
+	peer.(*net.TCPConn).SetLinger(0)
+	peer.Close() // RST
+	expect[tcp.ErrorClosed](t, p)
 }
