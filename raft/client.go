@@ -261,6 +261,17 @@ func (c *clientConn) Receive(ctx *netio.Context, msg any) {
 		c.rfile = m.File
 		c.w.mu.Unlock()
 		c.rtok <- struct{}{}
+	case tcp.FINArrived:
+		// The peer closed (a restart): no new call may pick this
+		// connection; the callers waiting read their answers, then EOF.
+		c.isClosed.Store(true)
+		c.peer.forget(c)
+		c.w.mu.Lock()
+		idle := c.phead == len(c.pend)
+		c.w.mu.Unlock()
+		if idle {
+			c.end(ctx, errPeerClosed, false)
+		}
 	case tcp.CommandFailed:
 		if _, ok := m.Cmd.(tcp.Connect); ok {
 			c.dialing = false

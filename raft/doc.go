@@ -159,10 +159,7 @@
 // Frames are limited to Config.MaxFrameSize (64 MiB by default): a raft log
 // entry larger than that cannot be replicated. raft's own go-metrics are not
 // bridged to Prometheus. A System passed in Config must be shut down only
-// after Close. A connection read by its callers notices that the peer
-// closed it only when the next call reads (as a pooled net.Conn of
-// raft.NetworkTransport does): that call fails, and the one after it
-// dials anew. A pipelined append still crosses from the loop that reads it
+// after Close. A pipelined append still crosses from the loop that reads it
 // to the dispatcher goroutine, and its answer from the loop to the
 // pipeline's consumer (batching many per wake-up).
 package raft

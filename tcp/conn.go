@@ -77,6 +77,7 @@ type conn struct {
 	hup           bool // the peer's FIN (or an error) has been signalled
 	suspended     bool // SuspendReading, or pull mode waiting for ResumeReading
 	handedOver    bool // HandOverReading: suspended for good
+	finTold       bool // FINArrived sent
 	peerClosed    bool // read returned 0
 	confirmedWait bool // ConfirmedClose sent FIN: read until the peer's FIN
 
@@ -244,8 +245,8 @@ func (c *conn) OnEvents(ctx *netio.Context, ev uint32) {
 	if ev&(netio.EventRdHup|netio.EventHup|netio.EventErr) != 0 {
 		c.hup = true // sticky: the edge will not come again
 	}
-	if c.handedOver && ev&(netio.EventHup|netio.EventErr) != 0 {
-		c.handedOverHup(ctx) // nobody may be reading: close
+	if c.handedOver {
+		c.handedOverEvents(ctx, ev)
 		return
 	}
 	if ev&(netio.EventIn|netio.EventRdHup|netio.EventHup|netio.EventErr) != 0 {

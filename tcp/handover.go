@@ -18,9 +18,9 @@ import (
 // goroutine, not a thread; SetReadDeadline works), or with CommandFailed
 // when it is not open.
 //
-// The connection's loop is no longer woken by arriving data (nor by the
-// peer's FIN: the File's reader sees it); a reset or hang-up of the socket
-// still ends the connection as a failed read would. Every byte the connection read before it took the command reached the
+// The connection's loop is no longer woken by arriving data; the peer's FIN
+// is reported as [FINArrived], and a reset or hang-up of the socket still
+// ends the connection as a failed read would. Every byte the connection read before it took the command reached the
 // handler as Received before ReadingHandedOver; what the File reads comes
 // after them. The caller must Close the File: the socket stays open, and a
 // reset (Abort) is not sent, until both the connection and the File are
@@ -30,6 +30,12 @@ type HandOverReading struct{}
 
 // ReadingHandedOver answers HandOverReading.
 type ReadingHandedOver struct{ File *os.File }
+
+// FINArrived tells the handler of a connection whose reading was handed
+// over that the peer's FIN arrived: the connection stays open (the File's
+// reader reads what came before it, then io.EOF); a handler that keeps
+// idle connections can drop this one now instead of on its next use.
+type FINArrived struct{}
 
 // handOverReading duplicates the socket for HandOverReading (loop).
 func (c *conn) handOverReading(ctx *netio.Context, cmd any) {
@@ -43,8 +49,9 @@ func (c *conn) handOverReading(ctx *netio.Context, cmd any) {
 		ctx.Tell(to, CommandFailed{Cmd: cmd, Cause: fmt.Errorf("hand over reading: dup: %w", err)})
 		return
 	}
-	// Nor wake the loop for what arrives: EPOLLIN and EPOLLRDHUP off.
-	if err := ctx.Modify(c.fd, connEvents&^(netio.EventIn|netio.EventRdHup)); err != nil {
+	// Nor wake the loop for what arrives: EPOLLIN off (EPOLLRDHUP stays,
+	// for FINArrived).
+	if err := ctx.Modify(c.fd, connEvents&^netio.EventIn); err != nil {
 		unix.Close(fd)
 		ctx.Tell(to, CommandFailed{Cmd: cmd, Cause: fmt.Errorf("hand over reading: %w", err)})
 		return
@@ -55,13 +62,20 @@ func (c *conn) handOverReading(ctx *netio.Context, cmd any) {
 	ctx.Tell(to, ReadingHandedOver{File: os.NewFile(uintptr(fd), "tcp-read")})
 }
 
-// handedOverHup ends a connection whose reading was handed over when the
-// socket is reset or hung up (EPOLLERR, EPOLLHUP: reported whatever the
-// interest), since the File's reader, if any, may be waiting for something
+// handedOverEvents handles the read side's events of a connection whose
+// reading was handed over (loop). A reset or hang-up (EPOLLERR, EPOLLHUP)
+// ends it, since the File's reader, if any, may be waiting for something
 // else (a raft dispatcher waits for raft's answer): the handler learns it as
-// from a failed read. The peer's FIN alone (EPOLLRDHUP) is the reader's.
-func (c *conn) handedOverHup(ctx *netio.Context) {
+// from a failed read. The peer's FIN (EPOLLRDHUP) is told once.
+func (c *conn) handedOverEvents(ctx *netio.Context, ev uint32) {
 	if c.state != stateOpen || c.fd < 0 || c.closing != closeNone {
+		return
+	}
+	if ev&(netio.EventHup|netio.EventErr) == 0 {
+		if ev&netio.EventRdHup != 0 && !c.finTold {
+			c.finTold = true
+			ctx.Tell(c.handler, FINArrived{})
+		}
 		return
 	}
 	soerr, err := unix.GetsockoptInt(c.fd, unix.SOL_SOCKET, unix.SO_ERROR)

@@ -54,8 +54,9 @@ func TestHandOverReading(t *testing.T) {
 		t.Fatalf("peer read %q, %v", buf, err)
 	}
 
-	// The peer's FIN reaches the file's reader.
+	// The peer's FIN is told, and reaches the file's reader.
 	peer.Close()
+	expect[tcp.FINArrived](t, p)
 	if err := f.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
 		t.Fatal(err)
 	}
