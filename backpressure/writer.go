@@ -104,7 +104,7 @@ func (w *AckWriter) Write(ctx *netio.Context, data []byte) error {
 	return nil
 }
 
-// WriteReceived is Write for the Data of a *tcp.Received from a connection
+// WriteReceived is Write for the Data of a tcp.Received from a connection
 // on this actor's loop: when nothing is in flight it goes to the connection
 // as a transient write, without a copy (the connection copies only what the
 // kernel does not take at once). Otherwise it is queued like Write.

@@ -87,12 +87,13 @@ type conn struct {
 	closing      closeKind
 
 	keepOpen, useResume bool
+	nackLogged          bool // refused has logged this connection's first plain NACK
 	registered          bool // fd is in the loop's poller (netio closes it at stop)
 
 	handler netio.Ref
 	ackTo   netio.Ref
 	stats   *loopStats
-	recv    Received
+	recv    []byte // what Received points to
 	segs    []segment
 	segi    int
 	seg1    [1]segment // segs' first backing: a single write needs no other memory
@@ -124,7 +125,7 @@ func newAcceptedConn(fd int, remote netip.AddrPort, bindHandler netio.Ref, pull 
 }
 
 func newOutgoingConn(cmd any, cc *Connect, commander netio.Ref) *conn {
-	c := &conn{fd: -1, state: stateConnecting, remote: cc.Remote, commander: commander, connect: cmd, pull: cc.PullMode, suspended: cc.PullMode, regTO: cc.RegisterTimeout}
+	c := &conn{fd: -1, state: stateConnecting, remote: cc.RemoteAddr, commander: commander, connect: cmd, pull: cc.PullMode, suspended: cc.PullMode, regTO: cc.RegisterTimeout}
 	c.segs = c.seg1[:0]
 	return c
 }
@@ -152,10 +153,10 @@ func (c *conn) startConnect(ctx *netio.Context) {
 	cmd := c.connect
 	cc := asConnect(cmd)
 	fail := func(err error) {
-		ctx.Tell(c.commander, CommandFailed{Cmd: cmd, Cause: fmt.Errorf("tcp: connect %v: %w", cc.Remote, err)})
+		ctx.Tell(c.commander, CommandFailed{Cmd: cmd, Cause: fmt.Errorf("tcp: connect %v: %w", cc.RemoteAddr, err)})
 		ctx.Stop()
 	}
-	fd, err := netio.Socket(cc.Remote, unix.SOCK_STREAM, unix.IPPROTO_TCP)
+	fd, err := netio.Socket(cc.RemoteAddr, unix.SOCK_STREAM, unix.IPPROTO_TCP)
 	if err != nil {
 		fail(err)
 		return
@@ -177,7 +178,7 @@ func (c *conn) startConnect(ctx *netio.Context) {
 			return
 		}
 	}
-	err = unix.Connect(fd, netio.Sockaddr(cc.Remote))
+	err = unix.Connect(fd, netio.Sockaddr(cc.RemoteAddr))
 	switch {
 	case err == nil:
 		c.connected(ctx)
@@ -204,7 +205,7 @@ func (c *conn) connected(ctx *netio.Context) {
 
 // announce sends Connected and arms the register timeout.
 func (c *conn) announce(ctx *netio.Context) {
-	ctx.Tell(c.commander, Connected{Remote: c.remote, Local: c.local, Conn: ctx.Self()})
+	ctx.Tell(c.commander, Connected{Socket: ctx.Self(), LocalAddr: c.local, RemoteAddr: c.remote})
 	to := c.regTO
 	if to == 0 {
 		to = 5 * time.Second
@@ -273,10 +274,10 @@ func (c *conn) read(ctx *netio.Context) {
 		// Last: a handler of this loop runs now, within this turn (what it
 		// sends the connection is queued behind this callback).
 		if c.handler.Loop() == l {
-			c.recv.Data = buf[:n]
-			ctx.Deliver(c.handler, &c.recv)
+			c.recv = buf[:n]
+			ctx.Deliver(c.handler, Received{&c.recv})
 		} else {
-			ctx.Tell(c.handler, &Received{Data: append([]byte(nil), buf[:n]...)})
+			ctx.Tell(c.handler, NewReceived(append([]byte(nil), buf[:n]...)))
 		}
 	case n == 0 && err == nil:
 		c.readable = false
@@ -409,12 +410,35 @@ func (c *conn) canWrite(ctx *netio.Context, cmd any) bool {
 	case c.pending || c.writeSuspend:
 		if c.useResume {
 			c.writeSuspend = true
+		} else {
+			c.refused(ctx, cmd)
 		}
 		c.nack(ctx, cmd, ErrWritePending)
 		return false
 	}
 	return true
 }
+
+// refused makes a plain NACK loud: the refused write is lost unless the
+// handler resends it, and a handler written without flow control (Akka's
+// SimplisticHandler, an echo that ignores CommandFailed) loses bytes
+// silently otherwise. Go cannot tell whether the handler's Receive handled
+// the CommandFailed, so the connection counts every plain NACK
+// (ioactor_tcp_writes_refused_total) and logs its first one. With
+// UseResumeWriting the NACK is the protocol the handler asked for: no log.
+func (c *conn) refused(ctx *netio.Context, cmd any) {
+	c.stats.writesRefused.Add(1)
+	if !c.nackLogged {
+		c.nackLogged = true
+		ctx.Logger().Warn(LogWriteRefused, "remote", c.remote, "cmd", fmt.Sprintf("%T", cmd))
+	}
+}
+
+// LogWriteRefused is the message of the warning a connection logs the first
+// time it refuses a write because another is pending, without
+// Register.UseResumeWriting: the refused bytes are lost unless the handler
+// resends them on CommandFailed.
+const LogWriteRefused = "tcp: write refused while another is pending (NACK): its bytes are lost unless the handler resends them; pace writes by their acks or use package backpressure"
 
 func (c *conn) write(ctx *netio.Context, cmd any, s segment) {
 	if !c.canWrite(ctx, cmd) {

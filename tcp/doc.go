@@ -7,9 +7,54 @@
 // Send [Bind] or [Connect] to [Manager]. A listener answers [Bound] and then
 // one [Connected] per accepted connection, sent by the new connection actor;
 // answer it with [Register] naming the handler. The handler receives
-// [*Received] events and sends [Write], [WriteFile], [CompoundWrite], flow
+// [Received] events and sends [Write], [WriteFile], [CompoundWrite], flow
 // commands and close commands; every close ends with a [ConnectionClosed]
-// event.
+// event. Every event is a value (case tcp.Received, case tcp.Bound); the
+// sender of each is the socket's actor.
+//
+// An echo server that loses no byte paces its writes by their acks: it
+// writes what it received, stops reading until the write is in the kernel,
+// then reads again (the Example, as it runs in the tests):
+//
+//	type echo struct{}
+//
+//	type written struct{}
+//
+//	func (echo) Receive(ctx *netio.Context, msg any) {
+//		switch m := msg.(type) {
+//		case tcp.Received:
+//			// m.Data() is the loop's read buffer: a Transient write
+//			// copies only what the kernel does not take at once.
+//			ctx.Reply(tcp.Write{Data: m.Data(), Ack: written{}, Transient: true})
+//			ctx.Reply(tcp.SuspendReading{})
+//		case written:
+//			ctx.Reply(tcp.ResumeReading{})
+//		case tcp.ConnectionClosed:
+//			ctx.Stop()
+//		}
+//	}
+//
+//	server := sys.Spawn(netio.ReceiveFunc(func(ctx *netio.Context, msg any) {
+//		switch m := msg.(type) {
+//		case tcp.Connected:
+//			h := ctx.SpawnOn(m.Socket.Loop(), echo{})
+//			ctx.Reply(tcp.Register{Handler: h})
+//		case tcp.CommandFailed:
+//			log.Print(m.Cause) // the Bind failed
+//		}
+//	}))
+//	tcp.Manager(sys).Tell(tcp.Bind{Handler: server, LocalAddr: addr})
+//
+// Writing each Received without waiting for the ack (Akka's
+// SimplisticHandler) loses data: a Write that arrives while the previous
+// one is still pending is refused with [CommandFailed] and its bytes are
+// gone unless the handler resends them. The connection logs the first such
+// refusal of each connection ([LogWriteRefused]) and counts them all;
+// package backpressure has the handlers that buffer and resend.
+//
+// A command needs someone to answer: a Bind or Connect with no Handler, told
+// from outside any actor (so it has no sender either), is refused with a
+// logged warning and makes no socket.
 //
 // # Flow control
 //

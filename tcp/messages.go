@@ -15,11 +15,13 @@ import (
 // Bind asks the manager for a listening socket.
 type Bind struct {
 	// Handler receives Bound or CommandFailed, then one Connected per accepted
-	// connection. Zero means the sender of Bind. The listener watches it and
-	// unbinds when it stops.
+	// connection. Zero means the sender of Bind; a Bind with neither (told
+	// from outside any actor without a Handler) is refused with a logged
+	// warning, since nobody would hear from the listener. The listener
+	// watches the handler and unbinds when it stops.
 	Handler netio.Ref
-	// Addr to listen on; port 0 picks a free port (reported in Bound).
-	Addr netip.AddrPort
+	// LocalAddr to listen on; port 0 picks a free port (reported in Bound).
+	LocalAddr netip.AddrPort
 	// Backlog is listen(2)'s backlog; zero means 1024.
 	Backlog int
 	// Options are applied to the listening socket before bind(2). Accepted
@@ -37,11 +39,11 @@ type Bind struct {
 
 // Bound tells the handler the listener is ready.
 type Bound struct {
+	// Socket is the listening actor (also the sender of Bound): send it
+	// Unbind and ResumeAccepting.
+	Socket netio.Ref
 	// LocalAddr is the address actually bound (port 0 resolved).
 	LocalAddr netip.AddrPort
-	// Listener is the listening actor (also the sender of Bound): send it
-	// Unbind and ResumeAccepting.
-	Listener netio.Ref
 }
 
 // ResumeAccepting lets a pull-mode listener accept BatchSize more
@@ -57,9 +59,11 @@ type Unbound struct{}
 
 // Connect asks the manager for an outgoing connection.
 type Connect struct {
-	// Handler receives Connected or CommandFailed. Zero means the sender.
+	// Handler receives Connected or CommandFailed. Zero means the sender;
+	// with neither, the Connect is refused as a Bind is.
 	Handler netio.Ref
-	Remote  netip.AddrPort
+	// RemoteAddr is the peer.
+	RemoteAddr netip.AddrPort
 	// LocalAddr, if valid, is bound before connecting.
 	LocalAddr netip.AddrPort
 	Options   []netio.SocketOption
@@ -71,10 +75,11 @@ type Connect struct {
 }
 
 // Connected announces a new connection; its sender is the connection actor,
-// also given as Conn. The connection reads nothing until it gets Register.
+// also given as Socket. The connection reads nothing until it gets Register.
 type Connected struct {
-	Remote, Local netip.AddrPort
-	Conn          netio.Ref
+	Socket     netio.Ref
+	LocalAddr  netip.AddrPort
+	RemoteAddr netip.AddrPort
 }
 
 // Register activates a connection: Handler (zero: the sender) receives its
@@ -154,10 +159,26 @@ type ConfirmedClose struct{}
 // Aborted.
 type Abort struct{}
 
-// Received carries bytes read from the socket. The connection delivers a
-// *Received whose Data is valid only until the handler's Receive returns (it
-// aliases the loop's read buffer); copy what you keep.
-type Received struct{ Data []byte }
+// Received carries bytes read from the socket; match it as a value, like
+// every other event (case tcp.Received). It is one pointer wide, so the
+// connection hands it over with no allocation.
+//
+// For a handler on the connection's loop, Data is valid only until the
+// handler's Receive returns (it aliases the loop's read buffer): copy what
+// you keep. A handler on another loop gets a copy it owns.
+type Received struct{ p *[]byte }
+
+// NewReceived makes a Received carrying data, for code that produces the
+// event itself (a protocol layer in front of a handler, a test).
+func NewReceived(data []byte) Received { return Received{&data} }
+
+// Data is the bytes read; nil for the zero Received.
+func (r Received) Data() []byte {
+	if r.p == nil {
+		return nil
+	}
+	return *r.p
+}
 
 // CommandFailed answers a command that could not be carried out: a write
 // while another is pending, a bind or connect that failed.
