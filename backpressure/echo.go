@@ -79,7 +79,7 @@ type ackEcho struct {
 
 func (e *ackEcho) Receive(ctx *netio.Context, msg any) { e.receive(ctx, msg, &e.w) }
 
-func (w *AckWriter) echo(ctx *netio.Context, data []byte) error { return w.WriteReceived(ctx, data) }
+func (w *AckWriter) echo(ctx *netio.Context, r tcp.Received) error { return w.WriteReceived(ctx, r) }
 
 // NewNackEcho returns the NACK-with-suspend echo handler of Akka's chapter.
 // Register it with KeepOpenOnPeerClosed and UseResumeWriting.
@@ -94,11 +94,11 @@ type nackEcho struct {
 
 func (e *nackEcho) Receive(ctx *netio.Context, msg any) { e.receive(ctx, msg, e.w) }
 
-func (w *NackWriter) echo(ctx *netio.Context, data []byte) error { return w.Write(ctx, data) }
+func (w *NackWriter) echo(ctx *netio.Context, r tcp.Received) error { return w.Write(ctx, r.Data()) }
 
 // echoWriter is what the ACK and NACK echoes need of their writer.
 type echoWriter interface {
-	echo(ctx *netio.Context, data []byte) error
+	echo(ctx *netio.Context, r tcp.Received) error
 	Handle(ctx *netio.Context, msg any) bool
 	Idle() bool
 }
@@ -107,7 +107,7 @@ type echoWriter interface {
 // through w, then come w's own messages, then the close events.
 func (c *closer) receive(ctx *netio.Context, msg any, w echoWriter) {
 	if r, ok := msg.(tcp.Received); ok { // the most frequent message first
-		if err := w.echo(ctx, r.Data()); err != nil {
+		if err := w.echo(ctx, r); err != nil {
 			overrun(ctx, c.conn)
 		}
 		return
@@ -147,7 +147,7 @@ func (e *pullEcho) Receive(ctx *netio.Context, msg any) {
 		return
 	}
 	if r, ok := msg.(tcp.Received); ok {
-		e.w.WriteReceived(ctx, r.Data()) // one chunk at a time: never above the maximum
+		e.w.WriteReceived(ctx, r) // one chunk at a time: never above the maximum
 		return
 	}
 	e.handleClose(ctx, msg, e.w.Idle())

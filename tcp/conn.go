@@ -90,13 +90,16 @@ type conn struct {
 	nackLogged          bool // refused has logged this connection's first plain NACK
 	registered          bool // fd is in the loop's poller (netio closes it at stop)
 
-	handler netio.Ref
-	ackTo   netio.Ref
-	stats   *loopStats
-	recv    []byte // what Received points to
-	segs    []segment
-	segi    int
-	seg1    [1]segment // segs' first backing: a single write needs no other memory
+	handler    netio.Ref
+	ackTo      netio.Ref
+	stats      *loopStats
+	rs         recvState // what the same-loop Received points to
+	delivering bool      // the handler is being handed a Received: Received.Write batches
+	batched    bool      // segs holds the writes Received.Write batched, not yet tried
+	ctx        *netio.Context
+	segs       []segment
+	segi       int
+	seg1       [1]segment // segs' first backing: a single write needs no other memory
 
 	resumeWaiters []netio.Ref
 	iov           []unix.Iovec
@@ -134,6 +137,8 @@ const connEvents = netio.EventIn | netio.EventOut | netio.EventRdHup | unix.EPOL
 
 func (c *conn) PreStart(ctx *netio.Context) {
 	c.stats = statsFor(ctx)
+	c.ctx = ctx
+	c.rs.c, c.rs.conn = c, ctx.Self()
 	if c.state == stateConnecting {
 		c.startConnect(ctx)
 		return
@@ -274,10 +279,15 @@ func (c *conn) read(ctx *netio.Context) {
 		// Last: a handler of this loop runs now, within this turn (what it
 		// sends the connection is queued behind this callback).
 		if c.handler.Loop() == l {
-			c.recv = buf[:n]
-			ctx.Deliver(c.handler, Received{&c.recv})
+			c.rs.data = buf[:n]
+			c.delivering = true
+			ctx.Deliver(c.handler, Received{&c.rs})
+			c.delivering = false
+			if c.batched {
+				c.flushBatch(ctx)
+			}
 		} else {
-			ctx.Tell(c.handler, NewReceived(append([]byte(nil), buf[:n]...)))
+			ctx.Tell(c.handler, Received{&recvState{data: append([]byte(nil), buf[:n]...), conn: ctx.Self()}})
 		}
 	case n == 0 && err == nil:
 		c.readable = false
@@ -441,9 +451,45 @@ func (c *conn) refused(ctx *netio.Context, cmd any) {
 const LogWriteRefused = "tcp: write refused while another is pending (NACK): its bytes are lost unless the handler resends them; pace writes by their acks or use package backpressure"
 
 func (c *conn) write(ctx *netio.Context, cmd any, s segment) {
-	if !c.canWrite(ctx, cmd) {
+	if c.canWrite(ctx, cmd) {
+		c.send(ctx, s)
+	}
+}
+
+// batch is a Write given by Received.Write while the handler handles a
+// Received delivered directly from read (the connection's code is on the
+// stack, below the handler's, in a consistent state): it joins the writes
+// flushBatch sends once the delivery returns. It runs on the handler's
+// goroutine, which is the connection's, and uses the connection's Context
+// (valid: the connection's read callback is running).
+func (c *conn) batch(w *Write) {
+	if !c.batched {
+		if !c.canWrite(c.ctx, w) {
+			return
+		}
+		c.batched = true
+		c.segs = c.segs[:0]
+	}
+	c.segs = append(c.segs, segment{data: w.Data, ack: w.Ack, transient: w.Transient})
+}
+
+// flushBatch writes what batch gathered: one write(2) for one Write, one
+// writev(2) for several.
+func (c *conn) flushBatch(ctx *netio.Context) {
+	c.batched = false // nothing but batch reached the connection meanwhile
+	if len(c.segs) == 1 {
+		s := c.segs[0]
+		c.segs[0] = segment{}
+		c.segs = c.segs[:0]
+		c.send(ctx, s)
 		return
 	}
+	c.start(ctx)
+}
+
+// send writes one accepted segment: straight to write(2) when the socket is
+// writable, the long way (start) for the rest.
+func (c *conn) send(ctx *netio.Context, s segment) {
 	if c.writable && c.direct == nil {
 		// Nothing is pending (canWrite): one write(2) straight from the
 		// command, and if the kernel takes it all, the ack. What flush

@@ -166,18 +166,64 @@ type Abort struct{}
 // For a handler on the connection's loop, Data is valid only until the
 // handler's Receive returns (it aliases the loop's read buffer): copy what
 // you keep. A handler on another loop gets a copy it owns.
-type Received struct{ p *[]byte }
+type Received struct{ s *recvState }
+
+// recvState is what a Received points to: a connection's own (reused for
+// every read) or a copy's.
+type recvState struct {
+	data []byte
+	c    *conn     // the connection whose read this is; nil for a copy
+	conn netio.Ref // where Write sends; zero for NewReceived
+}
 
 // NewReceived makes a Received carrying data, for code that produces the
-// event itself (a protocol layer in front of a handler, a test).
-func NewReceived(data []byte) Received { return Received{&data} }
+// event itself (a protocol layer in front of a handler, a test). Its Write
+// sends to the sender of the message being handled.
+func NewReceived(data []byte) Received { return Received{&recvState{data: data}} }
 
 // Data is the bytes read; nil for the zero Received.
 func (r Received) Data() []byte {
-	if r.p == nil {
+	if r.s == nil {
 		return nil
 	}
-	return *r.p
+	return r.s.data
+}
+
+// Write sends w to the connection r came from, like ctx.Tell(conn, w), with
+// one difference: called by the connection's handler while it handles r, as
+// a direct call from the connection (a handler on the connection's loop,
+// idle, with nothing queued for it), it adds w to the connection's current
+// write instead of queueing a message. Everything the handler writes so
+// during that Receive goes to the kernel in one write(2) or writev(2) as
+// soon as its Receive returns, before any other command it sent.
+//
+// The semantics are a Write's: the first Write of the batch is refused
+// ([CommandFailed], ErrWritePending) when a write is pending, as a Write
+// told to the connection would be; the ones after it join it (they cannot
+// find the first one pending: it has not been tried yet); each ack arrives
+// once its bytes are in the kernel. w (and w.Data) must stay unchanged
+// until its ack, as for a Write sent as a message; with w.Transient the
+// connection copies only what the kernel does not take.
+//
+// Otherwise (a handler on another loop, a Received kept from an earlier
+// message, a command of the handler still queued for the connection) it is
+// exactly ctx.Tell(conn, w). It must be called on the handler's own
+// goroutine, with its own Context.
+func (r Received) Write(ctx *netio.Context, w *Write) {
+	s := r.s
+	if s == nil {
+		ctx.Reply(w)
+		return
+	}
+	if c := s.c; c != nil && c.delivering && ctx.Self() == c.handler && !ctx.HasQueued(s.conn) {
+		c.batch(w)
+		return
+	}
+	if s.conn.IsZero() {
+		ctx.Reply(w)
+		return
+	}
+	ctx.Tell(s.conn, w)
 }
 
 // CommandFailed answers a command that could not be carried out: a write
