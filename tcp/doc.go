@@ -25,7 +25,7 @@
 //		case tcp.Received:
 //			// m.Data() is the loop's read buffer: a Transient write
 //			// copies only what the kernel does not take at once.
-//			ctx.Reply(tcp.Write{Data: m.Data(), Ack: written{}, Transient: true})
+//			m.Write(ctx, &tcp.Write{Data: m.Data(), Ack: written{}, Transient: true})
 //			ctx.Reply(tcp.SuspendReading{})
 //		case written:
 //			ctx.Reply(tcp.ResumeReading{})
@@ -78,6 +78,12 @@
 // [Received.Data] aliases the loop's read buffer and is valid only until the
 // handler's Receive returns (a handler on another loop gets a copy). [Write.Data]
 // is read by the connection without a copy until the write completes.
+//
+// [Received.Write] is the handler's synchronous write: during the Receive of
+// a Received delivered directly it adds the Write to the connection's
+// current write, so everything the handler writes in that Receive goes out
+// in one system call when it returns, with no message in between; otherwise
+// it is a Tell to the connection.
 //
 // A handler on the connection's loop gets its Received and its acks by
 // [netio.Context.Deliver]: a direct call within the connection's turn when

@@ -26,7 +26,7 @@ func (echo) Receive(ctx *netio.Context, msg any) {
 	case tcp.Received:
 		// m.Data() is the loop's read buffer: a Transient write
 		// copies only what the kernel does not take at once.
-		ctx.Reply(tcp.Write{Data: m.Data(), Ack: written{}, Transient: true})
+		m.Write(ctx, &tcp.Write{Data: m.Data(), Ack: written{}, Transient: true})
 		ctx.Reply(tcp.SuspendReading{})
 	case written:
 		ctx.Reply(tcp.ResumeReading{})

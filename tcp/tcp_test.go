@@ -25,8 +25,15 @@ var loopback = netip.MustParseAddrPort("127.0.0.1:0")
 
 func newSystem(t *testing.T) *netio.System {
 	t.Helper()
+	return newSystemWith(t, netio.Config{Loops: 2})
+}
+
+// newSystemWith starts a system for one test and shuts it down after,
+// checking that the test leaks nothing.
+func newSystemWith(t *testing.T, cfg netio.Config) *netio.System {
+	t.Helper()
 	leakcheck.Check(t)
-	sys, err := netio.NewSystem(netio.Config{Loops: 2})
+	sys, err := netio.NewSystem(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/ioactor/ioactor/internal/leakcheck"
 	"github.com/ioactor/ioactor/netio"
 	"github.com/ioactor/ioactor/tcp"
 )
@@ -64,20 +63,8 @@ func (l *logRecords) waitLog(t *testing.T, prefix string, n int) {
 
 func newLoggedSystem(t *testing.T, reg prometheus.Registerer) (*netio.System, *logRecords) {
 	t.Helper()
-	leakcheck.Check(t)
 	logs := &logRecords{}
-	sys, err := netio.NewSystem(netio.Config{Loops: 2, Logger: slog.New(logs), Registerer: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := sys.Shutdown(ctx); err != nil {
-			t.Error(err)
-		}
-	})
-	return sys, logs
+	return newSystemWith(t, netio.Config{Loops: 2, Logger: slog.New(logs), Registerer: reg}), logs
 }
 
 // The natural spelling, case tcp.Received, matches: Received is delivered as
