@@ -138,7 +138,7 @@ func serverConn(t *testing.T, sys *netio.System, p *probe, reg tcp.Register) (ne
 	t.Cleanup(func() { peer.Close() })
 	c := expect[tcp.Connected](t, p)
 	if c.RemoteAddr.String() != peer.LocalAddr().String() {
-		t.Fatalf("Connected.Remote = %v, want %v", c.RemoteAddr, peer.LocalAddr())
+		t.Fatalf("Connected.RemoteAddr = %v, want %v", c.RemoteAddr, peer.LocalAddr())
 	}
 	reg.Handler = p.ref
 	c.Socket.Tell(reg)
@@ -237,7 +237,7 @@ func TestConnectWithLocalAddrAndPullMode(t *testing.T) {
 	tcp.Manager(sys).Tell(tcp.Connect{Handler: p.ref, RemoteAddr: netip.MustParseAddrPort(ln.Addr().String()), LocalAddr: local, PullMode: true})
 	c := expect[tcp.Connected](t, p)
 	if c.LocalAddr.Addr() != local.Addr() {
-		t.Fatalf("Local = %v, want %v", c.LocalAddr, local.Addr())
+		t.Fatalf("LocalAddr = %v, want %v", c.LocalAddr, local.Addr())
 	}
 	peer, err := ln.Accept()
 	if err != nil {
