@@ -207,15 +207,16 @@ func (r Received) Data() []byte {
 //
 // Otherwise (a handler on another loop, a Received kept from an earlier
 // message, a command of the handler still queued for the connection) it is
-// exactly ctx.Tell(conn, w). It must be called on the handler's own
-// goroutine, with its own Context.
+// exactly ctx.Tell(conn, w). Call it with the caller's own Context.
 func (r Received) Write(ctx *netio.Context, w *Write) {
 	s := r.s
 	if s == nil {
 		ctx.Reply(w)
 		return
 	}
-	if c := s.c; c != nil && c.delivering && ctx.Self() == c.handler && !ctx.HasQueued(s.conn) {
+	// The loop test first: only the connection's own goroutine may look at
+	// its state.
+	if c := s.c; c != nil && ctx.Loop() == s.conn.Loop() && c.delivering && ctx.Self() == c.handler && !ctx.HasQueued(s.conn) {
 		c.batch(w)
 		return
 	}
