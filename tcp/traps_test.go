@@ -5,9 +5,13 @@ package tcp_test
 
 import (
 	"context"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -194,4 +198,36 @@ func counter(t *testing.T, g prometheus.Gatherer, name string) float64 {
 	}
 	t.Fatalf("no metric %s", name)
 	return 0
+}
+
+// Received is a value: a `case *tcp.Received` (or *udp.Received) anywhere in
+// the module compiles and never matches. Code written against the old
+// pointer event (a branch merged later) is caught here rather than by a
+// handler that silently drops every read.
+func TestNoPointerReceivedInTheModule(t *testing.T) {
+	pat := regexp.MustCompile(`\*(tcp|udp)\.Received\b|&(tcp|udp)\.Received\{`)
+	err := filepath.WalkDir("..", func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == "testdata" || strings.HasPrefix(d.Name(), ".")) && path != ".." {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(path, ".go") || path == filepath.Join("..", "tcp", "traps_test.go") {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for i, line := range strings.Split(string(b), "\n") {
+			if pat.MatchString(line) {
+				t.Errorf("%s:%d: %s — Received is delivered as a value", path, i+1, strings.TrimSpace(line))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }
