@@ -16,8 +16,8 @@ func TestHandOverReading(t *testing.T) {
 	if _, err := peer.Write([]byte("before")); err != nil {
 		t.Fatal(err)
 	}
-	if r := expect[tcp.Received](t, p); string(r.Data) != "before" {
-		t.Fatalf("Received %q, want \"before\"", r.Data)
+	if r := expect[tcp.Received](t, p); string(r.Data()) != "before" {
+		t.Fatalf("Received %q, want \"before\"", r.Data())
 	}
 	conn.Tell(tcp.HandOverReading{})
 	f := expect[tcp.ReadingHandedOver](t, p).File
