@@ -24,6 +24,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -44,6 +45,7 @@ func main() { cli.Main("tftpd", run) }
 
 type options struct {
 	root, listen, metrics        string
+	pprof                        bool
 	write, overwrite, singlePort bool
 	maxBlksize, maxWindow        int
 	clamp                        bool
@@ -90,6 +92,7 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	fs.Int64Var(&o.maxUpload, "max-upload-size", 0, "largest upload in bytes (0: no limit)")
 	fs.IntVar(&o.loops, "loops", 0, "event loops (0: one per core)")
 	fs.StringVar(&o.metrics, "metrics-listen", "", "HTTP address for Prometheus /metrics (empty: off)")
+	fs.BoolVar(&o.pprof, "pprof", false, "also serve Go's profiles (net/http/pprof) under /debug/pprof/ on -metrics-listen: heap, CPU, goroutines")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.DurationVar(&o.drain, "drain-timeout", 30*time.Second, "on SIGTERM, how long running transfers get to finish")
@@ -153,6 +156,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := o.check(o.cluster); err != nil {
 		return err
 	}
+	if o.pprof && o.metrics == "" {
+		return cli.Usagef(stderr, "tftpd: -pprof needs -metrics-listen")
+	}
 	logger, flushLog := o.hardening.logger(logger)
 	defer flushLog()
 	listen, err := netip.ParseAddrPort(o.listen)
@@ -215,9 +221,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if ap, err := netip.ParseAddrPort(ln.Addr().String()); err == nil && !ap.Addr().IsLoopback() {
 			logger.Warn("tftpd: metrics served beyond loopback", "addr", ln.Addr().String())
 		}
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-		httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		httpSrv = &http.Server{Handler: o.metricsMux(reg), ReadHeaderTimeout: 10 * time.Second}
 		fmt.Fprintf(stdout, "tftpd metrics on http://%s/metrics\n", ln.Addr())
 		go func() { httpErr <- httpSrv.Serve(ln) }()
 	}
@@ -251,6 +255,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	logger.Info("tftpd: stopped")
 	return err
+}
+
+// metricsMux serves /metrics and, with -pprof, /debug/pprof/.
+func (o *options) metricsMux(reg *prometheus.Registry) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	if o.pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	return mux
 }
 
 // runCluster runs a cluster member until ctx ends; a leader hands
@@ -303,9 +320,7 @@ func runCluster(ctx context.Context, o *options, sys *netio.System, tcfg tftp.Se
 		if err != nil {
 			return fmt.Errorf("-metrics-listen: %w", err)
 		}
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-		httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		httpSrv = &http.Server{Handler: o.metricsMux(reg), ReadHeaderTimeout: 10 * time.Second}
 		go httpSrv.Serve(ln)
 		defer httpSrv.Close()
 	}
