@@ -496,7 +496,7 @@ func TestFakeTimeClientIgnoresStrayFirstAnswer(t *testing.T) {
 				return
 			}
 			l.writeTo(AppendData(nil, 9, patternBytes(1468)), from) // the earlier transfer's
-			l.writeTo(AppendAck(nil, 3), from)                       // an upload's, too
+			l.writeTo(AppendAck(nil, 3), from)                      // an upload's, too
 			l.writeTo(AppendOACK(nil, []Option{{Name: OptBlockSize, Value: "1468"}}), from)
 			for block, want := uint16(1), uint16(0); block <= 2; block++ {
 				k, _, err := l.readFrom(context.Background(), buf, time.Now().Add(time.Minute))
