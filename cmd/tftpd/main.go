@@ -30,6 +30,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -62,6 +63,7 @@ type options struct {
 	join, status                        string
 	tlsDir                              string
 	insecure, statusOpen                bool
+	election                            time.Duration
 	vip                                 vipOptions
 	listenSet                           bool
 
@@ -106,6 +108,7 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.tlsDir, "cluster-tls", "", "cluster: directory with ca.crt, node.crt and node.key (tftpd cert node): mutual TLS on -raft and -cluster-http")
 	fs.BoolVar(&o.insecure, "cluster-insecure", false, "cluster: run without TLS: anyone who reaches -raft or -cluster-http can join, read the uploads and disrupt the cluster")
 	fs.BoolVar(&o.statusOpen, "cluster-status-open", false, "cluster: serve /status to clients without a certificate too (read-only; /join still needs one)")
+	fs.DurationVar(&o.election, "election-timeout", 300*time.Millisecond, "cluster: raft's heartbeat and election timeout; the leader lease is half of it (a cut-off leader steps down before another is elected). Longer on a loaded host: a leader that misses its lease under load steps down, and every transfer pauses for the failover")
 	fs.StringVar(&o.status, "status", "", "print the cluster status from this -cluster-http address and exit (status 1 when the node is unhealthy)")
 	o.vip.register(fs)
 	o.hardening.flags(fs)
@@ -155,6 +158,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if err := o.check(o.cluster); err != nil {
 		return err
+	}
+	if o.election < 20*time.Millisecond {
+		return cli.Usagef(stderr, "tftpd: -election-timeout %v: at least 20ms", o.election)
 	}
 	if o.pprof && o.metrics == "" {
 		return cli.Usagef(stderr, "tftpd: -pprof needs -metrics-listen")
@@ -257,6 +263,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return err
 }
 
+// electionTune sets raft's timers from -election-timeout: heartbeat and
+// election d, lease d/2 (nil: Fast's, 300 ms and 150 ms).
+func electionTune(d time.Duration) func(*raft.Config) {
+	if d == 300*time.Millisecond {
+		return nil
+	}
+	return func(rc *raft.Config) {
+		rc.HeartbeatTimeout, rc.ElectionTimeout, rc.LeaderLeaseTimeout = d, d, d/2
+	}
+}
+
 // metricsMux serves /metrics and, with -pprof, /debug/pprof/.
 func (o *options) metricsMux(reg *prometheus.Registry) *http.ServeMux {
 	mux := http.NewServeMux()
@@ -299,6 +316,7 @@ func runCluster(ctx context.Context, o *options, sys *netio.System, tcfg tftp.Se
 	node, err := cluster.StartNode(ctx, cluster.NodeConfig{
 		ID: id, DataDir: o.dataDir, RaftAddr: o.raftAddr, HTTPAddr: o.httpAddr, Join: o.join,
 		Fast: true, FS: fsys, Logger: logger, TLS: tlsCfg, StatusOpen: o.statusOpen,
+		Tune: electionTune(o.election),
 	})
 	if err != nil {
 		return err
