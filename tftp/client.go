@@ -211,9 +211,9 @@ func (c *Client) newXfer(ctx context.Context, conn packetConn, server netip.Addr
 	}
 }
 
-// request sends req until the server answers with a packet accept takes,
-// and pins the server's transfer ID. It returns the answer, in x.buf.
-func (x *clientXfer) request(req []byte, accept func(Opcode) bool) ([]byte, error) {
+// request sends req until the server answers with a packet accept takes
+// (firstAnswer), // and pins the server's transfer ID. It returns the answer, in x.buf.
+func (x *clientXfer) request(req []byte, accept func(op Opcode, pkt []byte) bool) ([]byte, error) {
 	r := fixedRTO(x.c.timeout())
 	tries := 0
 	if err := x.conn.writeTo(req, x.server); err != nil {
@@ -243,12 +243,32 @@ func (x *clientXfer) request(req []byte, accept func(Opcode) bool) ([]byte, erro
 		}
 		pkt := x.buf[:n]
 		op, err := PacketOpcode(pkt)
-		if err != nil || !accept(op) {
+		if err != nil || !accept(op, pkt) {
 			continue
 		}
 		x.tid = from
 		x.stats.Server = from
 		return pkt, nil
+	}
+}
+
+// firstAnswer accepts the answers to a request: an OACK, an ERROR, or the
+// transfer's first packet without options (op with wire block number
+// block: DATA 1 to an RRQ, ACK 0 to a WRQ). Any other DATA or ACK is
+// stray: a single-port server answers every transfer from one port, and a
+// packet of an earlier transfer to the same client port (the kernel gives
+// a closed socket's port to a new one, which a client with hundreds of
+// sockets hits) would otherwise be taken for the answer, and the transfer
+// would go on without its options.
+func firstAnswer(op Opcode, block uint16) func(Opcode, []byte) bool {
+	return func(got Opcode, pkt []byte) bool {
+		switch got {
+		case OpOACK, OpERROR:
+			return true
+		case op:
+			return len(pkt) >= 4 && uint16(pkt[2])<<8|uint16(pkt[3]) == block
+		}
+		return false
 	}
 }
 
@@ -346,7 +366,7 @@ func (c *Client) get(ctx context.Context, conn packetConn, server netip.AddrPort
 	x := c.newXfer(ctx, conn, server)
 	reqOpts := c.options(0)
 	req := AppendRequest(nil, Request{Op: OpRRQ, Filename: file, Mode: c.mode(), Options: reqOpts})
-	pkt, err := x.request(req, func(op Opcode) bool { return op == OpDATA || op == OpOACK || op == OpERROR })
+	pkt, err := x.request(req, firstAnswer(OpDATA, 1))
 	if err != nil {
 		return x.finish(err)
 	}
@@ -470,7 +490,7 @@ func (c *Client) put(ctx context.Context, conn packetConn, server netip.AddrPort
 	x := c.newXfer(ctx, conn, server)
 	reqOpts := c.options(size)
 	req := AppendRequest(nil, Request{Op: OpWRQ, Filename: file, Mode: c.mode(), Options: reqOpts})
-	pkt, err := x.request(req, func(op Opcode) bool { return op == OpACK || op == OpOACK || op == OpERROR })
+	pkt, err := x.request(req, firstAnswer(OpACK, 0))
 	if err != nil {
 		return x.finish(err)
 	}

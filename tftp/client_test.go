@@ -477,3 +477,43 @@ func TestFakeTimeNetascii(t *testing.T) {
 		}
 	})
 }
+
+// TestFakeTimeClientIgnoresStrayFirstAnswer: a single-port server answers
+// every transfer from one port, so a block of an earlier transfer to the
+// client's port (one a closed socket had) can arrive before the answer to
+// the request. The client must not take it for the answer (it would go on
+// at 512 bytes and fail on the first 1468-byte block).
+func TestFakeTimeClientIgnoresStrayFirstAnswer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		n := newMemNet()
+		l := n.listen(69)
+		defer l.close()
+		data := patternBytes(1468 + 100)
+		go func() {
+			buf := make([]byte, 65536)
+			_, from, err := l.readFrom(context.Background(), buf, time.Now().Add(time.Minute))
+			if err != nil {
+				return
+			}
+			l.writeTo(AppendData(nil, 9, patternBytes(1468)), from) // the earlier transfer's
+			l.writeTo(AppendAck(nil, 3), from)                      // an upload's, too
+			l.writeTo(AppendOACK(nil, []Option{{Name: OptBlockSize, Value: "1468"}}), from)
+			for block, want := uint16(1), uint16(0); block <= 2; block++ {
+				k, _, err := l.readFrom(context.Background(), buf, time.Now().Add(time.Minute))
+				if err != nil {
+					return
+				}
+				if got, err := ParseAck(buf[:k]); err != nil || got != want {
+					t.Errorf("ACK %d, %v; want ACK %d", got, err, want)
+					return
+				}
+				l.writeTo(AppendData(nil, block, data[int(block-1)*1468:min(len(data), int(block)*1468)]), from)
+				want = block
+			}
+		}()
+		got, st, err := memGet(&Client{BlockSize: 1468}, n, l.addr, "f")
+		if err != nil || !bytes.Equal(got, data) || st.Negotiated.BlockSize != 1468 {
+			t.Fatalf("%v, %d bytes, blksize %d", err, len(got), st.Negotiated.BlockSize)
+		}
+	})
+}

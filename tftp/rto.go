@@ -36,6 +36,24 @@ func (r *rto) expired() {
 // progress records an answer that moved the transfer forward.
 func (r *rto) progress() { r.backoff = 0 }
 
+// lateNotLost records a spurious retransmission: a packet the peer got
+// after all, whose answer took d from its first send. Under a boot storm
+// (hundreds of lock-step transfers sharing two busy cores) a round trip
+// now and then takes several times the usual one, longer than the
+// estimate; each retransmission it causes costs a send, a duplicate ACK
+// and its receive, and makes the server busier still. So d is a sample
+// (the first answer was the original's), and it raises the floor of this
+// transfer's estimate to 5/4 d for the rest of the transfer: a path that
+// delayed a packet that long will again. A retransmission that was needed
+// (a loss: one ACK only) leaves both alone.
+func (r *rto) lateNotLost(d time.Duration) {
+	if r.lo == 0 {
+		return
+	}
+	r.lo = min(max(r.lo, d+d/4), r.hi)
+	r.sample(d)
+}
+
 // sample records the round-trip time of a packet that was sent once
 // (Karn's algorithm: never sample a retransmitted one).
 func (r *rto) sample(d time.Duration) {

@@ -892,3 +892,42 @@ func TestResumedSenderLastAckWhileProbing(t *testing.T) {
 		}
 	}
 }
+
+// TestSenderSpuriousRetransmission: a lock-step block whose ACK comes late
+// (after its retransmission) and then once more for the copy was not lost:
+// the estimate learns its round trip and the floor rises, so that the next
+// late block is not sent twice. A retransmission that was needed (one ACK)
+// changes neither.
+func TestSenderSpuriousRetransmission(t *testing.T) {
+	for _, late := range []bool{true, false} {
+		now := time.Unix(0, 0)
+		s := newSender(senderConfig{blockSize: 512, window: 1, src: &octetSource{f: patternFile{size: 1 << 20}}, first: 1,
+			rto: adaptiveRTO(time.Second, 50*time.Millisecond, time.Second), maxRetries: 5})
+		// Fast round trips: the estimate sits at its 50 ms floor.
+		for i := uint16(1); i <= 20; i++ {
+			s.emit(now)
+			now = now.Add(time.Millisecond)
+			s.ack(now, i)
+		}
+		if w := s.rto.wait(); w != 50*time.Millisecond {
+			t.Fatalf("estimate %v, want the floor", w)
+		}
+		s.emit(now) // block 21
+		now = now.Add(50 * time.Millisecond)
+		s.timeout(now)
+		s.emit(now) // block 21 again
+		now = now.Add(30 * time.Millisecond)
+		s.ack(now, 21) // 80 ms after its first send
+		s.emit(now)    // block 22
+		if late {
+			s.ack(now, 21) // the copy's ACK: the first one arrived
+		}
+		w := s.rto.wait()
+		switch {
+		case late && (s.rto.lo != 100*time.Millisecond || w < 100*time.Millisecond):
+			t.Fatalf("after a late block: floor %v, wait %v; want a floor of 5/4 of 80 ms", s.rto.lo, w)
+		case !late && (s.rto.lo != 50*time.Millisecond || w != 50*time.Millisecond):
+			t.Fatalf("after a loss: floor %v, wait %v; want 50 ms", s.rto.lo, w)
+		}
+	}
+}

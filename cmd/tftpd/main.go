@@ -24,11 +24,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -44,6 +46,7 @@ func main() { cli.Main("tftpd", run) }
 
 type options struct {
 	root, listen, metrics        string
+	pprof                        bool
 	write, overwrite, singlePort bool
 	maxBlksize, maxWindow        int
 	clamp                        bool
@@ -60,6 +63,7 @@ type options struct {
 	join, status                        string
 	tlsDir                              string
 	insecure, statusOpen                bool
+	election                            time.Duration
 	vip                                 vipOptions
 	listenSet                           bool
 
@@ -90,6 +94,7 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	fs.Int64Var(&o.maxUpload, "max-upload-size", 0, "largest upload in bytes (0: no limit)")
 	fs.IntVar(&o.loops, "loops", 0, "event loops (0: one per core)")
 	fs.StringVar(&o.metrics, "metrics-listen", "", "HTTP address for Prometheus /metrics (empty: off)")
+	fs.BoolVar(&o.pprof, "pprof", false, "also serve Go's profiles (net/http/pprof) under /debug/pprof/ on -metrics-listen: heap, CPU, goroutines")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.DurationVar(&o.drain, "drain-timeout", 30*time.Second, "on SIGTERM, how long running transfers get to finish")
@@ -103,6 +108,7 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.tlsDir, "cluster-tls", "", "cluster: directory with ca.crt, node.crt and node.key (tftpd cert node): mutual TLS on -raft and -cluster-http")
 	fs.BoolVar(&o.insecure, "cluster-insecure", false, "cluster: run without TLS: anyone who reaches -raft or -cluster-http can join, read the uploads and disrupt the cluster")
 	fs.BoolVar(&o.statusOpen, "cluster-status-open", false, "cluster: serve /status to clients without a certificate too (read-only; /join still needs one)")
+	fs.DurationVar(&o.election, "election-timeout", 300*time.Millisecond, "cluster: raft's heartbeat and election timeout; the leader lease is half of it (a cut-off leader steps down before another is elected). Longer on a loaded host: a leader that misses its lease under load steps down, and every transfer pauses for the failover")
 	fs.StringVar(&o.status, "status", "", "print the cluster status from this -cluster-http address and exit (status 1 when the node is unhealthy)")
 	o.vip.register(fs)
 	o.hardening.flags(fs)
@@ -152,6 +158,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if err := o.check(o.cluster); err != nil {
 		return err
+	}
+	if o.election < 20*time.Millisecond {
+		return cli.Usagef(stderr, "tftpd: -election-timeout %v: at least 20ms", o.election)
+	}
+	if o.pprof && o.metrics == "" {
+		return cli.Usagef(stderr, "tftpd: -pprof needs -metrics-listen")
 	}
 	logger, flushLog := o.hardening.logger(logger)
 	defer flushLog()
@@ -215,9 +227,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if ap, err := netip.ParseAddrPort(ln.Addr().String()); err == nil && !ap.Addr().IsLoopback() {
 			logger.Warn("tftpd: metrics served beyond loopback", "addr", ln.Addr().String())
 		}
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-		httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		httpSrv = &http.Server{Handler: o.metricsMux(reg), ReadHeaderTimeout: 10 * time.Second}
 		fmt.Fprintf(stdout, "tftpd metrics on http://%s/metrics\n", ln.Addr())
 		go func() { httpErr <- httpSrv.Serve(ln) }()
 	}
@@ -253,6 +263,30 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return err
 }
 
+// electionTune sets raft's timers from -election-timeout: heartbeat and
+// election d, lease d/2 (nil: Fast's, 300 ms and 150 ms).
+func electionTune(d time.Duration) func(*raft.Config) {
+	if d == 300*time.Millisecond {
+		return nil
+	}
+	return func(rc *raft.Config) {
+		rc.HeartbeatTimeout, rc.ElectionTimeout, rc.LeaderLeaseTimeout = d, d, d/2
+	}
+}
+
+// metricsMux serves /metrics and, with -pprof, /debug/pprof/.
+func (o *options) metricsMux(reg *prometheus.Registry) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	if o.pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	return mux
+}
+
 // runCluster runs a cluster member until ctx ends; a leader hands
 // leadership over before it stops.
 func runCluster(ctx context.Context, o *options, sys *netio.System, tcfg tftp.ServerConfig, reg *prometheus.Registry, logger *slog.Logger, stdout io.Writer) error {
@@ -282,6 +316,7 @@ func runCluster(ctx context.Context, o *options, sys *netio.System, tcfg tftp.Se
 	node, err := cluster.StartNode(ctx, cluster.NodeConfig{
 		ID: id, DataDir: o.dataDir, RaftAddr: o.raftAddr, HTTPAddr: o.httpAddr, Join: o.join,
 		Fast: true, FS: fsys, Logger: logger, TLS: tlsCfg, StatusOpen: o.statusOpen,
+		Tune: electionTune(o.election),
 	})
 	if err != nil {
 		return err
@@ -303,9 +338,7 @@ func runCluster(ctx context.Context, o *options, sys *netio.System, tcfg tftp.Se
 		if err != nil {
 			return fmt.Errorf("-metrics-listen: %w", err)
 		}
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-		httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		httpSrv = &http.Server{Handler: o.metricsMux(reg), ReadHeaderTimeout: 10 * time.Second}
 		go httpSrv.Serve(ln)
 		defer httpSrv.Close()
 	}

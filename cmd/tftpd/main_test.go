@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/ioactor/ioactor/internal/leakcheck"
 	"github.com/ioactor/ioactor/internal/testutil"
 	"github.com/ioactor/ioactor/tftp"
@@ -137,6 +139,8 @@ func TestFlags(t *testing.T) {
 		{"-root", "/nonexistent/dir", "-listen", "127.0.0.1:0"},
 		{"extra"},
 		{"-no-such-flag"},
+		{"-election-timeout", "5ms", "-listen", "127.0.0.1:0"},
+		{"-pprof", "-listen", "127.0.0.1:0"}, // without -metrics-listen
 	} {
 		if err := run(context.Background(), args, &out, &errOut); err == nil {
 			t.Errorf("%q: no error", args)
@@ -202,5 +206,37 @@ func TestClusterDemoFailsFastOnATakenPort(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	if ctx.Err() != nil || err == nil || !strings.Contains(string(out), "127.0.0.1:"+port+" is taken") {
 		t.Fatalf("cluster-demo.sh with its port taken: %v (context: %v)\n%s", err, ctx.Err(), out)
+	}
+}
+
+func TestElectionTimeout(t *testing.T) {
+	if electionTune(300*time.Millisecond) != nil {
+		t.Fatal("the default changes Fast's timers")
+	}
+	var rc raft.Config
+	electionTune(time.Second)(&rc)
+	if rc.HeartbeatTimeout != time.Second || rc.ElectionTimeout != time.Second || rc.LeaderLeaseTimeout != 500*time.Millisecond {
+		t.Fatalf("%+v", rc)
+	}
+}
+
+func TestPprof(t *testing.T) {
+	leakcheck.Check(t)
+	stdout, _, stop := start(t, "-root", t.TempDir(), "-listen", "127.0.0.1:0", "-metrics-listen", "127.0.0.1:0", "-pprof")
+	defer stop()
+	var m []string
+	for deadline := time.Now().Add(10 * time.Second); m == nil; time.Sleep(10 * time.Millisecond) {
+		if m = metricsRE.FindStringSubmatch(stdout.String()); m == nil && time.Now().After(deadline) {
+			t.Fatalf("no metrics address in %q", stdout)
+		}
+	}
+	resp, err := http.Get(strings.TrimSuffix(m[1], "/metrics") + "/debug/pprof/heap?debug=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !bytes.Contains(b, []byte("heap profile")) {
+		t.Fatalf("%s: %.200s", resp.Status, b)
 	}
 }

@@ -215,6 +215,7 @@ func probeSize(ctx context.Context, server netip.AddrPort, f StormFile, timeout 
 			return err
 		}
 		conn.SetReadDeadline(time.Now().Add(timeout))
+	read:
 		n, from, err := conn.ReadFromUDPAddrPort(buf)
 		if err != nil {
 			var ne net.Error
@@ -227,6 +228,11 @@ func probeSize(ctx context.Context, server netip.AddrPort, f StormFile, timeout 
 		op, err := tftp.PacketOpcode(pkt)
 		if err != nil {
 			return err
+		}
+		if op != tftp.OpOACK && op != tftp.OpERROR && (op != tftp.OpDATA || n < 4 || pkt[2] != 0 || pkt[3] != 1) {
+			// A packet of an earlier transfer to this port (see
+			// tftp.Client): not the answer.
+			goto read
 		}
 		switch op {
 		case tftp.OpOACK:

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -148,8 +149,16 @@ type ended struct {
 	id  uint64
 }
 
-// endTransfer removes the record of transfer id under key, if it is still
-// that transfer's.
-func (n *Node) endTransfer(key string, id uint64) error {
-	return n.apply(command{Op: opEnd, ID: key, Xfer: id})
+// endTransferAsync starts removing the record of transfer id under key,
+// if it is still that transfer's, and returns at once; nil when the node
+// does not lead.
+func (n *Node) endTransferAsync(key string, id uint64) raft.ApplyFuture {
+	if !n.IsLeader() {
+		return nil
+	}
+	b, err := json.Marshal(command{Op: opEnd, ID: key, Xfer: id})
+	if err != nil {
+		return nil
+	}
+	return n.raft.Apply(b, 5*time.Second)
 }

@@ -109,3 +109,34 @@ func TestEndOfAnEarlierTransferKeepsTheNextOne(t *testing.T) {
 		t.Fatalf("an end without an ID left %+v", tr)
 	}
 }
+
+// TestStalledFollowsTheUsualCommitTime: a checkpoint stalls past 50 ms
+// when commits are fast, and only past 4 times the usual commit time when
+// they are slow (a boot storm on a busy machine).
+func TestStalledFollowsTheUsualCommitTime(t *testing.T) {
+	epoch := time.Now()
+	r := &replicator{epoch: epoch}
+	stalledAfter := func(d time.Duration) bool {
+		r.waiting.Store(1) // sent at the epoch
+		defer r.waiting.Store(0)
+		return r.Stalled(epoch.Add(d))
+	}
+	if r.Stalled(epoch.Add(time.Hour)) {
+		t.Fatal("stalled with nothing committing")
+	}
+	for range 50 {
+		r.committed(2 * time.Millisecond)
+	}
+	if stalledAfter(45*time.Millisecond) || !stalledAfter(55*time.Millisecond) {
+		t.Fatalf("fast commits: hold after %v, want 50 ms", r.holdAfter())
+	}
+	for range 50 {
+		r.committed(30 * time.Millisecond)
+	}
+	if h := r.holdAfter(); h < 115*time.Millisecond || h > 120*time.Millisecond {
+		t.Fatalf("30 ms commits: hold after %v, want about 120 ms", h)
+	}
+	if stalledAfter(100*time.Millisecond) || !stalledAfter(125*time.Millisecond) {
+		t.Fatalf("slow commits: hold after %v", r.holdAfter())
+	}
+}

@@ -41,8 +41,9 @@ type NodeConfig struct {
 	// Fast shortens raft's timers for a fast failover: heartbeat and
 	// election 300 ms, leader lease 150 ms; raft's CommitTimeout stays
 	// 50 ms (it paces the empty appends of an idle leader). A cut-off
-	// leader holds its downloads 50 ms after its checkpoints stop
-	// committing (Replicator.Stalled), whatever the lease.
+	// leader holds its downloads 50 ms (or 4 times its usual commit
+	// time, if longer) after its checkpoints stop committing
+	// (Replicator.Stalled), whatever the lease.
 	Fast bool
 	// Tune, when not nil, adjusts raft's configuration after Fast; it must
 	// not change LocalID, NotifyCh or Logger.

@@ -48,7 +48,10 @@ type replicator struct {
 	// raft, in ns since epoch plus one (monotonic), 0 when none is:
 	// Stalled compares it with holdAfter.
 	waiting atomic.Int64
-	epoch   time.Time
+	// usual is the smoothed commit time of the entries reaped, in ns:
+	// Stalled holds only past several times it (see holdAfter).
+	usual atomic.Int64
+	epoch time.Time
 }
 
 // holdAfter is how long a checkpoint may take to commit before the node's
@@ -57,12 +60,26 @@ type replicator struct {
 // runs out; holding sooner keeps its clients close to the last committed
 // checkpoint, which is where the next leader resumes them. A commit takes
 // a few milliseconds on a healthy cluster.
-const holdAfter = 50 * time.Millisecond
+//
+// Under a boot storm on a busy machine, commits take tens of
+// milliseconds, with spikes of hundreds (fsync on every node, two cores
+// shared with a thousand transfers): a fixed 50 ms held every download
+// hundreds of times a minute (532 holds in a 100 s, 1,000-client storm),
+// each held download re-checking every 2 ms. So a commit stalls only
+// past holdFactor times the usual (smoothed) commit time as well. A
+// cut-off leader still holds 50 ms after the cut when its commits were
+// fast; when they were slow, it may serve on until its lease runs out
+// (150 ms), and the next leader's probe finds its clients further on.
+const (
+	holdAfter  = 50 * time.Millisecond
+	holdFactor = 4
+)
 
-// inflight is a checkpoint being committed, or (done set) a flush marker.
+// inflight is a checkpoint (or an end) being committed, or (done set) a
+// flush marker.
 type inflight struct {
 	f    raft.ApplyFuture
-	at   time.Time // when the transfer took the checkpoint
+	at   time.Time // when the transfer took the checkpoint; zero: an end
 	sent time.Time // when it went to raft
 	done chan struct{}
 }
@@ -101,7 +118,21 @@ func (r *replicator) Progress(st tftp.TransferState) {
 // holdAfter (tftp.Replicator).
 func (r *replicator) Stalled(now time.Time) bool {
 	at := r.waiting.Load()
-	return at != 0 && now.Sub(r.epoch)-time.Duration(at-1) > holdAfter
+	return at != 0 && now.Sub(r.epoch)-time.Duration(at-1) > r.holdAfter()
+}
+
+// holdAfter is how long a commit may take before Stalled.
+func (r *replicator) holdAfter() time.Duration {
+	return max(holdAfter, holdFactor*time.Duration(r.usual.Load()))
+}
+
+// committed records how long an entry took to commit.
+func (r *replicator) committed(took time.Duration) {
+	u := r.usual.Load()
+	if u == 0 {
+		u = int64(took)
+	}
+	r.usual.Store((7*u + int64(took)) / 8)
 }
 
 func (r *replicator) End(st tftp.TransferState) {
@@ -175,8 +206,17 @@ func (r *replicator) run() {
 				delete(r.pending, k)
 			}
 			r.mu.Unlock()
+			// Ends commit in the background too, in one append with the
+			// others waiting (one at a time, a storm's thousands of ends
+			// kept the checkpoints waiting behind them).
 			for _, e := range ends {
-				r.n.endTransfer(e.key, e.id)
+				if f := r.n.endTransferAsync(e.key, e.id); f != nil {
+					select {
+					case r.inflight <- inflight{f: f, sent: time.Now()}:
+					case <-r.stop:
+						return
+					}
+				}
 			}
 			if len(batch) > 0 {
 				oldest := batch[0].Updated
@@ -217,12 +257,19 @@ func (r *replicator) reap() {
 			continue
 		}
 		r.waiting.Store(int64(in.sent.Sub(r.epoch)) + 1)
+		limit := r.holdAfter()
 		err := in.f.Error()
 		r.waiting.Store(0)
 		if err == nil {
+			took := time.Since(in.sent)
+			r.committed(took)
+			if in.at.IsZero() {
+				continue // an end
+			}
 			r.m.checkpoint.Observe(time.Since(in.at).Seconds())
-			if took := time.Since(in.sent); took > holdAfter {
-				r.n.log.Warn("cluster: a checkpoint took long to commit; downloads were held meanwhile", "took", took)
+			if took > limit {
+				r.m.held.Inc()
+				r.n.log.Warn("cluster: a checkpoint took long to commit; downloads were held meanwhile", "took", took, "usual", time.Duration(r.usual.Load()))
 			}
 		}
 	}
@@ -491,6 +538,7 @@ type serveMetrics struct {
 	failovers, resumed prometheus.Counter
 	checkpoint         prometheus.Histogram
 	batch              prometheus.Histogram
+	held               prometheus.Counter
 }
 
 func newServeMetrics(reg prometheus.Registerer) *serveMetrics {
@@ -503,6 +551,8 @@ func newServeMetrics(reg prometheus.Registerer) *serveMetrics {
 			Help:    "Time from a transfer's checkpoint to its commit through raft: how far the replicated position lags the transfer.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}),
+		held: prometheus.NewCounter(prometheus.CounterOpts{Name: "ioactor_tftp_cluster_holds_total",
+			Help: "Checkpoints that took so long to commit that the node's downloads held (Replicator.Stalled)."}),
 		batch: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "ioactor_tftp_cluster_checkpoint_batch_size",
 			Help:    "Checkpoints carried by one raft entry (all the transfers' checkpoints waiting when it went to raft).",
@@ -518,7 +568,7 @@ func newServeMetrics(reg prometheus.Registerer) *serveMetrics {
 }
 
 func (m *serveMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.failovers, m.resumed, m.checkpoint, m.batch}
+	return []prometheus.Collector{m.failovers, m.resumed, m.checkpoint, m.batch, m.held}
 }
 
 func (m *serveMetrics) unregister() {
