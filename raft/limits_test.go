@@ -10,6 +10,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -165,15 +166,21 @@ func TestBufferBudgetAndConnectionCap(t *testing.T) {
 	}
 	defer silent.Close()
 	var extra []net.Conn
+	reset := 0
 	for range 6 {
 		c, err := net.Dial("tcp", addr)
+		if errors.Is(err, syscall.ECONNRESET) {
+			// The cap's reset came before the dialer read the
+			// connect's result (a loaded machine): reset all the same.
+			reset++
+			continue
+		}
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer c.Close()
 		extra = append(extra, c)
 	}
-	reset := 0
 	for _, c := range extra {
 		if closedWithin(c, 500*time.Millisecond) {
 			reset++
