@@ -366,14 +366,14 @@ func (m *Remap) Rewrite(req FileRequest) (string, error) {
 		ip = addr.String()
 		hex = strings.ToUpper(fmt.Sprintf("%x", addr.AsSlice()))
 	}
-	steps := 0
+	steps, last := 0, 0 // last: the line of the last rule that matched
 	for i := 0; i < len(m.rules); i++ {
 		r := &m.rules[i]
 		if r.get && req.Op != OpRRQ || r.put && req.Op != OpWRQ || r.v4 && !addr.Is4() || r.v6 && !addr.Is6() {
 			continue
 		}
 		if steps++; steps > maxRemapSteps {
-			return "", fmt.Errorf("%w: more than %d steps (line %d)", ErrRemapLoop, maxRemapSteps, r.line)
+			return "", fmt.Errorf("%w: more than %d steps (last match: line %d)", ErrRemapLoop, maxRemapSteps, last)
 		}
 		var loc []int
 		if r.invert {
@@ -383,6 +383,7 @@ func (m *Remap) Rewrite(req FileRequest) (string, error) {
 		} else if loc = r.re.FindStringSubmatchIndex(name); loc == nil {
 			continue
 		}
+		last = r.line
 		if r.abort {
 			msg := "access violation: refused by the remap rules"
 			if r.repl != nil {
