@@ -28,7 +28,7 @@ type FileRequest struct {
 
 // Files is what a server serves: it opens a request's file for a download
 // or an upload. [*FS] (a directory, sandboxed with [os.Root]) is the
-// default; [FromFS] serves any [fs.FS] ([embed.FS], [fstest.MapFS]);
+// default; [FromFS] serves any [fs.FS] ([embed.FS], [testing/fstest.MapFS]);
 // [ReadFunc] serves generated content.
 //
 // Errors refuse the request with an ERROR packet whose code is
@@ -93,7 +93,7 @@ func (fsys *FS) OpenWrite(req FileRequest) (WriteFile, error) {
 // cleaned as [FS] cleans it (leading slashes dropped, ".." refused, no
 // backslash or NUL), then opened with fsys.Open; only regular files are
 // served; uploads are refused with [ErrWriteDisabled]. The files of an
-// [embed.FS] or an [fstest.MapFS] implement [io.ReaderAt], so a download
+// [embed.FS] or an [testing/fstest.MapFS] implement [io.ReaderAt], so a download
 // can retransmit any block; those of [os.DirFS] are [*os.File]s, read with
 // preadv(2). FromFS adds no sandbox of its own: [os.DirFS] follows
 // symbolic links out of its directory, where [NewFS] does not.
