@@ -113,16 +113,11 @@ func (f ioFS) OpenRead(req FileRequest) (io.Reader, int64, error) {
 	if err != nil {
 		return nil, 0, fmt.Errorf("tftp: %w", err)
 	}
-	fi, err := file.Stat()
+	size, err := regularSize(file, req.Name)
 	if err != nil {
-		file.Close()
-		return nil, 0, fmt.Errorf("tftp: %w", err)
+		return nil, 0, err
 	}
-	if !fi.Mode().IsRegular() {
-		file.Close()
-		return nil, 0, fmt.Errorf("%w: %q", ErrNotRegular, req.Name)
-	}
-	return file, fi.Size(), nil
+	return file, size, nil
 }
 
 func (ioFS) OpenWrite(req FileRequest) (WriteFile, error) {
