@@ -159,13 +159,15 @@ const (
 	maxLoggedErr  = 160
 )
 
-// logName returns name for a log line: quoted (control bytes escaped), and
-// cut to maxLoggedName bytes with the length it had.
+// logName returns name for a log line, cut to maxLoggedName bytes with the
+// length it had. It does not quote: slog's handlers quote and escape what
+// needs it (control bytes, spaces, quotes), and quoting here as well made
+// the text handler print the name twice quoted.
 func logName(name string) string {
 	if len(name) <= maxLoggedName {
-		return strconv.Quote(name)
+		return name
 	}
-	return strconv.Quote(truncateUTF8(name, maxLoggedName)) + "…(" + strconv.Itoa(len(name)) + " bytes)"
+	return truncateUTF8(name, maxLoggedName) + "…(" + strconv.Itoa(len(name)) + " bytes)"
 }
 
 // logErr returns err's text for a log line, cut to maxLoggedErr bytes (an
