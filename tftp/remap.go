@@ -50,9 +50,9 @@ import (
 // cannot end (g or s on a regex that matches the empty string, g whose
 // replacement matches its own regex, s without r) and lines or files over
 // the limits are errors when the file is parsed; rule processing stops
-// after 4096 rule applications or rewrites, or a name longer than 4096
-// bytes, and the request is refused with ERROR 0 ([ErrRemapLoop]), where
-// tftpd-hpa can loop forever on a g rule.
+// after 1024 rule applications and rewrites, 256 KiB of name scanned, or
+// a name longer than 4096 bytes, and the request is refused with ERROR 0
+// ([ErrRemapLoop]), where tftpd-hpa can loop forever on a g rule.
 //
 // Rewriting only maps names: the server's [Files] still confine the
 // result (a rule that maps a name outside the root of an [FS] is refused
@@ -66,7 +66,10 @@ const (
 	maxRemapFile  = 64 << 10 // bytes
 	maxRemapLine  = 4096     // bytes
 	maxRemapRules = 1000
-	maxRemapSteps = 4096 // rule applications and rewrites per request
+	maxRemapSteps = 1024 // rule applications and rewrites per request
+	// maxRemapWork bounds the bytes of name the regexes scan for one
+	// request: a few milliseconds of the event loop at worst.
+	maxRemapWork = 256 << 10
 	// maxRemapMessage bounds the message of an a rule, which may quote
 	// the client's name.
 	maxRemapMessage = 200
@@ -366,14 +369,25 @@ func (m *Remap) Rewrite(req FileRequest) (string, error) {
 		ip = addr.String()
 		hex = strings.ToUpper(fmt.Sprintf("%x", addr.AsSlice()))
 	}
-	steps, last := 0, 0 // last: the line of the last rule that matched
+	steps, work, last := 0, 0, 0 // last: the line of the last rule that matched
+	budget := func() error {
+		steps++
+		work += len(name)
+		switch {
+		case steps > maxRemapSteps:
+			return fmt.Errorf("%w: more than %d steps (last match: line %d)", ErrRemapLoop, maxRemapSteps, last)
+		case work > maxRemapWork:
+			return fmt.Errorf("%w: more than %d bytes scanned (last match: line %d)", ErrRemapLoop, maxRemapWork, last)
+		}
+		return nil
+	}
 	for i := 0; i < len(m.rules); i++ {
 		r := &m.rules[i]
 		if r.get && req.Op != OpRRQ || r.put && req.Op != OpWRQ || r.v4 && !addr.Is4() || r.v6 && !addr.Is6() {
 			continue
 		}
-		if steps++; steps > maxRemapSteps {
-			return "", fmt.Errorf("%w: more than %d steps (last match: line %d)", ErrRemapLoop, maxRemapSteps, last)
+		if err := budget(); err != nil {
+			return "", err
 		}
 		var loc []int
 		if r.invert {
@@ -403,8 +417,8 @@ func (m *Remap) Rewrite(req FileRequest) (string, error) {
 			if !r.again {
 				break
 			}
-			if steps++; steps > maxRemapSteps {
-				return "", fmt.Errorf("%w: more than %d steps (line %d)", ErrRemapLoop, maxRemapSteps, r.line)
+			if err := budget(); err != nil {
+				return "", err
 			}
 			loc = r.re.FindStringSubmatchIndex(name)
 		}

@@ -106,12 +106,23 @@ func TestRemapBounded(t *testing.T) {
 	if _, err := mustRemap(t, "r a b").Rewrite(FileRequest{Name: long}); !errors.Is(err, ErrInvalidName) {
 		t.Errorf("a long name: %v", err)
 	}
-	// Many backslashes: within the bounds.
-	name := strings.Repeat(`a\`, 2000)
-	got, err := mustRemap(t, `rg \\ /`).Rewrite(FileRequest{Name: name})
-	if err != nil || got != strings.Repeat("a/", 2000) {
+	// A name of a full request packet with 200 backslashes: within the
+	// bounds; 2000 in a long name are not.
+	win := mustRemap(t, `rg \\ /`)
+	got, err := win.Rewrite(FileRequest{Name: strings.Repeat(`a\`, 200)})
+	if err != nil || got != strings.Repeat("a/", 200) {
+		t.Errorf("200 backslashes: %v", err)
+	}
+	start := time.Now()
+	if _, err := win.Rewrite(FileRequest{Name: strings.Repeat(`a\`, 2000)}); !errors.Is(err, ErrRemapLoop) {
 		t.Errorf("2000 backslashes: %v", err)
 	}
+	// A zero-width match that a g rule repeats for ever: the name grows
+	// to the bound.
+	if _, err := mustRemap(t, `rg \b /`).Rewrite(FileRequest{Name: "boot"}); !errors.Is(err, ErrRemapLoop) {
+		t.Errorf("zero-width g: %v", err)
+	}
+	t.Logf("two worst cases took %v", time.Since(start))
 }
 
 func TestRemapParseErrors(t *testing.T) {
