@@ -49,7 +49,7 @@ func serve(t *testing.T, sys *netio.System, server netio.Actor, pull bool) strin
 			bound <- b.LocalAddr.String()
 		}
 	}
-	tcp.Manager(sys).Tell(tcp.Bind{Handler: ref, Addr: netipLoopback, PullMode: pull})
+	tcp.Manager(sys).Tell(tcp.Bind{Handler: ref, LocalAddr: netipLoopback, PullMode: pull})
 	select {
 	case a := <-bound:
 		return a
@@ -138,8 +138,8 @@ func (h *nackProbe) Receive(ctx *netio.Context, msg any) {
 		return
 	}
 	switch m := msg.(type) {
-	case *tcp.Received:
-		if err := h.w.Write(ctx, m.Data); err != nil {
+	case tcp.Received:
+		if err := h.w.Write(ctx, m.Data()); err != nil {
 			panic(err)
 		}
 	case tcp.PeerClosed:
@@ -157,9 +157,9 @@ type nackServer struct{ resumes chan int }
 
 func (s *nackServer) Receive(ctx *netio.Context, msg any) {
 	if c, ok := msg.(tcp.Connected); ok {
-		h := &nackProbe{conn: c.Conn, w: backpressure.NewNackWriter(c.Conn, backpressure.Watermarks{}), resumes: s.resumes}
-		ref := ctx.SpawnOn(c.Conn.Loop(), h)
-		ctx.Tell(c.Conn, tcp.Register{Handler: ref, KeepOpenOnPeerClosed: true, UseResumeWriting: true})
+		h := &nackProbe{conn: c.Socket, w: backpressure.NewNackWriter(c.Socket, backpressure.Watermarks{}), resumes: s.resumes}
+		ref := ctx.SpawnOn(c.Socket.Loop(), h)
+		ctx.Tell(c.Socket, tcp.Register{Handler: ref, KeepOpenOnPeerClosed: true, UseResumeWriting: true})
 	}
 }
 
@@ -181,7 +181,7 @@ func TestNackResumeDelivers256MiB(t *testing.T) {
 		}
 		ctx.Forward(ref, msg)
 	}))
-	tcp.Manager(sys).Tell(tcp.Bind{Handler: fwd, Addr: netipLoopback})
+	tcp.Manager(sys).Tell(tcp.Bind{Handler: fwd, LocalAddr: netipLoopback})
 	b := <-bound
 	echoRoundTrip(t, b.LocalAddr.String(), n, true)
 	if r := <-srv.resumes; r == 0 {

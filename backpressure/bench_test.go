@@ -24,7 +24,7 @@ func BenchmarkThroughputEchoRoundTrip(b *testing.B) {
 			defer sys.Shutdown(context.Background())
 			addr := make(chan string, 1)
 			ref := sys.Spawn(&backpressure.EchoServer{Flow: flow, OnBound: func(bd tcp.Bound, err error) { addr <- bd.LocalAddr.String() }})
-			tcp.Manager(sys).Tell(tcp.Bind{Handler: ref, Addr: netipLoopback, PullMode: flow == backpressure.FlowPull})
+			tcp.Manager(sys).Tell(tcp.Bind{Handler: ref, LocalAddr: netipLoopback, PullMode: flow == backpressure.FlowPull})
 			c, err := net.Dial("tcp", <-addr)
 			if err != nil {
 				b.Fatal(err)

@@ -26,8 +26,8 @@
 //			return
 //		}
 //		switch m := msg.(type) {
-//		case *tcp.Received:
-//			if err := h.w.Write(ctx, m.Data); err != nil { ... }
+//		case tcp.Received:
+//			if err := h.w.Write(ctx, m.Data()); err != nil { ... }
 //		}
 //	}
 //

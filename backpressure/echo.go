@@ -79,7 +79,7 @@ type ackEcho struct {
 
 func (e *ackEcho) Receive(ctx *netio.Context, msg any) { e.receive(ctx, msg, &e.w) }
 
-func (w *AckWriter) echo(ctx *netio.Context, data []byte) error { return w.WriteReceived(ctx, data) }
+func (w *AckWriter) echo(ctx *netio.Context, r tcp.Received) error { return w.WriteReceived(ctx, r) }
 
 // NewNackEcho returns the NACK-with-suspend echo handler of Akka's chapter.
 // Register it with KeepOpenOnPeerClosed and UseResumeWriting.
@@ -94,11 +94,11 @@ type nackEcho struct {
 
 func (e *nackEcho) Receive(ctx *netio.Context, msg any) { e.receive(ctx, msg, e.w) }
 
-func (w *NackWriter) echo(ctx *netio.Context, data []byte) error { return w.Write(ctx, data) }
+func (w *NackWriter) echo(ctx *netio.Context, r tcp.Received) error { return w.Write(ctx, r.Data()) }
 
 // echoWriter is what the ACK and NACK echoes need of their writer.
 type echoWriter interface {
-	echo(ctx *netio.Context, data []byte) error
+	echo(ctx *netio.Context, r tcp.Received) error
 	Handle(ctx *netio.Context, msg any) bool
 	Idle() bool
 }
@@ -106,8 +106,8 @@ type echoWriter interface {
 // receive is the ACK and NACK echoes' Receive: Received data goes back
 // through w, then come w's own messages, then the close events.
 func (c *closer) receive(ctx *netio.Context, msg any, w echoWriter) {
-	if r, ok := msg.(*tcp.Received); ok { // the most frequent message first
-		if err := w.echo(ctx, r.Data); err != nil {
+	if r, ok := msg.(tcp.Received); ok { // the most frequent message first
+		if err := w.echo(ctx, r); err != nil {
 			overrun(ctx, c.conn)
 		}
 		return
@@ -146,8 +146,8 @@ func (e *pullEcho) Receive(ctx *netio.Context, msg any) {
 		e.closeIfDone(ctx, e.w.Idle())
 		return
 	}
-	if r, ok := msg.(*tcp.Received); ok {
-		e.w.WriteReceived(ctx, r.Data) // one chunk at a time: never above the maximum
+	if r, ok := msg.(tcp.Received); ok {
+		e.w.WriteReceived(ctx, r) // one chunk at a time: never above the maximum
 		return
 	}
 	e.handleClose(ctx, msg, e.w.Idle())
@@ -170,9 +170,9 @@ type EchoServer struct {
 func (s *EchoServer) Receive(ctx *netio.Context, msg any) {
 	switch m := msg.(type) {
 	case tcp.Bound:
-		s.listener = m.Listener
+		s.listener = m.Socket
 		if s.Flow == FlowPull {
-			ctx.Tell(m.Listener, tcp.ResumeAccepting{BatchSize: 64})
+			ctx.Tell(m.Socket, tcp.ResumeAccepting{BatchSize: 64})
 		}
 		if s.OnBound != nil {
 			s.OnBound(m, nil)
@@ -187,15 +187,15 @@ func (s *EchoServer) Receive(ctx *netio.Context, msg any) {
 		reg := tcp.Register{KeepOpenOnPeerClosed: true}
 		switch s.Flow {
 		case FlowNack:
-			h = NewNackEcho(m.Conn, s.Watermarks)
+			h = NewNackEcho(m.Socket, s.Watermarks)
 			reg.UseResumeWriting = true
 		case FlowPull:
-			h = NewPullEcho(m.Conn)
+			h = NewPullEcho(m.Socket)
 			ctx.Tell(s.listener, tcp.ResumeAccepting{BatchSize: 1})
 		default:
-			h = NewAckEcho(m.Conn, s.Watermarks)
+			h = NewAckEcho(m.Socket, s.Watermarks)
 		}
-		reg.Handler = ctx.SpawnOn(m.Conn.Loop(), h)
-		ctx.Tell(m.Conn, reg)
+		reg.Handler = ctx.SpawnOn(m.Socket.Loop(), h)
+		ctx.Tell(m.Socket, reg)
 	}
 }

@@ -104,17 +104,20 @@ func (w *AckWriter) Write(ctx *netio.Context, data []byte) error {
 	return nil
 }
 
-// WriteReceived is Write for the Data of a *tcp.Received from a connection
-// on this actor's loop: when nothing is in flight it goes to the connection
-// as a transient write, without a copy (the connection copies only what the
-// kernel does not take at once). Otherwise it is queued like Write.
-func (w *AckWriter) WriteReceived(ctx *netio.Context, data []byte) error {
+// WriteReceived is Write for the data of r, a tcp.Received from the
+// writer's connection being handled now: when nothing is in flight and the
+// connection is on this actor's loop, the data goes to the connection as a
+// transient write, without a copy (the connection copies only what the
+// kernel does not take at once), by r.Write: within the connection's read,
+// with no message in between. Otherwise it is queued like Write.
+func (w *AckWriter) WriteReceived(ctx *netio.Context, r tcp.Received) error {
+	data := r.Data()
 	if w.busy || len(w.buf) > 0 || ctx.Loop() == nil || ctx.Loop() != w.conn.Loop() {
 		return w.Write(ctx, data)
 	}
 	w.cmd.Data, w.cmd.Transient = data, true
 	w.busy, w.inflight = true, len(data)
-	ctx.Tell(w.conn, &w.cmd)
+	r.Write(ctx, &w.cmd)
 	w.check(ctx, w.Buffered())
 	return nil
 }

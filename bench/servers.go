@@ -102,7 +102,7 @@ func startIoactor(ctx context.Context, impl Impl, flow backpressure.Flow, addr n
 	ch := make(chan bound, 1)
 	srv := &backpressure.EchoServer{Flow: flow, OnBound: func(b tcp.Bound, err error) { ch <- bound{b, err} }}
 	ref := sys.Spawn(srv)
-	tcp.Manager(sys).Tell(tcp.Bind{Handler: ref, Addr: addr, PullMode: flow == backpressure.FlowPull})
+	tcp.Manager(sys).Tell(tcp.Bind{Handler: ref, LocalAddr: addr, PullMode: flow == backpressure.FlowPull})
 	shutdown := func(ctx context.Context) error { return sys.Shutdown(ctx) }
 	select {
 	case b := <-ch:

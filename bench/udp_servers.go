@@ -112,7 +112,7 @@ func StartUDP(ctx context.Context, impl UDPImpl, addr netip.AddrPort, cfg UDPSer
 }
 
 // udpEcho answers every datagram with a Send of the same bytes. It runs on
-// its socket's loop, so the *udp.Received and its Data belong to the socket
+// its socket's loop, so the udp.Received and its Data belong to the socket
 // and alias the loop's receive buffer; the Send hands them straight back
 // (the socket sends or copies them in the same queue drain, before its next
 // read). The Sends come from a ring, one per datagram in flight, so the echo
@@ -127,10 +127,10 @@ type udpEcho struct {
 
 func (e *udpEcho) Receive(ctx *netio.Context, msg any) {
 	switch m := msg.(type) {
-	case *udp.Received:
+	case udp.Received:
 		s := &e.ring[e.next%len(e.ring)]
 		e.next++
-		s.Data, s.Target = m.Data, m.Sender
+		s.Data, s.Target = m.Data(), m.Sender()
 		ctx.Tell(e.sock, s)
 	case udp.Bound:
 		e.sock, e.addr = m.Socket, m.LocalAddr

@@ -37,7 +37,8 @@ type Terminated struct {
 	Ref Ref
 }
 
-// Ref names an actor. The zero Ref names nobody: telling it does nothing.
+// Ref names an actor. The zero Ref names nobody: every method works on it
+// and does nothing (Tell, Stop and Run drop, Loop is nil, Done is closed).
 // Refs are comparable and safe to use from any goroutine.
 type Ref struct{ a *actor }
 
@@ -60,8 +61,13 @@ func (r Ref) Stop() {
 }
 
 // Done returns a channel that is closed once the actor has stopped and its
-// PostStop has returned.
-func (r Ref) Done() <-chan struct{} { return r.a.doneChan() }
+// PostStop has returned. The zero Ref's channel is closed: nobody is running.
+func (r Ref) Done() <-chan struct{} {
+	if r.a == nil {
+		return closedDone
+	}
+	return r.a.doneChan()
+}
 
 // closedDone is the Done channel of actors that stopped before anyone asked.
 var closedDone = func() chan struct{} {
@@ -90,8 +96,14 @@ func (a *actor) closeDone() {
 	}
 }
 
-// Loop returns the loop the actor is pinned to, or nil for a blocking actor.
-func (r Ref) Loop() *Loop { return r.a.loop }
+// Loop returns the loop the actor is pinned to, or nil for a blocking actor
+// and for the zero Ref.
+func (r Ref) Loop() *Loop {
+	if r.a == nil {
+		return nil
+	}
+	return r.a.loop
+}
 
 // String names the actor for logs.
 func (r Ref) String() string {

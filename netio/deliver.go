@@ -57,3 +57,12 @@ func (a *actor) deliver(from *actor, msg any) {
 	}
 	done = true
 }
+
+// HasQueued reports whether r, an actor of this loop, has messages waiting
+// in the loop's local queue (from any sender); false for an actor of
+// another loop. A socket actor uses it to take a command straight from its
+// handler only when nothing the handler sent it earlier is still queued, so
+// that the handler's commands keep their order.
+func (c *Context) HasQueued(r Ref) bool {
+	return r.a != nil && r.a.loop == c.a.loop && r.a.queued != 0
+}

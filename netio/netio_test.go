@@ -284,3 +284,42 @@ func TestShutdownStopsEverything(t *testing.T) {
 	// Telling an actor of a shut-down system is harmless.
 	sys.Spawn(recorder(out)).Tell("late")
 }
+
+// The zero Ref is documented as naming nobody: every method of it, and every
+// Context method given it, must work and do nothing (issue 15: Loop and Done
+// used to panic).
+func TestZeroRefIsInert(t *testing.T) {
+	sys := newSystem(t, 1)
+	var r netio.Ref
+	if !r.IsZero() || r.Loop() != nil || r.String() != "actor(nil)" {
+		t.Fatalf("zero Ref: IsZero %v, Loop %v, String %q", r.IsZero(), r.Loop(), r.String())
+	}
+	select {
+	case <-r.Done():
+	default:
+		t.Fatal("the zero Ref's Done is not closed")
+	}
+	r.Tell("nobody")
+	r.Stop()
+	r.Run(func(*netio.Context) { t.Error("ran on the zero Ref") })
+	done := make(chan struct{})
+	sys.Spawn(netio.ReceiveFunc(func(ctx *netio.Context, msg any) {
+		if msg != "go" {
+			return
+		}
+		defer close(done)
+		ctx.Tell(r, "x")
+		ctx.Deliver(r, "x")
+		ctx.Forward(r, "x")
+		ctx.Watch(r)
+		ctx.Unwatch(r)
+		ctx.StopActor(r)
+		ctx.Run(r, func(*netio.Context) { t.Error("ran on the zero Ref") })
+		ctx.Reply("no sender: a zero Ref")
+	})).Tell("go")
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the actor did not run")
+	}
+}

@@ -151,7 +151,7 @@ func (c *clientConn) schedule(ctx *netio.Context) {
 
 func (c *clientConn) PreStart(ctx *netio.Context) {
 	c.dialing = true
-	connect := tcp.Connect{Handler: ctx.Self(), Remote: c.remote, Timeout: c.t.cfg.Timeout}
+	connect := tcp.Connect{Handler: ctx.Self(), RemoteAddr: c.remote, Timeout: c.t.cfg.Timeout}
 	if local := c.t.localFor(c.remote); local.IsValid() {
 		// Dial from the address this node listens on. With no port, the
 		// kernel picks one at connect, per destination, instead of
@@ -164,10 +164,10 @@ func (c *clientConn) PreStart(ctx *netio.Context) {
 
 func (c *clientConn) Receive(ctx *netio.Context, msg any) {
 	switch m := msg.(type) {
-	case *tcp.Received:
-		c.t.m.bytesIn.Add(uint64(len(m.Data)))
+	case tcp.Received:
+		c.t.m.bytesIn.Add(uint64(len(m.Data())))
 		c.woke = false
-		if _, err := c.rd.feed(m.Data, c.onFrame); err != nil {
+		if _, err := c.rd.feed(m.Data(), c.onFrame); err != nil {
 			c.t.m.rejected.Add(1)
 			c.t.log.Warn("raft transport: bad answer; closing the connection", "peer", c.remote, "err", err)
 			c.end(ctx, err, true)
@@ -209,15 +209,15 @@ func (c *clientConn) Receive(ctx *netio.Context, msg any) {
 	case tcp.Connected:
 		c.dialing = false
 		if c.ending {
-			ctx.Tell(m.Conn, tcp.Abort{})
+			ctx.Tell(m.Socket, tcp.Abort{})
 			ctx.Stop()
 			return
 		}
-		conn := m.Conn
+		conn := m.Socket
 		if c.t.cfg.TLS != nil {
 			var err error
-			if conn, err = c.t.startTLS(ctx, m.Conn, c.remote, false); err != nil {
-				ctx.Tell(m.Conn, tcp.Abort{})
+			if conn, err = c.t.startTLS(ctx, m.Socket, c.remote, false); err != nil {
+				ctx.Tell(m.Socket, tcp.Abort{})
 				c.end(ctx, err, false)
 				return
 			}

@@ -41,7 +41,7 @@ type listener struct {
 }
 
 func (l *listener) PreStart(ctx *netio.Context) {
-	ctx.Tell(tcp.Manager(ctx.System()), tcp.Bind{Handler: ctx.Self(), Addr: l.addr})
+	ctx.Tell(tcp.Manager(ctx.System()), tcp.Bind{Handler: ctx.Self(), LocalAddr: l.addr})
 }
 
 func (l *listener) Receive(ctx *netio.Context, msg any) {
@@ -49,25 +49,25 @@ func (l *listener) Receive(ctx *netio.Context, msg any) {
 	case tcp.Bound:
 		l.bound = m.LocalAddr
 		l.t.mu.Lock()
-		l.t.tcpLn = m.Listener
+		l.t.tcpLn = m.Socket
 		l.t.mu.Unlock()
 		l.result <- nil
 	case tcp.CommandFailed:
 		l.result <- m.Cause
 		ctx.Stop()
 	case tcp.Connected:
-		if !l.t.admit(m.Conn) {
+		if !l.t.admit(m.Socket) {
 			return
 		}
-		conn := m.Conn
+		conn := m.Socket
 		if l.t.cfg.TLS != nil {
 			var err error
-			if conn, err = l.t.startTLS(ctx, m.Conn, m.Remote, true); err != nil {
-				m.Conn.Tell(tcp.Abort{})
+			if conn, err = l.t.startTLS(ctx, m.Socket, m.RemoteAddr, true); err != nil {
+				m.Socket.Tell(tcp.Abort{})
 				return
 			}
 		}
-		s := &serverConn{t: l.t, conn: conn, connRef: m.Conn, remote: m.Remote}
+		s := &serverConn{t: l.t, conn: conn, connRef: m.Socket, remote: m.RemoteAddr}
 		s.rd.max = l.t.cfg.MaxFrameSize
 		s.rd.fresh = true
 		if l.t.cfg.TLS == nil { // with TLS every byte goes through the shim
@@ -77,14 +77,14 @@ func (l *listener) Receive(ctx *netio.Context, msg any) {
 		l.t.mu.Lock()
 		if l.t.closed {
 			l.t.mu.Unlock()
-			m.Conn.Tell(tcp.Abort{})
+			m.Socket.Tell(tcp.Abort{})
 			return
 		}
-		ref := ctx.SpawnOn(m.Conn.Loop(), s)
+		ref := ctx.SpawnOn(m.Socket.Loop(), s)
 		s.ref = ref
 		l.t.actors[ref] = struct{}{}
 		l.t.servers[s] = struct{}{}
-		l.t.tcpConns[m.Conn] = struct{}{}
+		l.t.tcpConns[m.Socket] = struct{}{}
 		l.t.mu.Unlock()
 		ctx.Tell(conn, tcp.Register{Handler: ref, Direct: s.w.direct})
 	case closeReq:
@@ -163,11 +163,11 @@ func (s *serverConn) stop() { s.ref.Tell(closeReq{abort: false}) }
 
 func (s *serverConn) Receive(ctx *netio.Context, msg any) {
 	switch m := msg.(type) {
-	case *tcp.Received:
-		s.t.m.bytesIn.Add(uint64(len(m.Data)))
+	case tcp.Received:
+		s.t.m.bytesIn.Add(uint64(len(m.Data())))
 		s.lastRead = ctx.Now()
 		s.woke = false
-		if err := s.onData(ctx, m.Data); err != nil {
+		if err := s.onData(ctx, m.Data()); err != nil {
 			s.reject(ctx, err)
 		}
 		if s.woke {

@@ -28,7 +28,7 @@ import (
 // clientConn), which sees the shim as its connection: it sends it the
 // commands it would send a tcp connection (Register, Write with an ack,
 // SuspendReading, ResumeReading, Close, Abort) and gets the same events
-// back (*tcp.Received, the ack, a tcp.ConnectionClosed). So the
+// back (tcp.Received, the ack, a tcp.ConnectionClosed). So the
 // transport's framing, writers and flow control are one code path, TLS or
 // not.
 //
@@ -186,8 +186,8 @@ func (s *tlsShim) PreStart(ctx *netio.Context) {
 func (s *tlsShim) Receive(ctx *netio.Context, msg any) {
 	switch m := msg.(type) {
 	// From the tcp connection and the loopConn.
-	case *tcp.Received:
-		if s.lc.push(m.Data) > loopConnHigh && !s.tcpPaused {
+	case tcp.Received:
+		if s.lc.push(m.Data()) > loopConnHigh && !s.tcpPaused {
 			s.tcpPaused = true
 			ctx.Tell(s.tcp, tcp.SuspendReading{})
 		}
@@ -376,7 +376,7 @@ func (s *tlsShim) write(ctx *netio.Context, w *tcp.Write) {
 // deliver passes a decrypted chunk to the user and lets the reader go on.
 func (s *tlsShim) deliver(ctx *netio.Context, data []byte) {
 	if !s.user.IsZero() {
-		ctx.Tell(s.user, &tcp.Received{Data: data})
+		ctx.Tell(s.user, tcp.NewReceived(data))
 	}
 	select {
 	case <-s.tokens:

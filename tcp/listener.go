@@ -44,10 +44,10 @@ func (l *listener) PreStart(ctx *netio.Context) {
 	l.stats = statsFor(ctx)
 	b := l.bind
 	fail := func(err error) {
-		ctx.Tell(l.handler, CommandFailed{Cmd: l.cmd, Cause: fmt.Errorf("tcp: bind %v: %w", b.Addr, err)})
+		ctx.Tell(l.handler, CommandFailed{Cmd: l.cmd, Cause: fmt.Errorf("tcp: bind %v: %w", b.LocalAddr, err)})
 		ctx.Stop()
 	}
-	fd, err := netio.Socket(b.Addr, unix.SOCK_STREAM, unix.IPPROTO_TCP)
+	fd, err := netio.Socket(b.LocalAddr, unix.SOCK_STREAM, unix.IPPROTO_TCP)
 	if err != nil {
 		fail(err)
 		return
@@ -62,7 +62,7 @@ func (l *listener) PreStart(ctx *netio.Context) {
 		fail(err)
 		return
 	}
-	if err := unix.Bind(fd, netio.Sockaddr(b.Addr)); err != nil {
+	if err := unix.Bind(fd, netio.Sockaddr(b.LocalAddr)); err != nil {
 		fail(os.NewSyscallError("bind", err))
 		return
 	}
@@ -80,7 +80,7 @@ func (l *listener) PreStart(ctx *netio.Context) {
 		return
 	}
 	ctx.Watch(l.handler)
-	ctx.Tell(l.handler, Bound{LocalAddr: local, Listener: ctx.Self()})
+	ctx.Tell(l.handler, Bound{Socket: ctx.Self(), LocalAddr: local})
 }
 
 func (l *listener) OnEvents(ctx *netio.Context, ev uint32) {
@@ -109,7 +109,7 @@ func (l *listener) accept(ctx *netio.Context) {
 			return
 		}
 		if l.failures > 0 {
-			ctx.Logger().Info("tcp: accepting again", "addr", l.bind.Addr, "failed_accepts", l.failures)
+			ctx.Logger().Info("tcp: accepting again", "addr", l.bind.LocalAddr, "failed_accepts", l.failures)
 			l.failures, l.backoff = 0, 0
 		}
 		if err := applyConnOptions(nfd, l.bind.ConnOptions); err != nil {
@@ -145,7 +145,7 @@ func (l *listener) acceptFailed(ctx *netio.Context, err error) {
 		l.backoff = min(2*l.backoff, maxAcceptBackoff)
 	}
 	if l.failures == 1 || l.backoff < maxAcceptBackoff || l.failures%10 == 0 {
-		ctx.Logger().Warn("tcp: accept failed; retrying", "addr", l.bind.Addr, "err", err, "retry_in", l.backoff, "failed_accepts", l.failures)
+		ctx.Logger().Warn("tcp: accept failed; retrying", "addr", l.bind.LocalAddr, "err", err, "retry_in", l.backoff, "failed_accepts", l.failures)
 	}
 	l.retrying = true
 	ctx.After(l.backoff, resumeAccept{})

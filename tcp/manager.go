@@ -49,19 +49,30 @@ func (manager) Receive(ctx *netio.Context, msg any) {
 }
 
 func bind(ctx *netio.Context, cmd any, b *Bind) {
-	h := b.Handler
-	if h.IsZero() {
-		h = ctx.Sender()
+	if h, ok := handlerFor(ctx, cmd, b.Handler); ok {
+		ctx.SpawnOn(loopFor(ctx, h), &listener{cmd: cmd, bind: b, handler: h, fd: -1})
 	}
-	ctx.SpawnOn(loopFor(ctx, h), &listener{cmd: cmd, bind: b, handler: h, fd: -1})
 }
 
 func connect(ctx *netio.Context, cmd any, c *Connect) {
-	h := c.Handler
+	if h, ok := handlerFor(ctx, cmd, c.Handler); ok {
+		ctx.SpawnOn(loopFor(ctx, h), newOutgoingConn(cmd, c, h))
+	}
+}
+
+// handlerFor is a command's handler: its Handler, else its sender. A command
+// with neither (told from outside any actor, with no Handler) is refused
+// with a warning: the socket it asks for would answer nobody, and nobody
+// could ever close it.
+func handlerFor(ctx *netio.Context, cmd any, h netio.Ref) (netio.Ref, bool) {
 	if h.IsZero() {
 		h = ctx.Sender()
 	}
-	ctx.SpawnOn(loopFor(ctx, h), newOutgoingConn(cmd, c, h))
+	if h.IsZero() {
+		ctx.Logger().Warn("tcp: command without a handler or a sender; ignored", "cmd", cmd)
+		return h, false
+	}
+	return h, true
 }
 
 // loopFor places a socket actor on its handler's loop when it has one, so
@@ -95,8 +106,8 @@ const (
 // DirectWriters, so it takes locked adds), read at
 // scrape time.
 type loopStats struct {
-	opened, bytesIn, bytesOut, acceptErrors atomic.Uint64
-	closedBy                                [7]atomic.Uint64
+	opened, bytesIn, bytesOut, acceptErrors, writesRefused atomic.Uint64
+	closedBy                                               [7]atomic.Uint64
 }
 
 // addOwned adds n to a counter that only the calling loop writes: a plain
@@ -124,6 +135,7 @@ var (
 	descBytesIn  = prometheus.NewDesc("ioactor_tcp_received_bytes_total", "Bytes read from TCP sockets.", nil, nil)
 	descBytesOut = prometheus.NewDesc("ioactor_tcp_sent_bytes_total", "Bytes written to TCP sockets.", nil, nil)
 	descAccErr   = prometheus.NewDesc("ioactor_tcp_accept_errors_total", "accept(2) failures other than EAGAIN.", nil, nil)
+	descRefused  = prometheus.NewDesc("ioactor_tcp_writes_refused_total", "Writes refused because another was pending, without UseResumeWriting (plain NACKs: lost unless the handler resends them).", nil, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
@@ -132,16 +144,18 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descBytesIn
 	ch <- descBytesOut
 	ch <- descAccErr
+	ch <- descRefused
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
-	var opened, in, out, accErr uint64
+	var opened, in, out, accErr, refused uint64
 	var closed [len(closeReasons)]uint64
 	for _, s := range c.stats {
 		opened += s.opened.Load()
 		in += s.bytesIn.Load()
 		out += s.bytesOut.Load()
 		accErr += s.acceptErrors.Load()
+		refused += s.writesRefused.Load()
 		for i := range closed {
 			closed[i] += s.closedBy[i].Load()
 		}
@@ -153,4 +167,5 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descBytesIn, prometheus.CounterValue, float64(in))
 	ch <- prometheus.MustNewConstMetric(descBytesOut, prometheus.CounterValue, float64(out))
 	ch <- prometheus.MustNewConstMetric(descAccErr, prometheus.CounterValue, float64(accErr))
+	ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(refused))
 }

@@ -15,11 +15,13 @@ import (
 // Bind asks the manager for a listening socket.
 type Bind struct {
 	// Handler receives Bound or CommandFailed, then one Connected per accepted
-	// connection. Zero means the sender of Bind. The listener watches it and
-	// unbinds when it stops.
+	// connection. Zero means the sender of Bind; a Bind with neither (told
+	// from outside any actor without a Handler) is refused with a logged
+	// warning, since nobody would hear from the listener. The listener
+	// watches the handler and unbinds when it stops.
 	Handler netio.Ref
-	// Addr to listen on; port 0 picks a free port (reported in Bound).
-	Addr netip.AddrPort
+	// LocalAddr to listen on; port 0 picks a free port (reported in Bound).
+	LocalAddr netip.AddrPort
 	// Backlog is listen(2)'s backlog; zero means 1024.
 	Backlog int
 	// Options are applied to the listening socket before bind(2). Accepted
@@ -37,11 +39,11 @@ type Bind struct {
 
 // Bound tells the handler the listener is ready.
 type Bound struct {
+	// Socket is the listening actor (also the sender of Bound): send it
+	// Unbind and ResumeAccepting.
+	Socket netio.Ref
 	// LocalAddr is the address actually bound (port 0 resolved).
 	LocalAddr netip.AddrPort
-	// Listener is the listening actor (also the sender of Bound): send it
-	// Unbind and ResumeAccepting.
-	Listener netio.Ref
 }
 
 // ResumeAccepting lets a pull-mode listener accept BatchSize more
@@ -57,9 +59,11 @@ type Unbound struct{}
 
 // Connect asks the manager for an outgoing connection.
 type Connect struct {
-	// Handler receives Connected or CommandFailed. Zero means the sender.
+	// Handler receives Connected or CommandFailed. Zero means the sender;
+	// with neither, the Connect is refused as a Bind is.
 	Handler netio.Ref
-	Remote  netip.AddrPort
+	// RemoteAddr is the peer.
+	RemoteAddr netip.AddrPort
 	// LocalAddr, if valid, is bound before connecting.
 	LocalAddr netip.AddrPort
 	Options   []netio.SocketOption
@@ -71,10 +75,11 @@ type Connect struct {
 }
 
 // Connected announces a new connection; its sender is the connection actor,
-// also given as Conn. The connection reads nothing until it gets Register.
+// also given as Socket. The connection reads nothing until it gets Register.
 type Connected struct {
-	Remote, Local netip.AddrPort
-	Conn          netio.Ref
+	Socket     netio.Ref
+	LocalAddr  netip.AddrPort
+	RemoteAddr netip.AddrPort
 }
 
 // Register activates a connection: Handler (zero: the sender) receives its
@@ -154,10 +159,73 @@ type ConfirmedClose struct{}
 // Aborted.
 type Abort struct{}
 
-// Received carries bytes read from the socket. The connection delivers a
-// *Received whose Data is valid only until the handler's Receive returns (it
-// aliases the loop's read buffer); copy what you keep.
-type Received struct{ Data []byte }
+// Received carries bytes read from the socket; match it as a value, like
+// every other event (case tcp.Received). It is one pointer wide, so the
+// connection hands it over with no allocation.
+//
+// For a handler on the connection's loop, Data is valid only until the
+// handler's Receive returns (it aliases the loop's read buffer): copy what
+// you keep. A handler on another loop gets a copy it owns.
+type Received struct{ s *recvState }
+
+// recvState is what a Received points to: a connection's own (reused for
+// every read) or a copy's.
+type recvState struct {
+	data []byte
+	c    *conn     // the connection whose read this is; nil for a copy
+	conn netio.Ref // where Write sends; zero for NewReceived
+}
+
+// NewReceived makes a Received carrying data, for code that produces the
+// event itself (a protocol layer in front of a handler, a test). Its Write
+// sends to the sender of the message being handled.
+func NewReceived(data []byte) Received { return Received{&recvState{data: data}} }
+
+// Data is the bytes read; nil for the zero Received.
+func (r Received) Data() []byte {
+	if r.s == nil {
+		return nil
+	}
+	return r.s.data
+}
+
+// Write sends w to the connection r came from, like ctx.Tell(conn, w), with
+// one difference: called by the connection's handler while it handles r, as
+// a direct call from the connection (a handler on the connection's loop,
+// idle, with nothing queued for it), it adds w to the connection's current
+// write instead of queueing a message. Everything the handler writes so
+// during that Receive goes to the kernel in one write(2) or writev(2) as
+// soon as its Receive returns, before any other command it sent.
+//
+// The semantics are a Write's: the first Write of the batch is refused
+// ([CommandFailed], ErrWritePending) when a write is pending, as a Write
+// told to the connection would be; the ones after it join it (they cannot
+// find the first one pending: it has not been tried yet); each ack arrives
+// once its bytes are in the kernel. w (and w.Data) must stay unchanged
+// until its ack, as for a Write sent as a message; with w.Transient the
+// connection copies only what the kernel does not take.
+//
+// Otherwise (a handler on another loop, a Received kept from an earlier
+// message, a command of the handler still queued for the connection) it is
+// exactly ctx.Tell(conn, w). Call it with the caller's own Context.
+func (r Received) Write(ctx *netio.Context, w *Write) {
+	s := r.s
+	if s == nil {
+		ctx.Reply(w)
+		return
+	}
+	// The loop test first: only the connection's own goroutine may look at
+	// its state.
+	if c := s.c; c != nil && ctx.Loop() == s.conn.Loop() && c.delivering && ctx.Self() == c.handler && !ctx.HasQueued(s.conn) {
+		c.batch(w)
+		return
+	}
+	if s.conn.IsZero() {
+		ctx.Reply(w)
+		return
+	}
+	ctx.Tell(s.conn, w)
+}
 
 // CommandFailed answers a command that could not be carried out: a write
 // while another is pending, a bind or connect that failed.

@@ -25,8 +25,15 @@ var loopback = netip.MustParseAddrPort("127.0.0.1:0")
 
 func newSystem(t *testing.T) *netio.System {
 	t.Helper()
+	return newSystemWith(t, netio.Config{Loops: 2})
+}
+
+// newSystemWith starts a system for one test and shuts it down after,
+// checking that the test leaks nothing.
+func newSystemWith(t *testing.T, cfg netio.Config) *netio.System {
+	t.Helper()
 	leakcheck.Check(t)
-	sys, err := netio.NewSystem(netio.Config{Loops: 2})
+	sys, err := netio.NewSystem(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,8 +61,8 @@ func newProbe(sys *netio.System) *probe {
 }
 
 func (p *probe) Receive(ctx *netio.Context, msg any) {
-	if r, ok := msg.(*tcp.Received); ok {
-		msg = tcp.Received{Data: bytes.Clone(r.Data)}
+	if r, ok := msg.(tcp.Received); ok {
+		msg = tcp.NewReceived(bytes.Clone(r.Data()))
 	}
 	p.ch <- msg
 }
@@ -100,7 +107,7 @@ func (p *probe) readUntilClosed(t *testing.T) ([]byte, tcp.ConnectionClosed) {
 	for {
 		switch m := p.next(t).(type) {
 		case tcp.Received:
-			got = append(got, m.Data...)
+			got = append(got, m.Data()...)
 		case tcp.ConnectionClosed:
 			return got, m
 		default:
@@ -112,8 +119,8 @@ func (p *probe) readUntilClosed(t *testing.T) ([]byte, tcp.ConnectionClosed) {
 func bind(t *testing.T, sys *netio.System, p *probe, b tcp.Bind) tcp.Bound {
 	t.Helper()
 	b.Handler = p.ref
-	if !b.Addr.IsValid() {
-		b.Addr = loopback
+	if !b.LocalAddr.IsValid() {
+		b.LocalAddr = loopback
 	}
 	tcp.Manager(sys).Tell(b)
 	return expect[tcp.Bound](t, p)
@@ -130,27 +137,27 @@ func serverConn(t *testing.T, sys *netio.System, p *probe, reg tcp.Register) (ne
 	}
 	t.Cleanup(func() { peer.Close() })
 	c := expect[tcp.Connected](t, p)
-	if c.Remote.String() != peer.LocalAddr().String() {
-		t.Fatalf("Connected.Remote = %v, want %v", c.Remote, peer.LocalAddr())
+	if c.RemoteAddr.String() != peer.LocalAddr().String() {
+		t.Fatalf("Connected.RemoteAddr = %v, want %v", c.RemoteAddr, peer.LocalAddr())
 	}
 	reg.Handler = p.ref
-	c.Conn.Tell(reg)
-	bound.Listener.Tell(tcp.Unbind{})
+	c.Socket.Tell(reg)
+	bound.Socket.Tell(tcp.Unbind{})
 	expect[tcp.Unbound](t, p)
-	return peer, c.Conn
+	return peer, c.Socket
 }
 
 func TestBindResolvesPortAndEchoes(t *testing.T) {
 	sys := newSystem(t)
 	p := newProbe(sys)
 	bound := bind(t, sys, p, tcp.Bind{})
-	if bound.LocalAddr.Port() == 0 || bound.Listener.IsZero() {
+	if bound.LocalAddr.Port() == 0 || bound.Socket.IsZero() {
 		t.Fatalf("Bound = %+v: port 0 not resolved", bound)
 	}
 	peer, conn := serverConn(t, sys, p, tcp.Register{})
 	peer.Write([]byte("hello"))
-	if r := expect[tcp.Received](t, p); string(r.Data) != "hello" {
-		t.Fatalf("Received %q", r.Data)
+	if r := expect[tcp.Received](t, p); string(r.Data()) != "hello" {
+		t.Fatalf("Received %q", r.Data())
 	}
 	conn.Tell(tcp.Write{Data: []byte("world"), Ack: "ack-1"})
 	if a := p.next(t); a != "ack-1" {
@@ -170,7 +177,7 @@ func TestBindConflictFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	cmd := tcp.Bind{Handler: p.ref, Addr: netip.MustParseAddrPort(ln.Addr().String())}
+	cmd := tcp.Bind{Handler: p.ref, LocalAddr: netip.MustParseAddrPort(ln.Addr().String())}
 	tcp.Manager(sys).Tell(cmd)
 	f := expect[tcp.CommandFailed](t, p)
 	if !errors.Is(f.Cause, syscall.EADDRINUSE) || !reflect.DeepEqual(f.Cmd, cmd) {
@@ -184,7 +191,7 @@ func TestConnectRefusedFails(t *testing.T) {
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := netip.MustParseAddrPort(ln.Addr().String())
 	ln.Close()
-	tcp.Manager(sys).Tell(tcp.Connect{Handler: p.ref, Remote: addr})
+	tcp.Manager(sys).Tell(tcp.Connect{Handler: p.ref, RemoteAddr: addr})
 	if f := expect[tcp.CommandFailed](t, p); !errors.Is(f.Cause, syscall.ECONNREFUSED) {
 		t.Fatalf("cause = %v, want ECONNREFUSED", f.Cause)
 	}
@@ -212,7 +219,7 @@ func TestConnectTimeout(t *testing.T) {
 			defer c.Close()
 		}
 	}
-	tcp.Manager(sys).Tell(tcp.Connect{Handler: p.ref, Remote: addr, Timeout: 200 * time.Millisecond})
+	tcp.Manager(sys).Tell(tcp.Connect{Handler: p.ref, RemoteAddr: addr, Timeout: 200 * time.Millisecond})
 	if f := expect[tcp.CommandFailed](t, p); !errors.Is(f.Cause, tcp.ErrConnectTimeout) {
 		t.Fatalf("cause = %v, want a timeout", f.Cause)
 	}
@@ -227,30 +234,30 @@ func TestConnectWithLocalAddrAndPullMode(t *testing.T) {
 	}
 	defer ln.Close()
 	local := netip.MustParseAddrPort("127.0.0.2:0")
-	tcp.Manager(sys).Tell(tcp.Connect{Handler: p.ref, Remote: netip.MustParseAddrPort(ln.Addr().String()), LocalAddr: local, PullMode: true})
+	tcp.Manager(sys).Tell(tcp.Connect{Handler: p.ref, RemoteAddr: netip.MustParseAddrPort(ln.Addr().String()), LocalAddr: local, PullMode: true})
 	c := expect[tcp.Connected](t, p)
-	if c.Local.Addr() != local.Addr() {
-		t.Fatalf("Local = %v, want %v", c.Local, local.Addr())
+	if c.LocalAddr.Addr() != local.Addr() {
+		t.Fatalf("LocalAddr = %v, want %v", c.LocalAddr, local.Addr())
 	}
 	peer, err := ln.Accept()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer peer.Close()
-	c.Conn.Tell(tcp.Register{Handler: p.ref})
+	c.Socket.Tell(tcp.Register{Handler: p.ref})
 	peer.Write([]byte("one"))
 	p.quiet(t, 50*time.Millisecond) // pull mode: nothing until ResumeReading
-	c.Conn.Tell(tcp.ResumeReading{})
-	if r := expect[tcp.Received](t, p); string(r.Data) != "one" {
-		t.Fatalf("got %q", r.Data)
+	c.Socket.Tell(tcp.ResumeReading{})
+	if r := expect[tcp.Received](t, p); string(r.Data()) != "one" {
+		t.Fatalf("got %q", r.Data())
 	}
 	peer.Write([]byte("two"))
 	p.quiet(t, 50*time.Millisecond)
-	c.Conn.Tell(tcp.ResumeReading{})
-	if r := expect[tcp.Received](t, p); string(r.Data) != "two" {
-		t.Fatalf("got %q", r.Data)
+	c.Socket.Tell(tcp.ResumeReading{})
+	if r := expect[tcp.Received](t, p); string(r.Data()) != "two" {
+		t.Fatalf("got %q", r.Data())
 	}
-	c.Conn.Tell(tcp.Close{})
+	c.Socket.Tell(tcp.Close{})
 	expect[tcp.Closed](t, p)
 }
 
@@ -268,7 +275,7 @@ func TestRegisterTimeoutClosesTheSocket(t *testing.T) {
 	if n, err := peer.Read(make([]byte, 1)); err != io.EOF {
 		t.Fatalf("peer read %d, %v; want EOF after the register timeout", n, err)
 	}
-	<-c.Conn.Done()
+	<-c.Socket.Done()
 }
 
 func TestHalfCloseKeepOpen(t *testing.T) {
@@ -277,8 +284,8 @@ func TestHalfCloseKeepOpen(t *testing.T) {
 	peer, conn := serverConn(t, sys, p, tcp.Register{KeepOpenOnPeerClosed: true})
 	peer.Write([]byte("request"))
 	peer.(*net.TCPConn).CloseWrite()
-	if r := expect[tcp.Received](t, p); string(r.Data) != "request" {
-		t.Fatalf("got %q", r.Data)
+	if r := expect[tcp.Received](t, p); string(r.Data()) != "request" {
+		t.Fatalf("got %q", r.Data())
 	}
 	expect[tcp.PeerClosed](t, p)
 	conn.Tell(tcp.Write{Data: []byte("response after FIN"), Ack: 1})
@@ -317,8 +324,8 @@ func TestConfirmedCloseWaitsForPeer(t *testing.T) {
 	}
 	p.quiet(t, 100*time.Millisecond) // not confirmed before the peer closes
 	peer.Write([]byte("bye"))        // the peer may still send
-	if r := expect[tcp.Received](t, p); string(r.Data) != "bye" {
-		t.Fatalf("got %q", r.Data)
+	if r := expect[tcp.Received](t, p); string(r.Data()) != "bye" {
+		t.Fatalf("got %q", r.Data())
 	}
 	peer.Close()
 	expect[tcp.ConfirmedClosed](t, p)
@@ -535,18 +542,18 @@ func TestSuspendReadingOrderingWithRegister(t *testing.T) {
 			defer peer.Close()
 			c := expect[tcp.Connected](t, p)
 			if order == "suspend-before-register" {
-				c.Conn.Tell(tcp.SuspendReading{})
-				c.Conn.Tell(tcp.Register{Handler: p.ref})
+				c.Socket.Tell(tcp.SuspendReading{})
+				c.Socket.Tell(tcp.Register{Handler: p.ref})
 			} else {
-				c.Conn.Tell(tcp.Register{Handler: p.ref})
-				c.Conn.Tell(tcp.SuspendReading{})
+				c.Socket.Tell(tcp.Register{Handler: p.ref})
+				c.Socket.Tell(tcp.SuspendReading{})
 			}
 			time.Sleep(20 * time.Millisecond)
 			peer.Write([]byte("held"))
 			p.quiet(t, 100*time.Millisecond)
-			c.Conn.Tell(tcp.ResumeReading{})
-			if r := expect[tcp.Received](t, p); string(r.Data) != "held" {
-				t.Fatalf("got %q", r.Data)
+			c.Socket.Tell(tcp.ResumeReading{})
+			if r := expect[tcp.Received](t, p); string(r.Data()) != "held" {
+				t.Fatalf("got %q", r.Data())
 			}
 		})
 	}
@@ -556,7 +563,7 @@ func TestResumeReadingBeforeRegisterInPullMode(t *testing.T) {
 	sys := newSystem(t)
 	p := newProbe(sys)
 	bound := bind(t, sys, p, tcp.Bind{PullMode: true})
-	bound.Listener.Tell(tcp.ResumeAccepting{BatchSize: 1})
+	bound.Socket.Tell(tcp.ResumeAccepting{BatchSize: 1})
 	peer, err := net.Dial("tcp", bound.LocalAddr.String())
 	if err != nil {
 		t.Fatal(err)
@@ -564,10 +571,10 @@ func TestResumeReadingBeforeRegisterInPullMode(t *testing.T) {
 	defer peer.Close()
 	peer.Write([]byte("early"))
 	c := expect[tcp.Connected](t, p)
-	c.Conn.Tell(tcp.ResumeReading{})
-	c.Conn.Tell(tcp.Register{Handler: p.ref})
-	if r := expect[tcp.Received](t, p); string(r.Data) != "early" {
-		t.Fatalf("got %q", r.Data)
+	c.Socket.Tell(tcp.ResumeReading{})
+	c.Socket.Tell(tcp.Register{Handler: p.ref})
+	if r := expect[tcp.Received](t, p); string(r.Data()) != "early" {
+		t.Fatalf("got %q", r.Data())
 	}
 }
 
@@ -585,20 +592,20 @@ func TestPullModeAcceptingAndUnbind(t *testing.T) {
 		peers = append(peers, c)
 	}
 	p.quiet(t, 100*time.Millisecond) // accepting starts suspended
-	bound.Listener.Tell(tcp.ResumeAccepting{BatchSize: 2})
+	bound.Socket.Tell(tcp.ResumeAccepting{BatchSize: 2})
 	c1 := expect[tcp.Connected](t, p)
 	expect[tcp.Connected](t, p)
 	p.quiet(t, 100*time.Millisecond) // batch of 2 used up
-	bound.Listener.Tell(tcp.ResumeAccepting{BatchSize: 1})
+	bound.Socket.Tell(tcp.ResumeAccepting{BatchSize: 1})
 	expect[tcp.Connected](t, p)
 	// Unbind closes the listener, not the live connections.
-	bound.Listener.Tell(tcp.Unbind{})
+	bound.Socket.Tell(tcp.Unbind{})
 	expect[tcp.Unbound](t, p)
 	if _, err := net.DialTimeout("tcp", bound.LocalAddr.String(), time.Second); err == nil {
 		t.Fatal("dial succeeded after Unbind")
 	}
-	c1.Conn.Tell(tcp.Register{Handler: p.ref})
-	c1.Conn.Tell(tcp.Write{Data: []byte("still here"), Ack: "ok"})
+	c1.Socket.Tell(tcp.Register{Handler: p.ref})
+	c1.Socket.Tell(tcp.Write{Data: []byte("still here"), Ack: "ok"})
 	if p.next(t) != "ok" {
 		t.Fatal("no ack on a connection after Unbind")
 	}
@@ -616,7 +623,7 @@ func TestHandlerDeathClosesConnection(t *testing.T) {
 	defer peer.Close()
 	c := expect[tcp.Connected](t, p)
 	h := sys.Spawn(netio.ReceiveFunc(func(ctx *netio.Context, msg any) {}))
-	c.Conn.Tell(tcp.Register{Handler: h})
+	c.Socket.Tell(tcp.Register{Handler: h})
 	time.Sleep(20 * time.Millisecond)
 	h.Stop()
 	peer.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -689,7 +696,7 @@ func TestSuspendedReaderStallsTheWriter(t *testing.T) {
 	conn.Tell(tcp.ResumeReading{})
 	var got int64
 	for got < sent {
-		got += int64(len(expect[tcp.Received](t, p).Data))
+		got += int64(len(expect[tcp.Received](t, p).Data()))
 	}
 }
 
@@ -701,8 +708,8 @@ type slowPuller struct {
 
 func (s *slowPuller) Receive(ctx *netio.Context, msg any) {
 	switch m := msg.(type) {
-	case *tcp.Received:
-		s.got <- len(m.Data)
+	case tcp.Received:
+		s.got <- len(m.Data())
 		ctx.After(100*time.Millisecond, tcp.ResumeReading{})
 	case tcp.ResumeReading:
 		ctx.Tell(s.conn, m)
@@ -713,17 +720,17 @@ func TestPullReaderStallsTheWriter(t *testing.T) {
 	sys := newSystem(t)
 	p := newProbe(sys)
 	bound := bind(t, sys, p, tcp.Bind{PullMode: true})
-	bound.Listener.Tell(tcp.ResumeAccepting{BatchSize: 1})
+	bound.Socket.Tell(tcp.ResumeAccepting{BatchSize: 1})
 	peer, err := net.Dial("tcp", bound.LocalAddr.String())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer peer.Close()
 	c := expect[tcp.Connected](t, p)
-	puller := &slowPuller{conn: c.Conn, got: make(chan int, 1000)}
-	h := sys.SpawnOn(c.Conn.Loop(), puller)
-	c.Conn.Tell(tcp.Register{Handler: h})
-	c.Conn.Tell(tcp.ResumeReading{})
+	puller := &slowPuller{conn: c.Socket, got: make(chan int, 1000)}
+	h := sys.SpawnOn(c.Socket.Loop(), puller)
+	c.Socket.Tell(tcp.Register{Handler: h})
+	c.Socket.Tell(tcp.ResumeReading{})
 	var sent int64
 	growth := heapGrowth(func() { sent = pushUntilStalled(peer, 2*time.Second) })
 	if sent >= 1<<30 || growth > 8<<20 {
@@ -742,8 +749,8 @@ func TestResetStorm(t *testing.T) {
 	sys := newSystem(t)
 	p := newProbe(sys)
 	echo := netio.ReceiveFunc(func(ctx *netio.Context, msg any) {
-		if r, ok := msg.(*tcp.Received); ok {
-			ctx.Reply(tcp.Write{Data: bytes.Clone(r.Data)})
+		if r, ok := msg.(tcp.Received); ok {
+			ctx.Reply(tcp.Write{Data: bytes.Clone(r.Data())})
 		}
 	})
 	acceptor := sys.Spawn(netio.ReceiveFunc(func(ctx *netio.Context, msg any) {
@@ -751,11 +758,11 @@ func TestResetStorm(t *testing.T) {
 		case tcp.Bound:
 			p.ch <- m
 		case tcp.Connected:
-			h := ctx.SpawnOn(m.Conn.Loop(), echo)
-			ctx.Tell(m.Conn, tcp.Register{Handler: h})
+			h := ctx.SpawnOn(m.Socket.Loop(), echo)
+			ctx.Tell(m.Socket, tcp.Register{Handler: h})
 		}
 	}))
-	tcp.Manager(sys).Tell(tcp.Bind{Handler: acceptor, Addr: loopback})
+	tcp.Manager(sys).Tell(tcp.Bind{Handler: acceptor, LocalAddr: loopback})
 	addr := expect[tcp.Bound](t, p).LocalAddr.String()
 	good, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -799,9 +806,9 @@ func TestIPv6AndReusePort(t *testing.T) {
 	sys := newSystem(t)
 	p := newProbe(sys)
 	opts := []netio.SocketOption{netio.ReusePort(true)}
-	b1 := bind(t, sys, p, tcp.Bind{Addr: netip.MustParseAddrPort("[::1]:0"), Options: opts})
+	b1 := bind(t, sys, p, tcp.Bind{LocalAddr: netip.MustParseAddrPort("[::1]:0"), Options: opts})
 	// SO_REUSEPORT lets a second listener share the port.
-	b2 := bind(t, sys, p, tcp.Bind{Addr: b1.LocalAddr, Options: opts})
+	b2 := bind(t, sys, p, tcp.Bind{LocalAddr: b1.LocalAddr, Options: opts})
 	if b2.LocalAddr != b1.LocalAddr {
 		t.Fatalf("second listener on %v, want %v", b2.LocalAddr, b1.LocalAddr)
 	}
@@ -811,16 +818,16 @@ func TestIPv6AndReusePort(t *testing.T) {
 	}
 	defer peer.Close()
 	c := expect[tcp.Connected](t, p)
-	if !c.Remote.Addr().Is6() {
-		t.Fatalf("remote %v is not IPv6", c.Remote)
+	if !c.RemoteAddr.Addr().Is6() {
+		t.Fatalf("remote %v is not IPv6", c.RemoteAddr)
 	}
-	c.Conn.Tell(tcp.Register{Handler: p.ref})
+	c.Socket.Tell(tcp.Register{Handler: p.ref})
 	peer.Write([]byte("v6"))
-	if r := expect[tcp.Received](t, p); string(r.Data) != "v6" {
-		t.Fatalf("got %q", r.Data)
+	if r := expect[tcp.Received](t, p); string(r.Data()) != "v6" {
+		t.Fatalf("got %q", r.Data())
 	}
 	// Without SO_REUSEPORT the port is taken.
-	tcp.Manager(sys).Tell(tcp.Bind{Handler: p.ref, Addr: b1.LocalAddr})
+	tcp.Manager(sys).Tell(tcp.Bind{Handler: p.ref, LocalAddr: b1.LocalAddr})
 	if f := expect[tcp.CommandFailed](t, p); !errors.Is(f.Cause, syscall.EADDRINUSE) {
 		t.Fatalf("cause %v", f.Cause)
 	}
@@ -840,7 +847,7 @@ func TestDataAndFINTogether(t *testing.T) {
 		peer.(*net.TCPConn).CloseWrite()
 		time.Sleep(time.Millisecond) // both are queued before Register
 		c := expect[tcp.Connected](t, p)
-		c.Conn.Tell(tcp.Register{Handler: p.ref, KeepOpenOnPeerClosed: i%2 == 0})
+		c.Socket.Tell(tcp.Register{Handler: p.ref, KeepOpenOnPeerClosed: i%2 == 0})
 		got, closed := p.readUntilClosed(t)
 		if string(got) != "req" {
 			t.Fatalf("got %q", got)
@@ -849,7 +856,7 @@ func TestDataAndFINTogether(t *testing.T) {
 			t.Fatalf("got %T, want PeerClosed", closed)
 		}
 		if i%2 == 0 {
-			c.Conn.Tell(tcp.Close{})
+			c.Socket.Tell(tcp.Close{})
 			expect[tcp.Closed](t, p)
 		}
 		peer.Close()

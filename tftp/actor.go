@@ -47,8 +47,8 @@ func (a *transferActor) Receive(ctx *netio.Context, msg any) {
 	now := ctx.Now()
 	x := a.x
 	switch m := msg.(type) {
-	case *udp.Received:
-		x.packet(now, m.Sender, m.Data)
+	case udp.Received:
+		x.packet(now, m.Sender(), m.Data())
 	case *sentToken:
 		x.sendDone(now)
 	case *timerToken:

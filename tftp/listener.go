@@ -119,8 +119,8 @@ func (l *listener) PostStop(ctx *netio.Context) {
 func (l *listener) Receive(ctx *netio.Context, msg any) {
 	now := ctx.Now()
 	switch m := msg.(type) {
-	case *udp.Received:
-		l.datagram(now, m.Sender, m.Data)
+	case udp.Received:
+		l.datagram(now, m.Sender(), m.Data())
 	case *sentToken:
 		m.x.sendDone(now)
 	case *timerToken:

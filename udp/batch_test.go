@@ -31,9 +31,9 @@ func window(n, size, last int) [][]byte {
 func expectWindow(t *testing.T, ch <-chan event, dgs [][]byte, from int) {
 	t.Helper()
 	for i := from; i < len(dgs); i++ {
-		r, _ := expect[*udp.Received](t, ch)
-		if !bytes.Equal(r.Data, dgs[i]) {
-			t.Fatalf("datagram %d: got %d bytes of %x; want %d bytes of %x", i, len(r.Data), r.Data[:1], len(dgs[i]), dgs[i][:1])
+		r, _ := expect[udp.Received](t, ch)
+		if !bytes.Equal(r.Data(), dgs[i]) {
+			t.Fatalf("datagram %d: got %d bytes of %x; want %d bytes of %x", i, len(r.Data()), r.Data()[:1], len(dgs[i]), dgs[i][:1])
 		}
 	}
 }

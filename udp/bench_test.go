@@ -29,10 +29,10 @@ func (s *echoServer) Receive(ctx *netio.Context, msg any) {
 	case udp.Bound:
 		s.sock = m.Socket
 		s.ready <- m.LocalAddr
-	case *udp.Received:
+	case udp.Received:
 		snd := &s.ring[s.i%len(s.ring)]
 		s.i++
-		snd.Data, snd.Target = m.Data, m.Sender
+		snd.Data, snd.Target = m.Data(), m.Sender()
 		ctx.Tell(s.sock, snd)
 	}
 }
@@ -61,7 +61,7 @@ func (c *echoClient) Receive(ctx *netio.Context, msg any) {
 	case startRounds:
 		c.rounds = int(m)
 		c.send(ctx)
-	case *udp.Received:
+	case udp.Received:
 		if c.want--; c.want > 0 {
 			return
 		}
@@ -194,7 +194,7 @@ func (k *windowSink) Receive(ctx *netio.Context, msg any) {
 	case int:
 		k.windows = m
 		ctx.Tell(k.sender, nextWindow{})
-	case *udp.Received:
+	case udp.Received:
 		if k.got++; k.got < k.window {
 			return
 		}

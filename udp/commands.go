@@ -14,7 +14,7 @@ import (
 
 // Bind opens an unconnected socket bound to LocalAddr. The socket answers
 // [Bound] or [CommandFailed] and then delivers every datagram it reads to
-// Handler as a *[Received].
+// Handler as a [Received].
 type Bind struct {
 	// Handler receives the socket's events; zero means the command's sender.
 	Handler netio.Ref
@@ -210,7 +210,9 @@ type ErrorReceived struct {
 	Cause error
 }
 
-// Received is one datagram. The socket delivers it as a *Received.
+// Received is one datagram; match it as a value, like every other event
+// (case udp.Received). It is one pointer wide, so the socket hands it over
+// with no allocation.
 //
 // When the handler runs on the socket's loop (the socket is spawned there
 // whenever the handler is an actor of a loop), the Received and its Data
@@ -220,11 +222,34 @@ type ErrorReceived struct {
 // unchanged to a Send to a socket of the same loop (an echo), which sends or
 // copies it in the same drain. When the handler is on another loop or is a
 // blocking actor, the socket delivers a fresh copy that the handler owns.
-type Received struct {
-	Data []byte
-	// Sender is the datagram's source; an IPv4-mapped IPv6 source is given
-	// as plain IPv4.
-	Sender netip.AddrPort
+type Received struct{ d *datagram }
+
+type datagram struct {
+	data   []byte
+	sender netip.AddrPort
+}
+
+// NewReceived makes a Received carrying data from sender, for code that
+// produces the event itself (a test, a layer in front of a handler).
+func NewReceived(data []byte, sender netip.AddrPort) Received {
+	return Received{&datagram{data, sender}}
+}
+
+// Data is the datagram's payload; nil for the zero Received.
+func (r Received) Data() []byte {
+	if r.d == nil {
+		return nil
+	}
+	return r.d.data
+}
+
+// Sender is the datagram's source; an IPv4-mapped IPv6 source is given as
+// plain IPv4. Zero for the zero Received.
+func (r Received) Sender() netip.AddrPort {
+	if r.d == nil {
+		return netip.AddrPort{}
+	}
+	return r.d.sender
 }
 
 // ErrWouldBlock is the Cause of CommandFailed for a Send (or SendMany) the

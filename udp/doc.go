@@ -15,7 +15,7 @@
 //		switch m := msg.(type) {
 //		case udp.Bound: // m.Socket (also ctx.Sender()) takes commands
 //			h.sock = m.Socket
-//		case *udp.Received: // m.Data is valid until Receive returns
+//		case udp.Received: // m.Data is valid until Receive returns
 //			ctx.Tell(h.sock, udp.Send{Data: m.Data, Target: m.Sender, Ack: sent{}})
 //		case udp.CommandFailed: // m.Cmd failed because of m.Cause
 //		}
@@ -25,7 +25,7 @@
 // [SimpleSender] → [SimpleSenderReady]; or [CommandFailed]. Commands to a
 // socket: [Send], [SendMany], [SuspendReading], [ResumeReading],
 // [ResumeWriting], [Unbind] → [Unbound], [Disconnect] → [Disconnected]. A
-// socket tells its handler *[Received] for each datagram and [ErrorReceived]
+// socket tells its handler [Received] for each datagram and [ErrorReceived]
 // for an ICMP error on a connected socket. Every command is accepted as a
 // value or as a pointer; replies go to the command's sender, or to the
 // handler when the sender is zero (a Tell from outside any actor). A socket
@@ -38,7 +38,7 @@
 // # No allocation per datagram
 //
 // A socket reads into buffers its loop owns and hands a same-loop handler a
-// *Received that the socket owns too (see [Received] for how long it lives);
+// [Received] whose bytes the socket owns (see [Received] for how long they live);
 // a handler on another loop, or a blocking one, gets a copy. A sender that
 // keeps one *[Send] (or one *[SendMany]) per datagram in flight, and acks
 // that are pointers, zero-size or nil, costs no allocation either: the socket

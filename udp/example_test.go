@@ -25,8 +25,8 @@ func Example() {
 		switch m := msg.(type) {
 		case udp.Bound:
 			bound <- m.LocalAddr
-		case *udp.Received:
-			ctx.Reply(udp.Send{Data: m.Data, Target: m.Sender})
+		case udp.Received:
+			ctx.Reply(udp.Send{Data: m.Data(), Target: m.Sender()})
 		}
 	}))
 	udp.Manager(sys).Tell(udp.Bind{Handler: server, LocalAddr: netip.MustParseAddrPort("127.0.0.1:0")})
@@ -38,8 +38,8 @@ func Example() {
 		switch m := msg.(type) {
 		case udp.Bound:
 			ctx.Reply(udp.Send{Data: []byte("hello"), Target: serverAddr})
-		case *udp.Received:
-			replies <- string(m.Data) // a copy
+		case udp.Received:
+			replies <- string(m.Data()) // a copy
 		case udp.CommandFailed:
 			replies <- m.Cause.Error()
 		}

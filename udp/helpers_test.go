@@ -54,12 +54,12 @@ type event struct {
 }
 
 // spawnProbe starts a handler on l that forwards every message to the
-// returned channel, copying the data of *udp.Received (which it may not keep).
+// returned channel, copying the data of udp.Received (which it may not keep).
 func spawnProbe(sys *netio.System, l *netio.Loop) (netio.Ref, chan event) {
 	ch := make(chan event, 1<<14)
 	ref := sys.SpawnOn(l, netio.ReceiveFunc(func(ctx *netio.Context, msg any) {
-		if r, ok := msg.(*udp.Received); ok {
-			msg = &udp.Received{Data: bytes.Clone(r.Data), Sender: r.Sender}
+		if r, ok := msg.(udp.Received); ok {
+			msg = udp.NewReceived(bytes.Clone(r.Data()), r.Sender())
 		}
 		ch <- event{Msg: msg, From: ctx.Sender()}
 	}))
@@ -94,12 +94,12 @@ func expectNothing(t *testing.T, ch <-chan event, d time.Duration) {
 
 func expectData(t *testing.T, ch <-chan event, want string, from netip.AddrPort) {
 	t.Helper()
-	r, _ := expect[*udp.Received](t, ch)
-	if string(r.Data) != want {
-		t.Fatalf("received %q; want %q", r.Data, want)
+	r, _ := expect[udp.Received](t, ch)
+	if string(r.Data()) != want {
+		t.Fatalf("received %q; want %q", r.Data(), want)
 	}
-	if from.IsValid() && r.Sender != from {
-		t.Fatalf("received from %v; want %v", r.Sender, from)
+	if from.IsValid() && r.Sender() != from {
+		t.Fatalf("received from %v; want %v", r.Sender(), from)
 	}
 }
 

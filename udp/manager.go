@@ -142,14 +142,14 @@ func (s *spec) fromSimple(c *SimpleSender) {
 // the UDP sockets of that loop. Only the loop's goroutine touches them: a
 // socket fills them in an FDHandler callback (or while processing a command)
 // and the loop drains its queue before any other socket's callback, so the
-// *Received values handed to same-loop handlers are consumed before reuse.
+// Received values handed to same-loop handlers are consumed before reuse.
 type loopBufs struct {
 	data  []byte
 	rmsgs []unix.Mmsghdr
 	riov  []unix.Iovec
 	rname []rawAddr
 	rctrl []ctrlBuf
-	recvs []Received
+	recvs []datagram
 	// The layout the headers have: layoutN slots of layoutSize bytes.
 	layoutN, layoutSize int
 
@@ -173,7 +173,7 @@ func (b *loopBufs) prepareRecv(n, size int) {
 		b.riov = make([]unix.Iovec, n)
 		b.rname = make([]rawAddr, n)
 		b.rctrl = make([]ctrlBuf, n)
-		b.recvs = make([]Received, n)
+		b.recvs = make([]datagram, n)
 	}
 	for i := 0; i < n; i++ {
 		iov := &b.riov[i]

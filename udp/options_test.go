@@ -182,8 +182,8 @@ func TestMetrics(t *testing.T) {
 		ss.Tell(udp.Send{Data: make([]byte, 100), Target: rb.LocalAddr})
 		ss.Tell(udp.Send{Data: make([]byte, 50), Target: rb.LocalAddr})
 		for _, want := range []int{100, 50} {
-			if r, _ := expect[*udp.Received](t, chr); len(r.Data) != want {
-				t.Fatalf("received %d bytes; want %d", len(r.Data), want)
+			if r, _ := expect[udp.Received](t, chr); len(r.Data()) != want {
+				t.Fatalf("received %d bytes; want %d", len(r.Data()), want)
 			}
 		}
 		ss.Tell(udp.Unbind{})

@@ -56,7 +56,7 @@ type counter struct {
 }
 
 func (c *counter) Receive(ctx *netio.Context, msg any) {
-	if r, ok := msg.(*udp.Received); ok && string(r.Data) != "end" {
+	if r, ok := msg.(udp.Received); ok && string(r.Data()) != "end" {
 		c.n.Add(1)
 		return
 	}
@@ -131,8 +131,8 @@ func TestSuspendedReadingDropsInKernel(t *testing.T) {
 		hs, chs := spawnProbe(sys, sys.Loops()[1])
 		ss, _ := bind(t, sys, hs, chs, ap(lo, 0))
 		ss.Tell(udp.Send{Data: []byte("end"), Target: b.LocalAddr})
-		if r, _ := expect[*udp.Received](t, rc.ch); string(r.Data) != "end" {
-			t.Fatalf("got %q", r.Data)
+		if r, _ := expect[udp.Received](t, rc.ch); string(r.Data()) != "end" {
+			t.Fatalf("got %q", r.Data())
 		}
 		kept := rc.n.Load()
 		drops := int64(gather(t, reg, "ioactor_udp_kernel_drops_total"))
@@ -239,8 +239,8 @@ func (r *inOrder) Receive(ctx *netio.Context, msg any) {
 	switch m := msg.(type) {
 	case udp.Bound:
 		r.bound <- m
-	case *udp.Received:
-		seq := int64(binary.BigEndian.Uint64(m.Data))
+	case udp.Received:
+		seq := int64(binary.BigEndian.Uint64(m.Data()))
 		next := r.progress.Load()
 		if seq != next && r.bad.Load() == 0 {
 			r.bad.Store(seq + 1)

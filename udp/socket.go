@@ -388,10 +388,10 @@ func (s *socket) read(ctx *netio.Context) {
 		data := b.data[off : off+l : off+l]
 		if s.sameLoop {
 			r := &b.recvs[i]
-			r.Data, r.Sender = data, from
-			ctx.Tell(s.handler, r)
+			r.data, r.sender = data, from
+			ctx.Tell(s.handler, Received{r})
 		} else {
-			ctx.Tell(s.handler, &Received{Data: append([]byte(nil), data...), Sender: from})
+			ctx.Tell(s.handler, NewReceived(append([]byte(nil), data...), from))
 		}
 		delivered++
 		nbytes += uint64(l)

@@ -29,9 +29,9 @@ func TestBindSendReceiveUnbind(t *testing.T) {
 		if ack, from := expect[string](t, cha); ack != "ack-1" || from != sa {
 			t.Fatalf("ack %q from %v", ack, from)
 		}
-		r, from := expect[*udp.Received](t, chb)
-		if string(r.Data) != "hello" || r.Sender != addrA || from != sb {
-			t.Fatalf("received %q from %v via %v", r.Data, r.Sender, from)
+		r, from := expect[udp.Received](t, chb)
+		if string(r.Data()) != "hello" || r.Sender() != addrA || from != sb {
+			t.Fatalf("received %q from %v via %v", r.Data(), r.Sender(), from)
 		}
 
 		// A pointer Send, reused, and a reply the other way.
@@ -131,9 +131,9 @@ func TestSimpleSender(t *testing.T) {
 		}
 		ready.Socket.Tell(udp.Send{Data: []byte("simple"), Target: dst, Ack: 1})
 		expect[int](t, chs)
-		r, _ := expect[*udp.Received](t, chr)
-		if string(r.Data) != "simple" || r.Sender.Addr() != lo {
-			t.Fatalf("received %q from %v", r.Data, r.Sender)
+		r, _ := expect[udp.Received](t, chr)
+		if string(r.Data()) != "simple" || r.Sender().Addr() != lo {
+			t.Fatalf("received %q from %v", r.Data(), r.Sender())
 		}
 
 		// One bound to the family's loopback.
@@ -340,13 +340,13 @@ func TestHandlerStopClosesSocket(t *testing.T) {
 func TestBlockingHandlerGetsCopies(t *testing.T) {
 	forEachFamily(t, func(t *testing.T, lo netip.Addr) {
 		sys := newSystem(t, 2, nil)
-		got := make(chan *udp.Received, 256)
+		got := make(chan udp.Received, 256)
 		ready := make(chan udp.Bound, 1)
 		h := sys.SpawnBlocking(netio.ReceiveFunc(func(ctx *netio.Context, msg any) {
 			switch m := msg.(type) {
 			case udp.Bound:
 				ready <- m
-			case *udp.Received:
+			case udp.Received:
 				got <- m // kept without copying
 			}
 		}))
@@ -363,7 +363,7 @@ func TestBlockingHandlerGetsCopies(t *testing.T) {
 		for i := range n {
 			ss.Tell(udp.Send{Data: []byte{byte(i), byte(i >> 8), 0xee}, Target: b.LocalAddr})
 		}
-		var all []*udp.Received
+		var all []udp.Received
 		for range n {
 			select {
 			case r := <-got:
@@ -373,8 +373,8 @@ func TestBlockingHandlerGetsCopies(t *testing.T) {
 			}
 		}
 		for i, r := range all {
-			if len(r.Data) != 3 || int(r.Data[0])|int(r.Data[1])<<8 != i || r.Data[2] != 0xee {
-				t.Fatalf("datagram %d is %x", i, r.Data)
+			if len(r.Data()) != 3 || int(r.Data()[0])|int(r.Data()[1])<<8 != i || r.Data()[2] != 0xee {
+				t.Fatalf("datagram %d is %x", i, r.Data())
 			}
 		}
 		h.Stop()

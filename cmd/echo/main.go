@@ -81,7 +81,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		bound <- err
 	}}
 	ref := sys.Spawn(srv)
-	tcp.Manager(sys).Tell(tcp.Bind{Handler: ref, Addr: addr, PullMode: flow == backpressure.FlowPull})
+	tcp.Manager(sys).Tell(tcp.Bind{Handler: ref, LocalAddr: addr, PullMode: flow == backpressure.FlowPull})
 	select {
 	case err = <-bound:
 	case <-ctx.Done():
