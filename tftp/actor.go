@@ -104,7 +104,7 @@ func (a *transferActor) setTimer(x *xfer, at time.Time) {
 	armTimer(a.ctx, &a.timer, &a.armed, at, &x.timerTok)
 }
 
-func (a *transferActor) commit(x *xfer, u *Upload) {
+func (a *transferActor) commit(x *xfer, u WriteFile) {
 	a.srv.commit(a.ctx.Self(), x, u)
 }
 

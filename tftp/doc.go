@@ -123,9 +123,35 @@
 // kind and AppendX appends one to a buffer; DATA and ACK do not allocate.
 // [Negotiate] is the server side of option negotiation, [ParseOACKReply]
 // the client side. [NetasciiEncoder] and [NetasciiDecoder] convert one
-// buffer at a time, so a sender fills every block exactly. [FS] serves one
-// directory tree through [os.Root]: names that leave it, through ".." or
-// symbolic links, are refused. [ErrorCodeOf] maps errors to ERROR codes.
+// buffer at a time, so a sender fills every block exactly. [ErrorCodeOf]
+// maps errors to ERROR codes.
+//
+// # Files
+//
+// A server asks its [Files] ([ServerConfig].FS) to open each request's
+// file: OpenRead returns the content and its size (or an error, whose
+// [ErrorCodeOf] is the ERROR the client gets; an [*Error] chooses code and
+// message), OpenWrite an upload that commits atomically or aborts. The
+// request ([FileRequest]) carries the name, the client's address, the mode
+// and the options.
+//
+//   - [FS], the default (ServerConfig.Root), serves one directory tree
+//     through [os.Root]: names that leave it, through ".." or symbolic
+//     links, are refused; uploads go to a temporary file renamed into
+//     place. Its files are read with preadv(2), a window per system call.
+//   - [FromFS] serves any [fs.FS] read-only: an [embed.FS], an
+//     [testing/fstest.MapFS], an [os.DirFS].
+//   - [ReadFunc] serves content generated per request, from memory.
+//   - ServerConfig.Rewrite maps names first: [Remap] reads tftpd-hpa's
+//     remap rules (a Windows client's "boot\pxelinux.0" becomes
+//     "boot/pxelinux.0"), [FS.ClientDir] gives each client a directory
+//     of its own (dnsmasq's --tftp-unique-root), [ChainRewrite] combines
+//     them.
+//
+// Content with ReadAt (an [*os.File], a [bytes.Reader]) can be read at
+// any offset; other content is read once, in order. Netascii works with
+// both. A replicated server (package tftp/cluster) serves an [FS] only
+// (see [ErrNotReplicable]).
 //
 // # Replication
 //
@@ -157,7 +183,8 @@
 //
 // The codec and negotiation functions are pure and may be called from any
 // goroutine. A Server's and a Client's methods are safe from any
-// goroutine; an [FS] may be shared; encoders, decoders and uploads belong
+// goroutine; an [FS], the [Files] of this package and a [Remap] may be
+// shared; encoders, decoders and uploads belong
 // to one transfer.
 //
 // # Limitations

@@ -31,7 +31,7 @@ var (
 	// FIFO or other file that is not a regular file.
 	ErrNotRegular = errors.New("tftp: not a regular file")
 	// ErrWriteDisabled reports an upload to an [FS] that does not allow
-	// writes.
+	// writes, or to read-only [Files] ([FromFS], [ReadFunc]).
 	ErrWriteDisabled = errors.New("tftp: writes are disabled")
 	// ErrExists reports an upload to a name that exists in an [FS] that
 	// does not allow overwrites.

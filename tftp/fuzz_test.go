@@ -274,7 +274,7 @@ type fuzzIO struct {
 	sent    [][]byte // to the client
 	errs    []netip.AddrPort
 	pending bool
-	commits []*Upload
+	commits []WriteFile
 	done    bool
 }
 
@@ -293,7 +293,7 @@ func (f *fuzzIO) sendError(x *xfer, to netip.AddrPort, pkt []byte) {
 }
 func (f *fuzzIO) resumeWriting(x *xfer)          {}
 func (f *fuzzIO) setTimer(x *xfer, at time.Time) {}
-func (f *fuzzIO) commit(x *xfer, u *Upload)      { f.commits = append(f.commits, u) }
+func (f *fuzzIO) commit(x *xfer, u WriteFile)    { f.commits = append(f.commits, u) }
 func (f *fuzzIO) finish(x *xfer)                 { f.done = true }
 func (f *fuzzIO) begin(x *xfer, st TransferState) {
 	panic("begin: the fuzzed server has no Replicator")

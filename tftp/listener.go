@@ -482,7 +482,7 @@ func (l *listener) setTimer(x *xfer, at time.Time) {
 	armTimer(l.ctx, &x.ent.timer, &x.ent.armed, at, &x.timerTok)
 }
 
-func (l *listener) commit(x *xfer, u *Upload) {
+func (l *listener) commit(x *xfer, u WriteFile) {
 	l.srv.commit(l.ctx.Self(), x, u)
 }
 
@@ -525,7 +525,7 @@ func armTimer(ctx *netio.Context, t **netio.Timer, armed *time.Time, at time.Tim
 
 // commit runs u.Commit (which syncs to disk) on a goroutine the server
 // waits for at shutdown, and tells to the outcome.
-func (s *Server) commit(to netio.Ref, x *xfer, u *Upload) {
+func (s *Server) commit(to netio.Ref, x *xfer, u WriteFile) {
 	s.commits.Add(1)
 	rep := s.cfg.Replicator
 	var st TransferState
@@ -540,7 +540,7 @@ func (s *Server) commit(to netio.Ref, x *xfer, u *Upload) {
 		}
 		// Replicated: every node (this one too) publishes the file from
 		// the replicated content; the local temporary file goes.
-		content, err := u.content()
+		content, err := uploadContent(u)
 		if err == nil {
 			err = rep.CommitUpload(st, content)
 			content.Close()

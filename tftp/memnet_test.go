@@ -256,7 +256,7 @@ func (d *memDriver) send(x *xfer, dgs [][]byte) {
 func (d *memDriver) sendError(x *xfer, to netip.AddrPort, pkt []byte) { d.conn.writeTo(pkt, to) }
 func (d *memDriver) resumeWriting(x *xfer)                            {}
 func (d *memDriver) setTimer(x *xfer, at time.Time)                   { d.timerAt = at }
-func (d *memDriver) commit(x *xfer, u *Upload) {
+func (d *memDriver) commit(x *xfer, u WriteFile) {
 	err := u.Commit()
 	d.events = append(d.events, func() { x.committed(time.Now(), err) })
 }

@@ -89,16 +89,26 @@ func (fsys *FS) Open(name string) (*os.File, int64, error) {
 	if err != nil {
 		return nil, 0, fsys.wrap(err)
 	}
+	size, err := regularSize(f, name)
+	if err != nil {
+		return nil, 0, err
+	}
+	return f, size, nil
+}
+
+// regularSize returns the size of an open file, or closes it and refuses
+// it if it is not a regular file.
+func regularSize(f fs.File, name string) (int64, error) {
 	fi, err := f.Stat()
 	if err != nil {
 		f.Close()
-		return nil, 0, fmt.Errorf("tftp: %w", err)
+		return 0, fmt.Errorf("tftp: %w", err)
 	}
 	if !fi.Mode().IsRegular() {
 		f.Close()
-		return nil, 0, fmt.Errorf("%w: %q", ErrNotRegular, name)
+		return 0, fmt.Errorf("%w: %q", ErrNotRegular, name)
 	}
-	return f, fi.Size(), nil
+	return fi.Size(), nil
 }
 
 // Create starts an upload to name. It fails if the FS does not allow

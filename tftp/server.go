@@ -23,14 +23,23 @@ import (
 // Zero means the default; where noted, negative turns a feature off. A
 // config must not be modified once passed to NewServer.
 type ServerConfig struct {
-	// FS is the file tree served. When nil, the server opens Root with
-	// AllowWrite and AllowOverwrite, and closes it when it stops.
-	FS *FS
+	// FS is what the server serves: an [*FS] (a directory), [FromFS] (any
+	// [fs.FS]), [ReadFunc] (generated content) or any [Files]. When nil,
+	// the server opens Root with AllowWrite and AllowOverwrite, and
+	// closes it when it stops. A replicated server (Replicator, Resume)
+	// needs an *FS: see [ErrNotReplicable].
+	FS Files
 	// Root is the directory served when FS is nil.
 	Root string
 	// AllowWrite allows uploads (WRQ); AllowOverwrite lets an upload
 	// replace an existing file. Used only when FS is nil.
 	AllowWrite, AllowOverwrite bool
+	// Rewrite, when not nil, maps each request's file name before FS
+	// opens it: a [Remap] (tftpd-hpa's remap rules), [FS.ClientDir] (a
+	// directory per client), or several with [ChainRewrite]. An error
+	// refuses the request, as an error of [Files] does. It runs on the
+	// event loop. The transfer's state records the rewritten name.
+	Rewrite func(FileRequest) (string, error)
 
 	// Listen is the server port's address; zero means 127.0.0.1:6969.
 	// Port 0 picks a free port: see [Server.Addr]. An IPv6 wildcard
@@ -270,8 +279,8 @@ func (c ServerConfig) withDefaults() ServerConfig {
 type Server struct {
 	cfg    ServerConfig
 	sys    *netio.System
-	fs     *FS
-	ownFS  bool
+	files  Files
+	ownFS  *FS // the FS opened from Root, closed at stop
 	limits Limits
 	log    *slog.Logger
 	m      *metrics
@@ -332,7 +341,7 @@ func NewServer(sys *netio.System, cfg ServerConfig) (*Server, error) {
 // a server but its actors.
 func newServerState(cfg ServerConfig, loops int) (*Server, error) {
 	s := &Server{
-		cfg: cfg, fs: cfg.FS, log: cfg.Logger,
+		cfg: cfg, log: cfg.Logger,
 		limits:  Limits{MaxBlockSize: cfg.MaxBlockSize, MaxWindowSize: cfg.MaxWindowSize, MaxTimeout: cfg.MaxTimeoutOption},
 		m:       newMetrics(loops),
 		drained: make(chan struct{}),
@@ -347,15 +356,9 @@ func newServerState(cfg ServerConfig, loops int) (*Server, error) {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
-	if s.fs == nil {
-		if cfg.Root == "" {
-			return nil, errors.New("tftp: ServerConfig needs a Root or an FS")
-		}
-		fsys, err := NewFS(FSConfig{Root: cfg.Root, AllowWrite: cfg.AllowWrite, AllowOverwrite: cfg.AllowOverwrite})
-		if err != nil {
-			return nil, err
-		}
-		s.fs, s.ownFS = fsys, true
+	var err error
+	if s.files, s.ownFS, err = serverFiles(&cfg); err != nil {
+		return nil, err
 	}
 	if reg := cfg.Registerer; reg != nil {
 		for i, c := range s.m.collectors() {
@@ -473,7 +476,7 @@ func (s *Server) release() {
 }
 
 func (s *Server) closeFS() {
-	if s.ownFS {
-		s.fs.Close()
+	if s.ownFS != nil {
+		s.ownFS.Close()
 	}
 }

@@ -33,10 +33,17 @@ type fileSource struct {
 	err error
 }
 
+// rawFile is content with a file descriptor that preadv reads: an
+// *os.File, or a type that wraps one.
+type rawFile interface {
+	io.ReaderAt
+	SyscallConn() (syscall.RawConn, error)
+}
+
 // newOctetSource returns a source for f from offset off: vectored reads
-// for an *os.File, ReadAt otherwise.
+// for an *os.File (or another rawFile), ReadAt otherwise.
 func newOctetSource(f io.ReaderAt, off int64) blockSource {
-	if file, ok := f.(*os.File); ok {
+	if file, ok := f.(rawFile); ok {
 		if rc, err := file.SyscallConn(); err == nil {
 			s := &fileSource{octetSource: octetSource{f: f, off: off}, rc: rc}
 			s.fn = s.preadv

@@ -22,7 +22,7 @@ type TransferState struct {
 	Op       Opcode         // OpRRQ or OpWRQ
 	Client   netip.AddrPort // the client's TID
 	Server   netip.AddrPort // the server's TID: where replies come from
-	Filename string
+	Filename string         // after ServerConfig.Rewrite: the name the Files opened
 	Mode     string
 	// Negotiated holds the transfer parameters; Options the OACK packet
 	// sent, if any (nil: the transfer started without options).

@@ -3,9 +3,9 @@ package tftp
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
-	"os"
 	"sync/atomic"
 	"time"
 
@@ -31,7 +31,7 @@ type xferIO interface {
 	setTimer(x *xfer, at time.Time)
 	// commit runs u.Commit away from the event loop (it syncs to disk)
 	// and reports with committed.
-	commit(x *xfer, u *Upload)
+	commit(x *xfer, u WriteFile)
 	// begin runs Replicator.Begin away from the event loop and reports
 	// with begun.
 	begin(x *xfer, st TransferState)
@@ -98,9 +98,9 @@ type xfer struct {
 	snd  *sender
 	rcv  *receiver
 
-	file *os.File
+	file io.Reader // the download's content
 	size int64
-	up   *Upload
+	up   WriteFile
 	dec  NetasciiDecoder
 	dbuf []byte // netascii decoding scratch
 	// bytes is the payload reported to the metrics so far.
@@ -205,9 +205,9 @@ func (x *xfer) resume(now time.Time, local netip.AddrPort, st TransferState) {
 	x.local = local
 	x.counted = true
 	x.shard.active.Add(1)
-	f, size, err := x.srv.fs.Open(st.Filename)
+	f, size, err := x.reopen(st)
 	if err == nil && size != st.Size {
-		f.Close()
+		closeContent(f)
 		err = &Error{Code: ErrUndefined, Message: "the file changed during the transfer"}
 	}
 	if err != nil {
@@ -217,9 +217,10 @@ func (x *xfer) resume(now time.Time, local netip.AddrPort, st TransferState) {
 	x.file, x.size, x.neg = f, size, st.Negotiated
 	x.ckpt = st.Block
 	octet := st.Mode != ModeNetascii
-	src := newOctetSource(f, st.Offset)
-	if !octet {
-		src = newNetasciiSource(f, sourcePos{Offset: st.Offset, Enc: NetasciiEncoder{owed: owedByte(st.Netascii)}})
+	src, err := contentSource(f, !octet, sourcePos{Offset: st.Offset, Enc: NetasciiEncoder{owed: owedByte(st.Netascii)}})
+	if err != nil {
+		x.fail(err)
+		return
 	}
 	var oack []byte
 	if st.Block == 0 {
@@ -352,7 +353,7 @@ func (x *xfer) expires(now time.Time) time.Time {
 }
 
 func (x *xfer) startRead(now time.Time) error {
-	f, size, err := x.srv.fs.Open(x.req.Filename)
+	f, size, err := x.openRead()
 	if err != nil {
 		return err
 	}
@@ -365,9 +366,9 @@ func (x *xfer) startRead(now time.Time) error {
 	if x.srv.cfg.Rollover == RolloverRefuse && size/int64(x.neg.BlockSize) >= maxBlocksNoRollover {
 		return errTooManyBlocks
 	}
-	src := newOctetSource(f, 0)
-	if x.req.Mode == ModeNetascii {
-		src = newNetasciiSource(f, sourcePos{})
+	src, err := contentSource(f, x.req.Mode == ModeNetascii, sourcePos{})
+	if err != nil {
+		return err
 	}
 	r, _ := x.timing()
 	x.snd = newSender(senderConfig{
@@ -392,7 +393,7 @@ func (x *xfer) startWrite(now time.Time) error {
 	if max := x.srv.cfg.MaxUploadSize; max > 0 && x.neg.TSize > max {
 		return &Error{Code: ErrDiskFull, Message: fmt.Sprintf("file too large: the limit is %d bytes", max)}
 	}
-	up, err := x.srv.fs.Create(x.req.Filename)
+	up, err := x.openWrite()
 	if err != nil {
 		return err
 	}
@@ -869,7 +870,7 @@ func (x *xfer) finish() {
 	}
 	x.finished = true
 	if x.file != nil {
-		x.file.Close()
+		closeContent(x.file)
 		x.file = nil
 	}
 	if x.up != nil {

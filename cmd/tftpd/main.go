@@ -7,9 +7,11 @@
 //	tftpd -cluster -cluster-tls n1 -node-id n1 -data n1/data ...
 //
 // It serves -root (the current directory by default) and nothing outside
-// it: ".." and symbolic links that leave the root are refused. Uploads are
-// off unless -allow-write; they are written to a temporary file and renamed
-// into place only when complete. SIGINT or SIGTERM drains: no new
+// it: ".." and symbolic links that leave the root are refused. -map-file
+// rewrites the requested names first, with tftpd-hpa's remap rules (see
+// tftp.Remap); a rewritten name is confined to the root all the same.
+// Uploads are off unless -allow-write; they are written to a temporary
+// file and renamed into place only when complete. SIGINT or SIGTERM drains: no new
 // transfers, the running ones get -drain-timeout to finish; a second signal
 // stops at once.
 package main
@@ -47,6 +49,7 @@ func main() { cli.Main("tftpd", run) }
 type options struct {
 	root, listen, metrics        string
 	pprof                        bool
+	mapFile                      string
 	write, overwrite, singlePort bool
 	maxBlksize, maxWindow        int
 	clamp                        bool
@@ -79,6 +82,7 @@ func parse(args []string, stdout, stderr io.Writer) (*options, error) {
 	}
 	fs.StringVar(&o.root, "root", ".", "directory to serve; nothing outside it is reachable")
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:6969", "UDP address of the server port ([::]:69 for every address)")
+	fs.StringVar(&o.mapFile, "map-file", "", "file of name remapping rules, in tftpd-hpa's format (e.g. 'rg \\\\ /' turns backslashes into slashes); names stay confined to -root")
 	fs.BoolVar(&o.write, "allow-write", false, "allow uploads (WRQ)")
 	fs.BoolVar(&o.overwrite, "allow-overwrite", false, "let uploads replace existing files")
 	fs.BoolVar(&o.singlePort, "single-port", false, "answer every transfer from the server port (for NAT and containers)")
@@ -205,6 +209,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Timeout: o.timeout, MinTimeout: o.minTimeout, Retries: retries(o.retries),
 		TransferDeadline: o.deadline, MaxTransfers: o.maxTransfers, MaxUploadSize: o.maxUpload,
 		Logger: logger, Registerer: reg,
+	}
+	if o.mapFile != "" {
+		// Read before privileges are dropped; a bad rule stops the start.
+		rules, err := tftp.LoadRemap(o.mapFile)
+		if err != nil {
+			return fmt.Errorf("-map-file: %w", err)
+		}
+		tcfg.Rewrite = rules.Rewrite
+		logger.Info("tftpd: remapping file names", "map_file", o.mapFile, "rules", rules.Len())
 	}
 	o.apply(&tcfg)
 	if o.cluster {

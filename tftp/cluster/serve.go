@@ -341,7 +341,9 @@ func (c *sumCache) sum(fsys *tftp.FS, name string) (string, error) {
 // ServeConfig configures [Serve].
 type ServeConfig struct {
 	// TFTP is the server's configuration; Serve sets SinglePort and the
-	// Replicator, and needs FS set (the node's FS).
+	// Replicator, and needs FS set to the node's [*tftp.FS] (a replicated
+	// server serves a directory tree only: see [tftp.ErrNotReplicable]);
+	// a Rewrite hook is allowed.
 	TFTP tftp.ServerConfig
 	// Registerer, when not nil, receives the failover metrics.
 	Registerer prometheus.Registerer
@@ -362,12 +364,13 @@ type ServeConfig struct {
 // two nodes never answer a client. A graceful stop (ctx cancelled) hands
 // leadership over first.
 func Serve(ctx context.Context, sys *netio.System, n *Node, cfg ServeConfig) error {
-	if cfg.TFTP.FS == nil {
-		return errors.New("cluster: ServeConfig.TFTP.FS is required")
+	fsys, ok := cfg.TFTP.FS.(*tftp.FS)
+	if !ok || fsys == nil {
+		return fmt.Errorf("cluster: ServeConfig.TFTP.FS must be the node's *tftp.FS: %w", tftp.ErrNotReplicable)
 	}
 	m := newServeMetrics(cfg.Registerer)
 	defer m.unregister()
-	rep := newReplicator(n, cfg.TFTP.FS, m)
+	rep := newReplicator(n, fsys, m)
 	defer rep.close()
 	tcfg := cfg.TFTP
 	tcfg.SinglePort = true
@@ -437,7 +440,7 @@ func Serve(ctx context.Context, sys *netio.System, n *Node, cfg ServeConfig) err
 			var states []tftp.TransferState
 			for _, r := range n.Transfers() {
 				if r.State.Op == tftp.OpRRQ && r.SHA256 != "" {
-					if sum, err := rep.sums.sum(cfg.TFTP.FS, r.State.Filename); err != nil || sum != r.SHA256 {
+					if sum, err := rep.sums.sum(fsys, r.State.Filename); err != nil || sum != r.SHA256 {
 						n.log.Error("cluster: file differs from the one the transfer started with; not resuming", "file", r.State.Filename, "err", err)
 						rep.End(r.State)
 						continue
