@@ -404,4 +404,3 @@ func (l *listener) terminated(ref netio.Ref) {
 	}
 	l.checkClosed()
 }
-

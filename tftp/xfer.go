@@ -13,28 +13,33 @@ import (
 
 // xferState is where a server transfer stands. Each event of a transfer is
 // one method of xfer (start, resume, begun, packet, timer, sent,
-// sendFailed, writable, committed, again, cancel) that acts by the state,
-// and the replication hooks run at the transitions (xfer.to), not in the
-// sending code. The diagram is also at the top of the package doc.
+// sendFailed, writable, committed, requestAgain, cancel) that acts by the
+// state, and the replication hooks run at the transitions (xfer.to) and
+// at the checkpoints of running (xfer.checkpoint), not in the sending
+// code. The diagram is also at the top of the package doc.
 //
-//	new ── start: check the request, open the file, negotiate ──┬── refused ──────────┐
-//	 │                                                          │ with a Replicator   │
-//	 │ resume: another server's download                        ▼                     │
-//	 │                                       beginning (Replicator.Begin) ─ failed ───┤
-//	 │                                                          │ begun               │
-//	 ▼                                                          │                     │
-//	running ◄───────────────────────────────────────────────────┘                     │
-//	 │  the sender (RRQ) or receiver (WRQ) exchanges packets; Replicator.Progress     │
-//	 │  every CheckpointInterval; sends hold while Replicator.Stalled                 │
-//	 │                                                                                │
-//	 ├── the last DATA came (WRQ) ──► committing (Commit or Replicator.CommitUpload)  │
-//	 │                                 │ committed                 └─ failed ─────────┤
-//	 │                                 ▼                                              │
-//	 │                                dallying: re-ACK the last DATA                  │
-//	 │                                 └─ dally over, the client's ERROR, cancel ─────┤
-//	 │                                                                                ▼
-//	 └── the last ACK (RRQ), the client's ERROR, timeout, deadline, failure, cancel ─► finished
-//	                                      (Replicator.End; a cancelled download: Progress)
+//	            request                        Resume: another server's download
+//	               │                                           │
+//	               ▼                                           │
+//	  ┌─ refused ─ new: check, open the file, negotiate        │
+//	  │            │ with a Replicator      │ without          │
+//	  │            ▼                        │                  │
+//	  ├─ fails ─── beginning                │                  │
+//	  │            │ Replicator.Begin done  │                  │
+//	  │            ▼                        ▼                  ▼
+//	  ├─────────── running ◄────────────────┴──────────────────┘
+//	  │ last ACK,    DATA and ACKs; Replicator.Progress every CheckpointInterval;
+//	  │ an ERROR,    sending holds while Replicator.Stalled
+//	  │ timeout,   │ the last DATA of an upload
+//	  │ cancel     ▼
+//	  ├─ fails ─── committing: sync and rename, or Replicator.CommitUpload
+//	  │            │ published
+//	  │            ▼
+//	  ├─────────── dallying: the last ACK again when the client asks
+//	  │ over, an ERROR, cancel
+//	  ▼
+//	finished: the file released; Replicator.End (a download the server
+//	          cancelled: a last Progress instead)
 type xferState uint8
 
 const (
