@@ -265,8 +265,8 @@ func (c ServerConfig) withDefaults() ServerConfig {
 
 // Server is a TFTP server on a netio system: a listener actor on the server
 // port, and one transfer actor per transfer, with a UDP socket of its own
-// (or, in single-port mode, transfers multiplexed on the listener's
-// socket). Its methods are safe from any goroutine.
+// (or, in single-port mode, on the listener's loop, sending through the
+// listener's socket). Its methods are safe from any goroutine.
 type Server struct {
 	cfg    ServerConfig
 	sys    *netio.System
