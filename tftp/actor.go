@@ -8,116 +8,241 @@ import (
 	"github.com/ioactor/ioactor/udp"
 )
 
-// transferActor runs one transfer on a UDP socket of its own, bound to a
-// fresh port: the server's transfer ID (RFC 1350). The socket lives on the
-// actor's loop, so datagrams reach the transfer without a copy, and closes
-// when the actor stops.
+// transfer is the actor of one server transfer, in both modes, and the
+// only driver of its xfer: it hands the xfer each event (a datagram, the
+// timer, the socket's answers, the answers of the slow work it runs away
+// from the loop) and carries out what the event asked for (xfer.out, see
+// apply).
 //
-//	binding ──Bound──► running (xfer) ──xfer.finish──► stopped
-//	   └──CommandFailed──────────────────────────────► stopped
-type transferActor struct {
+// By default it binds a UDP socket of its own on a fresh port, the server's
+// transfer ID (RFC 1350); the socket lives on the actor's loop, so
+// datagrams reach the transfer without a copy, and closes when the actor
+// stops. In single-port mode it runs on the listener's loop and sends
+// through the listener's socket, which acknowledges each send to it; the
+// listener forwards it the client's datagrams (netio.Context.Deliver: a
+// direct call when the transfer is idle).
+//
+// It tells the listener what the listener needs to know: dallyingMsg when
+// the transfer only lingers (Shutdown does not wait for it, and the same
+// request from the client is a new one), abortedMsg when the client ended
+// it with an ERROR before answering anything (a repeat of the request the
+// listener holds then starts); its end the listener learns by death watch
+// (netio.Terminated).
+//
+//	own socket:  binding ──Bound──► xfer.start … ──out.done──► stopped
+//	                └──CommandFailed─────────────────────────► stopped
+//	single port: xfer.start (or xfer.resume) … ──out.done───► stopped
+type transfer struct {
 	srv    *Server
+	lis    netio.Ref
 	req    Request
 	client netip.AddrPort
-	ent    *entry     // the listener's; only its atomics are shared
-	listen netip.Addr // the server port's address: transfer ports use it too
+	// resumed, when not nil, is the download of another server this one
+	// takes over (ServerConfig.Resume).
+	resumed *TransferState
+	// sock is the socket it sends through: the listener's in single-port
+	// mode (shared is then true), else its own, once bound.
+	sock   netio.Ref
+	shared bool
+	local  netip.AddrPort // the TID: the listener's address, or the own socket's
 
-	ctx   *netio.Context
-	x     *xfer
-	sock  netio.Ref
-	bind  udp.Bind
-	sm    udp.SendMany
-	timer *netio.Timer
-	armed time.Time
-	done  bool
+	x        *xfer
+	bind     udp.Bind
+	sm       udp.SendMany
+	timer    *netio.Timer
+	armed    time.Time
+	stopping bool
 }
 
-func (a *transferActor) PreStart(ctx *netio.Context) {
-	a.ctx = ctx
-	a.x = a.srv.newXfer(a, a.req, a.client, &a.ent.stage, &a.ent.peerEnded, a.srv.m.shard(ctx.Loop().ID()))
-	a.sm = udp.SendMany{Target: a.client, Ack: &a.x.sentTok}
-	a.bind = udp.Bind{
-		Handler: ctx.Self(), LocalAddr: netip.AddrPortFrom(a.listen, 0),
+// Messages to a transfer actor, and the acks it asks for. Values of empty
+// structs: telling them allocates nothing.
+type (
+	sentAck   struct{} // the SendMany's ack
+	timerMsg  struct{}
+	againMsg  struct{} // the listener saw the client's request again (xfer.requestAgain)
+	cancelMsg struct{ why string }
+	begunMsg  struct{ err error }
+	// committedMsg is the outcome of an upload's commit.
+	committedMsg struct{ err error }
+	// stateQuery asks for the transfer's state (Server.Transfers): the
+	// actor sends it on ch if the transfer is live, and closes ch.
+	stateQuery struct{ ch chan<- TransferState }
+)
+
+func (t *transfer) PreStart(ctx *netio.Context) {
+	t.x = t.srv.newXfer(t.req, t.client, t.srv.m.shard(ctx.Loop().ID()))
+	t.sm = udp.SendMany{Target: t.client, Ack: sentAck{}}
+	if t.shared {
+		t.start(ctx.Now())
+		t.apply(ctx)
+		return
+	}
+	t.bind = udp.Bind{
+		Handler: ctx.Self(), LocalAddr: t.local,
 		Options: []netio.SocketOption{netio.ReceiveBufferSize(4 << 20), netio.SendBufferSize(4 << 20)},
 	}
-	ctx.Tell(udp.Manager(ctx.System()), &a.bind)
+	ctx.Tell(udp.Manager(ctx.System()), &t.bind)
 }
 
-func (a *transferActor) Receive(ctx *netio.Context, msg any) {
+func (t *transfer) start(now time.Time) {
+	if t.resumed != nil {
+		t.x.resume(now, t.local, *t.resumed)
+		t.resumed = nil
+		return
+	}
+	t.x.start(now, t.local)
+}
+
+func (t *transfer) Receive(ctx *netio.Context, msg any) {
 	now := ctx.Now()
-	x := a.x
+	x := t.x
 	switch m := msg.(type) {
 	case udp.Received:
 		x.packet(now, m.Sender(), m.Data())
-	case *sentToken:
-		x.sendDone(now)
-	case *timerToken:
-		a.armed = time.Time{}
+	case sentAck:
+		x.sent(now)
+	case timerMsg:
+		t.armed = time.Time{}
 		x.timer(now)
+	case againMsg:
+		x.requestAgain(now)
 	case committedMsg:
 		x.committed(now, m.err)
 	case begunMsg:
 		x.begun(now, m.err)
-	case requestAgainMsg:
-		x.requestAgain(now)
+	case cancelMsg:
+		x.cancel(m.why)
+	case stateQuery:
+		if st, ok := x.liveState(); ok {
+			m.ch <- st
+		}
+		close(m.ch)
+		return
 	case udp.Bound:
-		a.sock = m.Socket
-		x.start(now, m.LocalAddr)
+		t.sock, t.local = m.Socket, m.LocalAddr
+		t.start(now)
 	case udp.WritingResumed:
 		x.writable(now)
 	case udp.CommandFailed:
 		switch m.Cmd {
-		case &a.bind:
-			a.srv.log.Error("tftp: cannot open a transfer port", "xfer", x.id, "client", a.client.String(), "err", m.Cause)
+		case &t.bind:
+			t.srv.log.Error("tftp: cannot open a transfer port", "xfer", x.id, "client", t.client.String(), "err", m.Cause)
 			x.end(resultError, m.Cause)
-		case &a.sm:
+		case &t.sm:
 			x.sendFailed(now, sendCause(m.Cause))
+		}
+	default:
+		return
+	}
+	t.apply(ctx)
+}
+
+// apply carries out what the last event of the xfer asked for.
+func (t *transfer) apply(ctx *netio.Context) {
+	o := &t.x.out
+	for i, e := range o.errs {
+		if !t.sock.IsZero() {
+			ctx.Tell(t.sock, udp.Send{Data: e.pkt, Target: e.to})
+		}
+		o.errs[i] = errorPacket{}
+	}
+	o.errs = o.errs[:0]
+	if o.send != nil {
+		t.sm.Datagrams = o.send
+		o.send = nil
+		ctx.Tell(t.sock, &t.sm)
+	}
+	if o.resume {
+		o.resume = false
+		ctx.Tell(t.sock, udp.ResumeWriting{})
+	}
+	if o.begin {
+		o.begin = false
+		t.srv.begin(ctx.Self(), t.x.transferState())
+	}
+	if u := o.commit; u != nil {
+		o.commit = nil
+		t.srv.commit(ctx.Self(), u, t.x.transferState())
+	}
+	if o.dallying {
+		o.dallying = false
+		ctx.Tell(t.lis, dallyingMsg{})
+	}
+	if o.done {
+		if o.aborted {
+			o.aborted = false
+			ctx.Tell(t.lis, abortedMsg{})
+		}
+		if t.timer != nil {
+			t.timer.Stop()
+		}
+		if !t.stopping {
+			t.stopping = true
+			ctx.Stop()
+		}
+		return
+	}
+	if !o.wake.IsZero() {
+		armTimer(ctx, &t.timer, &t.armed, o.wake)
+		o.wake = time.Time{}
+	}
+}
+
+func (t *transfer) PostStop(ctx *netio.Context) {
+	if t.x != nil && t.x.state != stateFinished {
+		t.stopping = true // stopping already
+		t.x.cancel("server stopped")
+		if t.timer != nil {
+			t.timer.Stop()
 		}
 	}
 }
 
-func (a *transferActor) PostStop(ctx *netio.Context) {
-	if a.x != nil && !a.x.finished {
-		a.done = true // stopping already: finish must not stop again
-		a.x.cancel("server stopped")
+// armTimer makes *t fire at or before at, moving it only to an earlier
+// time: a later deadline (the usual case, as a transfer progresses) costs
+// nothing until the timer fires and the transfer re-arms it.
+func armTimer(ctx *netio.Context, t **netio.Timer, armed *time.Time, at time.Time) {
+	if !armed.IsZero() && !at.Before(*armed) {
+		return
 	}
-}
-
-// xferIO
-
-func (a *transferActor) send(x *xfer, dgs [][]byte) {
-	a.sm.Datagrams = dgs
-	a.ctx.Tell(a.sock, &a.sm)
-}
-
-func (a *transferActor) sendError(x *xfer, to netip.AddrPort, pkt []byte) {
-	if !a.sock.IsZero() {
-		a.ctx.Tell(a.sock, udp.Send{Data: append([]byte(nil), pkt...), Target: to})
+	d := max(at.Sub(ctx.Now()), 0)
+	if *t == nil {
+		*t = ctx.After(d, timerMsg{})
+	} else {
+		(*t).Reset(d)
 	}
+	*armed = at
 }
 
-func (a *transferActor) resumeWriting(x *xfer) {
-	a.ctx.Tell(a.sock, udp.ResumeWriting{})
+// commit publishes an upload on a goroutine the server waits for at
+// shutdown, and tells to the outcome: u.Commit (which syncs to disk), or,
+// replicated, Replicator.CommitUpload of its content.
+func (s *Server) commit(to netio.Ref, u WriteFile, st TransferState) {
+	s.commits.Add(1)
+	rep := s.cfg.Replicator
+	go func() {
+		defer s.commits.Done()
+		if rep == nil {
+			to.Tell(committedMsg{err: u.Commit()})
+			return
+		}
+		// Replicated: every node (this one too) publishes the file from
+		// the replicated content; the local temporary file goes.
+		content, err := uploadContent(u)
+		if err == nil {
+			err = rep.CommitUpload(st, content)
+			content.Close()
+		}
+		u.Abort()
+		to.Tell(committedMsg{err: err})
+	}()
 }
 
-func (a *transferActor) setTimer(x *xfer, at time.Time) {
-	armTimer(a.ctx, &a.timer, &a.armed, at, &x.timerTok)
-}
-
-func (a *transferActor) commit(x *xfer, u WriteFile) {
-	a.srv.commit(a.ctx.Self(), x, u)
-}
-
-func (a *transferActor) begin(x *xfer, st TransferState) {
-	a.srv.begin(a.ctx.Self(), x, st)
-}
-
-func (a *transferActor) finish(x *xfer) {
-	if a.timer != nil {
-		a.timer.Stop()
-	}
-	if !a.done {
-		a.done = true
-		a.ctx.Stop()
-	}
+// begin records a transfer with the replicator, away from the loop.
+func (s *Server) begin(to netio.Ref, st TransferState) {
+	s.commits.Add(1)
+	go func() {
+		defer s.commits.Done()
+		to.Tell(begunMsg{err: s.cfg.Replicator.Begin(st)})
+	}()
 }

@@ -445,7 +445,7 @@ func TestFakeTimeCancel(t *testing.T) {
 		}
 		// The client told the server, which ends the transfer at once.
 		x := <-m.done
-		if !x.peerEnded.Load() {
+		if x.result != resultPeerError {
 			t.Fatal("the server did not get the client's ERROR")
 		}
 	})

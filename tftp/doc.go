@@ -2,6 +2,32 @@
 // ioactor's event loops, a client, a packet codec, option negotiation,
 // netascii conversion and a sandboxed file tree.
 //
+// A server transfer goes through these states (each event is one method of
+// the transfer; the [Replicator], when set, is called at the transitions):
+//
+//	            request                        Resume: another server's download
+//	               │                                           │
+//	               ▼                                           │
+//	  ┌─ refused ─ new: check, open the file, negotiate        │
+//	  │            │ with a Replicator      │ without          │
+//	  │            ▼                        │                  │
+//	  ├─ fails ─── beginning                │                  │
+//	  │            │ Replicator.Begin done  │                  │
+//	  │            ▼                        ▼                  ▼
+//	  ├─────────── running ◄────────────────┴──────────────────┘
+//	  │ last ACK,    DATA and ACKs; Replicator.Progress every CheckpointInterval;
+//	  │ an ERROR,    sending holds while Replicator.Stalled
+//	  │ timeout,   │ the last DATA of an upload
+//	  │ cancel     ▼
+//	  ├─ fails ─── committing: sync and rename, or Replicator.CommitUpload
+//	  │            │ published
+//	  │            ▼
+//	  ├─────────── dallying: the last ACK again when the client asks
+//	  │ over, an ERROR, cancel
+//	  ▼
+//	finished: the file released; Replicator.End (a download the server
+//	          cancelled: a last Progress instead)
+//
 // It covers RFC 1350 (the protocol, octet and netascii), RFC 1123 (the
 // Sorcerer's Apprentice fix), RFC 2347 (option extension), RFC 2348
 // (blksize), RFC 2349 (timeout and tsize, for uploads too) and RFC 7440
@@ -34,10 +60,12 @@
 // and starts one transfer actor per transfer, with a UDP socket of its own
 // bound to a fresh port: the server's transfer ID (TID) of RFC 1350. A
 // datagram from another address to that port gets ERROR 5 (within limits:
-// see Security) and leaves the transfer alone. Transfers are spread over the system's loops. In
-// single-port mode ([ServerConfig.SinglePort]) every reply comes from the
-// server port instead, and the listener tells transfers apart by the
-// client's address; this suits NAT and containers, and a replicated server
+// see Security) and leaves the transfer alone. Transfers are spread over
+// the system's loops. In single-port mode ([ServerConfig.SinglePort])
+// every reply comes from the server port instead: the transfer actors run
+// on the listener's loop, the listener hands each one its client's
+// datagrams (a direct call, no copy) and they send through the server
+// port's socket. This suits NAT and containers, and a replicated server
 // whose next leader takes every transfer over by binding one port.
 //
 // Each transfer runs a small state machine (a sender for a download, a

@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -269,7 +268,7 @@ func FuzzTransferState(f *testing.F) {
 	})
 }
 
-// fuzzIO is an xferIO that records what a transfer sends.
+// fuzzIO records what a transfer asks for (xfer.out) after each event.
 type fuzzIO struct {
 	sent    [][]byte // to the client
 	errs    []netip.AddrPort
@@ -278,25 +277,31 @@ type fuzzIO struct {
 	done    bool
 }
 
-func (f *fuzzIO) send(x *xfer, dgs [][]byte) {
-	for _, d := range dgs {
+func (f *fuzzIO) take(x *xfer) {
+	o := &x.out
+	for _, d := range o.send {
 		f.sent = append(f.sent, bytes.Clone(d))
 	}
-	f.pending = true
-}
-func (f *fuzzIO) sendError(x *xfer, to netip.AddrPort, pkt []byte) {
-	if to == x.client {
-		f.sent = append(f.sent, bytes.Clone(pkt))
-	} else {
-		f.errs = append(f.errs, to)
+	if o.send != nil {
+		f.pending = true
 	}
-}
-func (f *fuzzIO) resumeWriting(x *xfer)          {}
-func (f *fuzzIO) setTimer(x *xfer, at time.Time) {}
-func (f *fuzzIO) commit(x *xfer, u WriteFile)    { f.commits = append(f.commits, u) }
-func (f *fuzzIO) finish(x *xfer)                 { f.done = true }
-func (f *fuzzIO) begin(x *xfer, st TransferState) {
-	panic("begin: the fuzzed server has no Replicator")
+	for _, e := range o.errs {
+		if e.to == x.client {
+			f.sent = append(f.sent, bytes.Clone(e.pkt))
+		} else {
+			f.errs = append(f.errs, e.to)
+		}
+	}
+	if o.commit != nil {
+		f.commits = append(f.commits, o.commit)
+	}
+	if o.begin {
+		panic("begin: the fuzzed server has no Replicator")
+	}
+	if o.done {
+		f.done = true
+	}
+	x.out = effects{errs: o.errs[:0]}
 }
 
 // FuzzServerTransfer feeds a server transfer a request and then a script of
@@ -323,12 +328,11 @@ func FuzzServerTransfer(f *testing.F) {
 			return
 		}
 		io := &fuzzIO{}
-		var stage atomic.Uint32
-		var peer atomic.Bool
-		x := srv.newXfer(io, r, client, &stage, &peer, srv.m.shard(0))
+		x := srv.newXfer(r, client, srv.m.shard(0))
 		now := time.Unix(1000, 0)
 		start := now
 		x.start(now, netip.MustParseAddrPort("192.0.2.9:2000"))
+		io.take(x)
 		for len(script) >= 2 && !io.done {
 			kind, n := script[0], int(script[1])
 			script = script[2:]
@@ -340,6 +344,7 @@ func FuzzServerTransfer(f *testing.F) {
 			case 1:
 				before := len(io.errs)
 				x.packet(now, stranger, p)
+				io.take(x)
 				if op, err := PacketOpcode(p); err == nil && op == OpERROR && len(io.errs) > before {
 					t.Fatalf("an ERROR from a stranger was answered")
 				}
@@ -354,7 +359,7 @@ func FuzzServerTransfer(f *testing.F) {
 			case 3:
 				if io.pending {
 					io.pending = false
-					x.sendDone(now)
+					x.sent(now)
 				}
 			case 4:
 				if len(io.commits) > 0 {
@@ -363,11 +368,14 @@ func FuzzServerTransfer(f *testing.F) {
 					x.committed(now, u.Commit())
 				}
 				if n%2 == 1 {
+					io.take(x)
 					x.requestAgain(now) // the listener saw the request again
 				}
 			}
+			io.take(x)
 		}
 		x.cancel("end of the script")
+		io.take(x)
 		for _, u := range io.commits {
 			u.Abort()
 		}

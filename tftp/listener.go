@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"net/netip"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -15,53 +14,50 @@ import (
 
 // Messages to the listener.
 type (
-	drainMsg     struct{} // stop taking requests
-	closeMsg     struct{} // cancel every transfer and stop
-	drainPoll    struct{}
-	committedMsg struct {
-		x   *xfer
-		err error
-	}
+	drainMsg struct{} // stop taking requests
+	closeMsg struct{} // cancel every transfer and stop
+	// listMsg asks for the transfer actors (Server.Transfers).
+	listMsg struct{ ch chan<- []netio.Ref }
+	// From a transfer actor: its transfer is complete and only lingers.
+	dallyingMsg struct{}
+	// From a transfer actor: the client ended it with an ERROR before it
+	// answered anything (effects.aborted).
+	abortedMsg struct{}
 )
 
-// entry is the listener's record of a client address with a transfer.
+// entry is the listener's record of a transfer actor.
 type entry struct {
 	client netip.AddrPort
 	req    []byte // the request's bytes, to recognise a retransmission
-	stage  atomic.Uint32
 	share  *share // the client's share, until the transfer ends
-	// peerEnded is set when the client ended the transfer with an ERROR.
-	peerEnded atomic.Bool
-	// queued is a request identical to req that came while the client
-	// had not answered yet: a retransmission, or, after the client's
-	// ERROR (the UEFI probe), a new request. It starts when the transfer
-	// ends by the client's ERROR.
-	queued bool
-
-	ref   netio.Ref      // multi-port: the transfer actor
-	actor *transferActor // its state, touched only on its loop
-	x     *xfer          // single-port: the transfer
-
-	// The single-port driver's per-transfer state.
-	sm    udp.SendMany
-	timer *netio.Timer
-	armed time.Time
+	ref    netio.Ref
+	// dallying: the transfer is complete and only lingers (dallyingMsg).
+	dallying bool
+	// queued is a request identical to req that came while the transfer
+	// ran: a retransmission, or, after the client's ERROR (the UEFI
+	// probe), a new request. It starts when the transfer ends by an ERROR
+	// from a client that never answered (abortedMsg); otherwise it was a
+	// retransmission, which the transfer answered (xfer.requestAgain), or
+	// a late duplicate.
+	queued, aborted bool
 }
 
 // listener is the actor on the server port. It parses requests and starts
-// transfers: as actors with sockets of their own, or, in single-port mode,
-// as state machines it drives itself, with the client's address as the key
-// (it is then their xferIO).
+// one transfer actor per transfer (see transfer), with the client's
+// address as the key. In single-port mode it also demultiplexes: it
+// forwards each datagram from a client with a transfer to that transfer's
+// actor, which runs on the listener's loop and sends through the
+// listener's socket.
 //
 // A request from a client address that already has a transfer is
-//   - ignored if it repeats the request and the client has answered (a
-//     late duplicate);
-//   - held if it repeats it and the client has not answered yet: it starts
-//     if the transfer then ends by the client's ERROR (the UEFI firmware
-//     probe: OACK, ERROR 8, the same request again), and is dropped
-//     otherwise (it was a retransmission, which the transfer's own
-//     retransmission answers);
-//   - otherwise, a new request: the old transfer is cancelled, the new one
+//   - passed to the transfer if it repeats the request, and held (see
+//     entry.queued): the transfer sends its first packet again if the
+//     client has not answered yet (a retransmission), or ignores it (a
+//     late duplicate); the held request starts if the transfer then ends
+//     by the ERROR of a client that never answered (the UEFI firmware
+//     probe: OACK, ERROR 8, the same request again);
+//   - otherwise (a new request, or the same upload again once the last
+//     one is complete), the old transfer is cancelled, the new one
 //     started.
 //
 // So a stray packet from the client's address can end its own transfer
@@ -76,13 +72,11 @@ type listener struct {
 	shard *shard
 	bind  udp.Bind
 
-	entries map[netip.AddrPort]*entry
-	byRef   map[netio.Ref]*entry // multi-port transfers, until Terminated
-	blocked []*xfer              // single-port: waiting for WritingResumed
+	entries map[netip.AddrPort]*entry // by client, the current transfer
+	byRef   map[netio.Ref]*entry      // every transfer actor, until Terminated
 
 	draining, closing bool
 	quiet             bool // closing: the quiet period is over
-	poll              *netio.Timer
 
 	shares     *shares
 	sweep      *netio.Timer
@@ -105,10 +99,8 @@ func (l *listener) PreStart(ctx *netio.Context) {
 
 func (l *listener) PostStop(ctx *netio.Context) {
 	l.sweep.Stop()
-	for _, e := range l.entries {
-		if e.x != nil {
-			e.x.cancel("server stopped")
-		}
+	for ref := range l.byRef {
+		ctx.StopActor(ref)
 	}
 	if l.bound != nil {
 		l.bound <- netio.ErrShutdown
@@ -120,18 +112,24 @@ func (l *listener) Receive(ctx *netio.Context, msg any) {
 	now := ctx.Now()
 	switch m := msg.(type) {
 	case udp.Received:
-		l.datagram(now, m.Sender(), m.Data())
-	case *sentToken:
-		m.x.sendDone(now)
-	case *timerToken:
-		if e := m.x.ent; e != nil {
-			e.armed = time.Time{}
+		l.datagram(ctx, now, m)
+	case dallyingMsg:
+		if e := l.byRef[ctx.Sender()]; e != nil {
+			e.dallying = true
+			if l.draining {
+				l.checkDrained()
+			}
 		}
-		m.x.timer(now)
-	case committedMsg:
-		m.x.committed(now, m.err)
-	case begunMsg:
-		m.x.begun(now, m.err)
+	case abortedMsg:
+		if e := l.byRef[ctx.Sender()]; e != nil {
+			e.aborted = true
+		}
+	case listMsg:
+		refs := make([]netio.Ref, 0, len(l.byRef))
+		for ref := range l.byRef {
+			refs = append(refs, ref)
+		}
+		m.ch <- refs
 	case udp.Bound:
 		l.sock, l.local = m.Socket, m.LocalAddr
 		l.srv.log.Info("tftp: serving", "addr", m.LocalAddr.String(), "single_port", l.srv.cfg.SinglePort)
@@ -139,35 +137,24 @@ func (l *listener) Receive(ctx *netio.Context, msg any) {
 		l.bound <- nil
 		l.bound = nil
 	case udp.CommandFailed:
-		l.commandFailed(ctx, now, m)
-	case udp.WritingResumed:
-		b := l.blocked
-		l.blocked = nil
-		for _, x := range b {
-			x.writable(now)
-		}
+		l.commandFailed(ctx, m)
 	case netio.Terminated:
-		l.terminated(now, m.Ref)
+		l.terminated(m.Ref)
 	case drainMsg:
 		l.draining = true
 		if !l.srv.cfg.SinglePort && !l.sock.IsZero() {
 			ctx.Tell(l.sock, udp.Unbind{}) // the kernel refuses new requests
 			l.sock = netio.Ref{}
 		}
-		l.poll = ctx.Every(20*time.Millisecond, drainPoll{})
-		l.checkDrained()
-	case drainPoll:
 		l.checkDrained()
 	case sweepMsg:
 		l.shares.sweep(now)
 		l.busyWarned = false
 	case closeMsg:
 		l.closing = true
-		for _, e := range l.entries {
-			l.cancel(e, "server stopped")
-		}
+		clear(l.entries)
 		for ref := range l.byRef {
-			ctx.StopActor(ref)
+			ctx.StopActor(ref) // the transfer cancels itself
 		}
 		if l.srv.cfg.SinglePort && !l.sock.IsZero() {
 			// Nothing is sent any more, but the port stays bound a moment
@@ -194,10 +181,6 @@ type quietOver struct{}
 // sweepMsg makes the listener forget idle clients (shares.sweep).
 type sweepMsg struct{}
 
-// requestAgainMsg tells a transfer actor that its client repeated the
-// request (xfer.requestAgain).
-type requestAgainMsg struct{}
-
 // resume takes over the transfers of another server (ServerConfig.Resume).
 func (l *listener) resume(now time.Time, states []TransferState) {
 	for _, st := range states {
@@ -207,29 +190,19 @@ func (l *listener) resume(now time.Time, states []TransferState) {
 			}
 			continue
 		}
-		e := &entry{client: st.Client}
-		e.stage.Store(stagePinned)
-		l.entries[st.Client] = e
 		req := Request{Op: st.Op, Filename: st.Filename, Mode: st.Mode}
-		x := l.srv.newXfer(l, req, st.Client, &e.stage, &e.peerEnded, l.shard)
-		x.ent, e.x = e, x
-		e.sm = udp.SendMany{Target: st.Client, Ack: &x.sentTok}
-		x.resume(now, l.local, st)
+		l.spawn(&entry{client: st.Client}, &transfer{req: req, client: st.Client, resumed: &st})
 	}
 }
 
-func (l *listener) commandFailed(ctx *netio.Context, now time.Time, m udp.CommandFailed) {
-	switch c := m.Cmd.(type) {
+func (l *listener) commandFailed(ctx *netio.Context, m udp.CommandFailed) {
+	switch m.Cmd.(type) {
 	case *udp.Bind:
 		if l.bound != nil {
 			l.bound <- m.Cause
 			l.bound = nil
 		}
 		ctx.Stop()
-	case *udp.SendMany:
-		if t, ok := c.Ack.(*sentToken); ok {
-			t.x.sendFailed(now, sendCause(m.Cause))
-		}
 	}
 }
 
@@ -241,47 +214,39 @@ func sendCause(err error) error {
 	return err
 }
 
-// active counts the transfers in progress.
-func (l *listener) active() int {
-	if l.srv.cfg.SinglePort {
-		return len(l.entries)
-	}
-	return len(l.byRef)
-}
-
+// checkDrained tells Shutdown when every transfer ended or only lingers.
 func (l *listener) checkDrained() {
-	for _, e := range l.entries {
-		if e.stage.Load() != stageDally {
+	for _, e := range l.byRef {
+		if !e.dallying {
 			return
 		}
 	}
-	if l.srv.cfg.SinglePort || len(l.entries) == len(l.byRef) {
-		select {
-		case <-l.srv.drained:
-		default:
-			close(l.srv.drained)
-		}
-		if l.poll != nil {
-			l.poll.Stop()
-		}
+	select {
+	case <-l.srv.drained:
+	default:
+		close(l.srv.drained)
 	}
 }
 
 func (l *listener) checkClosed() {
-	if l.closing && l.quiet && l.active() == 0 {
+	if l.closing && l.quiet && len(l.byRef) == 0 {
 		l.ctx.Stop()
 	}
 }
 
-// datagram handles a datagram to the server port.
-func (l *listener) datagram(now time.Time, from netip.AddrPort, b []byte) {
+// datagram handles a datagram to the server port: in single-port mode,
+// one for a transfer goes to its actor.
+func (l *listener) datagram(ctx *netio.Context, now time.Time, m udp.Received) {
 	if l.closing {
 		return // stopped: answer nothing, not even with an ERROR
 	}
+	from, b := m.Sender(), m.Data()
 	op, err := PacketOpcode(b)
 	if l.srv.cfg.SinglePort && op != OpRRQ && op != OpWRQ {
-		if e := l.entries[from]; e != nil && e.x != nil {
-			e.x.packet(now, from, b)
+		if e := l.entries[from]; e != nil {
+			// On this loop: m, and the loop's buffer it points into, stay
+			// valid until the transfer handled it, even when queued.
+			ctx.Deliver(e.ref, m)
 			return
 		}
 	}
@@ -342,25 +307,15 @@ func (l *listener) request(now time.Time, from netip.AddrPort, b []byte) {
 		return
 	}
 	if e := l.entries[from]; e != nil {
-		same := bytes.Equal(e.req, b)
-		switch stage := e.stage.Load(); {
-		case same && stage == stagePinned:
-			return // a late duplicate
-		case same && stage == stageNew:
-			// A retransmission: the client did not get the first packet.
+		if bytes.Equal(e.req, b) && !e.dallying {
 			e.queued = true
-			switch {
-			case e.x != nil:
-				e.x.requestAgain(now)
-			case !e.ref.IsZero():
-				e.ref.Tell(requestAgainMsg{})
-			}
+			l.ctx.Deliver(e.ref, againMsg{})
 			return
 		}
 		l.cancel(e, "superseded by a new request from the client")
 	}
 	sh := l.shares.get(from.Addr())
-	if max := l.srv.cfg.MaxTransfers; max > 0 && l.active() >= max {
+	if max := l.srv.cfg.MaxTransfers; max > 0 && len(l.byRef) >= max {
 		if !l.busyWarned {
 			l.busyWarned = true
 			l.srv.log.Warn("tftp: too many transfers; requests refused (logged once per sweep interval; see ioactor_tftp_requests_refused_total)", "client", from.String(), "max", max)
@@ -381,7 +336,7 @@ func (l *listener) request(now time.Time, from netip.AddrPort, b []byte) {
 		l.refuse(now, from, why, msg, sh)
 		return
 	}
-	l.start(now, from, req, b, sh)
+	l.start(from, req, b, sh)
 }
 
 // refuse answers a request with an ERROR 0 and counts it.
@@ -391,23 +346,28 @@ func (l *listener) refuse(now time.Time, from netip.AddrPort, why, msg string, s
 	l.reply(now, from, ErrUndefined, msg, sh)
 }
 
-func (l *listener) start(now time.Time, from netip.AddrPort, req Request, b []byte, sh *share) {
-	e := &entry{client: from, req: append([]byte(nil), b...), share: sh}
+func (l *listener) start(from netip.AddrPort, req Request, b []byte, sh *share) {
 	if sh != nil {
 		sh.active++
 	}
-	l.entries[from] = e
+	l.spawn(&entry{client: from, req: append([]byte(nil), b...), share: sh}, &transfer{req: req, client: from})
+}
+
+// spawn starts the transfer actor t for e: in single-port mode on this
+// loop, sending through the server port; otherwise on the system's next
+// loop, with a socket of its own.
+func (l *listener) spawn(e *entry, t *transfer) {
+	t.srv, t.lis = l.srv, l.ctx.Self()
+	var ref netio.Ref
 	if l.srv.cfg.SinglePort {
-		x := l.srv.newXfer(l, req, from, &e.stage, &e.peerEnded, l.shard)
-		x.ent = e
-		e.x = x
-		e.sm = udp.SendMany{Target: from, Ack: &x.sentTok}
-		x.start(now, l.local)
-		return
+		t.sock, t.shared, t.local = l.sock, true, l.local
+		ref = l.ctx.Spawn(t)
+	} else {
+		t.local = netip.AddrPortFrom(l.srv.cfg.Listen.Addr(), 0)
+		ref = l.ctx.SpawnOn(l.ctx.System().NextLoop(), t)
 	}
-	a := &transferActor{srv: l.srv, req: req, client: from, ent: e, listen: l.srv.cfg.Listen.Addr()}
-	ref := l.ctx.SpawnOn(l.ctx.System().NextLoop(), a)
-	e.ref, e.actor = ref, a
+	e.ref = ref
+	l.entries[e.client] = e
 	l.byRef[ref] = e
 	l.ctx.Watch(ref)
 }
@@ -417,28 +377,25 @@ func (l *listener) cancel(e *entry, why string) {
 	if l.entries[e.client] == e {
 		delete(l.entries, e.client)
 	}
-	if e.x != nil {
-		e.x.cancel(why)
-		return
-	}
-	if !e.ref.IsZero() {
-		l.ctx.StopActor(e.ref)
-	}
+	l.ctx.Deliver(e.ref, cancelMsg{why: why})
 }
 
-// ended runs when the transfer of e is over.
-func (l *listener) ended(now time.Time, e *entry) {
+// terminated runs when a transfer actor stopped: its transfer is over.
+func (l *listener) terminated(ref netio.Ref) {
+	e := l.byRef[ref]
+	if e == nil {
+		return
+	}
+	delete(l.byRef, ref)
 	if sh := e.share; sh != nil {
 		sh.active--
 		e.share = nil
 	}
 	if l.entries[e.client] == e {
 		delete(l.entries, e.client)
-		if e.queued && e.peerEnded.Load() && !l.draining && !l.closing {
-			req, err := ParseRequest(e.req)
-			if err == nil {
-				sh := l.shares.get(e.client.Addr())
-				l.start(now, e.client, req, e.req, sh)
+		if e.queued && e.aborted && !l.draining && !l.closing {
+			if req, err := ParseRequest(e.req); err == nil {
+				l.start(e.client, req, e.req, l.shares.get(e.client.Addr()))
 			}
 		}
 	}
@@ -446,120 +403,4 @@ func (l *listener) ended(now time.Time, e *entry) {
 		l.checkDrained()
 	}
 	l.checkClosed()
-}
-
-func (l *listener) terminated(now time.Time, ref netio.Ref) {
-	e := l.byRef[ref]
-	if e == nil {
-		return
-	}
-	delete(l.byRef, ref)
-	l.ended(now, e)
-}
-
-// The single-port driver: the listener is the xferIO of its transfers.
-
-func (l *listener) send(x *xfer, dgs [][]byte) {
-	e := x.ent
-	e.sm.Datagrams = dgs
-	l.ctx.Tell(l.sock, &e.sm)
-}
-
-func (l *listener) sendError(x *xfer, to netip.AddrPort, pkt []byte) {
-	if !l.sock.IsZero() {
-		l.ctx.Tell(l.sock, udp.Send{Data: append([]byte(nil), pkt...), Target: to})
-	}
-}
-
-func (l *listener) resumeWriting(x *xfer) {
-	l.blocked = append(l.blocked, x)
-	if len(l.blocked) == 1 {
-		l.ctx.Tell(l.sock, udp.ResumeWriting{})
-	}
-}
-
-func (l *listener) setTimer(x *xfer, at time.Time) {
-	armTimer(l.ctx, &x.ent.timer, &x.ent.armed, at, &x.timerTok)
-}
-
-func (l *listener) commit(x *xfer, u WriteFile) {
-	l.srv.commit(l.ctx.Self(), x, u)
-}
-
-func (l *listener) begin(x *xfer, st TransferState) {
-	l.srv.begin(l.ctx.Self(), x, st)
-}
-
-func (l *listener) finish(x *xfer) {
-	e := x.ent
-	if e.timer != nil {
-		e.timer.Stop()
-	}
-	for i, b := range l.blocked {
-		if b == x {
-			l.blocked = append(l.blocked[:i], l.blocked[i+1:]...)
-			break
-		}
-	}
-	l.ended(l.ctx.Now(), e)
-}
-
-// armTimer makes *t fire at or before at, moving it only to an earlier
-// time: a later deadline (the usual case, as a transfer progresses) costs
-// nothing until the timer fires and the transfer re-arms it.
-func armTimer(ctx *netio.Context, t **netio.Timer, armed *time.Time, at time.Time, tok *timerToken) {
-	if at.IsZero() {
-		return
-	}
-	if !armed.IsZero() && !at.Before(*armed) {
-		return
-	}
-	d := max(at.Sub(ctx.Now()), 0)
-	if *t == nil {
-		*t = ctx.After(d, tok)
-	} else {
-		(*t).Reset(d)
-	}
-	*armed = at
-}
-
-// commit runs u.Commit (which syncs to disk) on a goroutine the server
-// waits for at shutdown, and tells to the outcome.
-func (s *Server) commit(to netio.Ref, x *xfer, u WriteFile) {
-	s.commits.Add(1)
-	rep := s.cfg.Replicator
-	var st TransferState
-	if rep != nil {
-		st = x.state()
-	}
-	go func() {
-		defer s.commits.Done()
-		if rep == nil {
-			to.Tell(committedMsg{x: x, err: u.Commit()})
-			return
-		}
-		// Replicated: every node (this one too) publishes the file from
-		// the replicated content; the local temporary file goes.
-		content, err := uploadContent(u)
-		if err == nil {
-			err = rep.CommitUpload(st, content)
-			content.Close()
-		}
-		u.Abort()
-		to.Tell(committedMsg{x: x, err: err})
-	}()
-}
-
-// begin records a transfer with the replicator, away from the loop.
-func (s *Server) begin(to netio.Ref, x *xfer, st TransferState) {
-	s.commits.Add(1)
-	go func() {
-		defer s.commits.Done()
-		to.Tell(begunMsg{x: x, err: s.cfg.Replicator.Begin(st)})
-	}()
-}
-
-type begunMsg struct {
-	x   *xfer
-	err error
 }

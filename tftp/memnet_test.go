@@ -180,9 +180,7 @@ func (m *memServer) serve(ctx context.Context) {
 			continue
 		}
 		d := &memDriver{conn: m.net.listen(0)}
-		var stage atomic.Uint32
-		var peer atomic.Bool
-		x := m.srv.newXfer(d, req, from, &stage, &peer, m.srv.m.shard(0))
+		x := m.srv.newXfer(req, from, m.srv.m.shard(0))
 		m.wg.Add(1)
 		go func() {
 			defer m.wg.Done()
@@ -195,7 +193,8 @@ func (m *memServer) serve(ctx context.Context) {
 	m.srv.release()
 }
 
-// memDriver is the xferIO of one transfer on a memNet.
+// memDriver drives one transfer on a memNet, as its transfer actor does
+// on netio: it hands the xfer its events and carries out x.out after each.
 type memDriver struct {
 	conn    *memConn
 	timerAt time.Time
@@ -207,6 +206,7 @@ func (d *memDriver) run(ctx context.Context, x *xfer) {
 	defer d.conn.close()
 	buf := make([]byte, 65536)
 	x.start(time.Now(), d.conn.addr)
+	d.apply(x)
 	for !d.over {
 		// Like a socket's batched read, handle every datagram already
 		// there before the sends they caused go out: this catches a
@@ -216,6 +216,7 @@ func (d *memDriver) run(ctx context.Context, x *xfer) {
 			select {
 			case p := <-d.conn.in:
 				x.packet(time.Now(), p.from, p.data)
+				d.apply(x)
 				if d.over {
 					return
 				}
@@ -227,6 +228,7 @@ func (d *memDriver) run(ctx context.Context, x *xfer) {
 			ev := d.events[0]
 			d.events = d.events[1:]
 			ev()
+			d.apply(x)
 			continue
 		}
 		n, from, err := d.conn.readFrom(ctx, buf, d.timerAt)
@@ -239,28 +241,42 @@ func (d *memDriver) run(ctx context.Context, x *xfer) {
 		default:
 			x.packet(time.Now(), from, buf[:n])
 		}
+		d.apply(x)
 	}
 }
 
-// send sends later, as a socket actor does, after the transfer handled
-// what else is queued.
-func (d *memDriver) send(x *xfer, dgs [][]byte) {
-	d.events = append(d.events, func() {
-		for _, p := range dgs {
-			d.conn.writeTo(p, x.client)
-		}
-		x.sendDone(time.Now())
-	})
+// apply carries out what the last event asked for. A send goes later, as
+// a socket actor's does, after the transfer handled what else is queued.
+func (d *memDriver) apply(x *xfer) {
+	o := &x.out
+	for _, e := range o.errs {
+		d.conn.writeTo(e.pkt, e.to)
+	}
+	o.errs = o.errs[:0]
+	if dgs := o.send; dgs != nil {
+		o.send = nil
+		d.events = append(d.events, func() {
+			for _, p := range dgs {
+				d.conn.writeTo(p, x.client)
+			}
+			x.sent(time.Now())
+		})
+	}
+	o.resume = false
+	if !o.wake.IsZero() {
+		d.timerAt, o.wake = o.wake, time.Time{}
+	}
+	if o.begin {
+		o.begin = false
+		d.events = append(d.events, func() { x.begun(time.Now(), nil) })
+	}
+	if u := o.commit; u != nil {
+		o.commit = nil
+		err := u.Commit()
+		d.events = append(d.events, func() { x.committed(time.Now(), err) })
+	}
+	o.dallying, o.aborted = false, false
+	if o.done {
+		d.over = true
+	}
 }
-
-func (d *memDriver) sendError(x *xfer, to netip.AddrPort, pkt []byte) { d.conn.writeTo(pkt, to) }
-func (d *memDriver) resumeWriting(x *xfer)                            {}
-func (d *memDriver) setTimer(x *xfer, at time.Time)                   { d.timerAt = at }
-func (d *memDriver) commit(x *xfer, u WriteFile) {
-	err := u.Commit()
-	d.events = append(d.events, func() { x.committed(time.Now(), err) })
-}
-func (d *memDriver) begin(x *xfer, st TransferState) {
-	d.events = append(d.events, func() { x.begun(time.Now(), nil) })
-}
-func (d *memDriver) finish(x *xfer) { d.over = true }

@@ -274,8 +274,8 @@ func (c ServerConfig) withDefaults() ServerConfig {
 
 // Server is a TFTP server on a netio system: a listener actor on the server
 // port, and one transfer actor per transfer, with a UDP socket of its own
-// (or, in single-port mode, transfers multiplexed on the listener's
-// socket). Its methods are safe from any goroutine.
+// (or, in single-port mode, on the listener's loop, sending through the
+// listener's socket). Its methods are safe from any goroutine.
 type Server struct {
 	cfg    ServerConfig
 	sys    *netio.System
@@ -290,7 +290,6 @@ type Server struct {
 	errLim *rate.Limiter
 
 	lis      netio.Ref
-	lisImpl  *listener // touched only on the listener's loop
 	addr     netip.AddrPort
 	drained  chan struct{}
 	commits  sync.WaitGroup // uploads being synced to disk
@@ -314,7 +313,6 @@ func NewServer(sys *netio.System, cfg ServerConfig) (*Server, error) {
 	s.sys = sys
 	bound := make(chan error, 1)
 	l := &listener{srv: s, bound: bound}
-	s.lisImpl = l
 	s.lis = sys.Spawn(l)
 	select {
 	case err = <-bound:
@@ -408,62 +406,37 @@ func (s *Server) Close() error {
 }
 
 // Transfers returns the state of the transfers in progress (uploads that
-// completed and linger to re-acknowledge excluded), as seen by each
-// transfer on its loop.
+// completed and linger to re-acknowledge excluded), as each transfer's
+// actor reports it.
 func (s *Server) Transfers(ctx context.Context) ([]TransferState, error) {
-	asked := make(chan []stateQuery, 1)
-	s.lis.Run(func(*netio.Context) {
-		l := s.lisImpl
-		var qs []stateQuery
-		for _, e := range l.entries {
-			if e.x != nil {
-				q := stateQuery{ch: make(chan TransferState, 1)}
-				if st, ok := e.x.liveState(); ok {
-					q.ch <- st
-				}
-				close(q.ch)
-				qs = append(qs, q)
-				continue
-			}
-			if a := e.actor; a != nil {
-				q := stateQuery{ch: make(chan TransferState, 1), done: e.ref.Done()}
-				e.ref.Run(func(*netio.Context) {
-					if st, ok := a.x.liveState(); ok {
-						q.ch <- st
-					}
-					close(q.ch)
-				})
-				qs = append(qs, q)
-			}
-		}
-		asked <- qs
-	})
-	var qs []stateQuery
+	list := make(chan []netio.Ref, 1)
+	s.lis.Tell(listMsg{ch: list})
+	var refs []netio.Ref
 	select {
-	case qs = <-asked:
+	case refs = <-list:
 	case <-s.lis.Done():
 		return nil, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+	chans := make([]chan TransferState, len(refs))
+	for i, ref := range refs {
+		chans[i] = make(chan TransferState, 1)
+		ref.Tell(stateQuery{ch: chans[i]})
+	}
 	var out []TransferState
-	for _, q := range qs {
+	for i, ch := range chans {
 		select {
-		case st, ok := <-q.ch:
+		case st, ok := <-ch:
 			if ok {
 				out = append(out, st)
 			}
-		case <-q.done:
+		case <-refs[i].Done():
 		case <-ctx.Done():
 			return out, ctx.Err()
 		}
 	}
 	return out, nil
-}
-
-type stateQuery struct {
-	ch   chan TransferState
-	done <-chan struct{}
 }
 
 func (s *Server) release() {

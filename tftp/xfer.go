@@ -6,50 +6,97 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
 )
 
-// xferIO is how a server transfer's packets and slow work leave it. The
-// driver (a transfer actor with its own socket, or the single-port
-// listener, or a test's fake network) implements it and feeds the answers
-// back: send → sendDone or sendFailed, resumeWriting → writable, setTimer
-// → timer, commit → committed.
-type xferIO interface {
-	// send sends datagrams to the client. At most one send is in flight:
-	// the transfer waits for sendDone or sendFailed before the next.
-	send(x *xfer, dgs [][]byte)
-	// sendError sends one ERROR packet, outside the flow above.
-	sendError(x *xfer, to netip.AddrPort, pkt []byte)
-	// resumeWriting asks to be told (writable) when the socket takes
-	// datagrams again after a sendFailed with ErrWouldBlock.
-	resumeWriting(x *xfer)
-	// setTimer asks for a call of timer at or after at. A call earlier
-	// than needed is harmless; the transfer asks again.
-	setTimer(x *xfer, at time.Time)
-	// commit runs u.Commit away from the event loop (it syncs to disk)
-	// and reports with committed.
-	commit(x *xfer, u WriteFile)
-	// begin runs Replicator.Begin away from the event loop and reports
-	// with begun.
-	begin(x *xfer, st TransferState)
-	// finish releases what the driver keeps for the transfer; no call on
-	// x follows.
-	finish(x *xfer)
-}
-
-// xferStage is how far a transfer got, as the listener sees it when the
-// same client sends another request. It is atomic because the listener
-// and a transfer actor may run on different loops.
-type xferStage = uint32
+// xferState is where a server transfer stands. Each event of a transfer is
+// one method of xfer (start, resume, begun, packet, timer, sent,
+// sendFailed, writable, committed, requestAgain, cancel) that acts by the
+// state, and the replication hooks run at the transitions (xfer.to) and
+// at the checkpoints of running (xfer.checkpoint), not in the sending
+// code. The diagram is also at the top of the package doc.
+//
+//	            request                        Resume: another server's download
+//	               │                                           │
+//	               ▼                                           │
+//	  ┌─ refused ─ new: check, open the file, negotiate        │
+//	  │            │ with a Replicator      │ without          │
+//	  │            ▼                        │                  │
+//	  ├─ fails ─── beginning                │                  │
+//	  │            │ Replicator.Begin done  │                  │
+//	  │            ▼                        ▼                  ▼
+//	  ├─────────── running ◄────────────────┴──────────────────┘
+//	  │ last ACK,    DATA and ACKs; Replicator.Progress every CheckpointInterval;
+//	  │ an ERROR,    sending holds while Replicator.Stalled
+//	  │ timeout,   │ the last DATA of an upload
+//	  │ cancel     ▼
+//	  ├─ fails ─── committing: sync and rename, or Replicator.CommitUpload
+//	  │            │ published
+//	  │            ▼
+//	  ├─────────── dallying: the last ACK again when the client asks
+//	  │ over, an ERROR, cancel
+//	  ▼
+//	finished: the file released; Replicator.End (a download the server
+//	          cancelled: a last Progress instead)
+type xferState uint8
 
 const (
-	stageNew    xferStage = iota // the client has not answered yet
-	stagePinned                  // the client answered: it uses our TID
-	stageDally                   // complete; lingering to re-acknowledge
+	stateNew        xferState = iota // not started: its driver gets ready (binds its socket)
+	stateBeginning                   // the Replicator records it; nothing is sent yet
+	stateRunning                     // the sender or the receiver runs
+	stateCommitting                  // an upload's data is complete; the file is being published
+	stateDallying                    // an upload is complete; its last ACK is repeated if asked
+	stateFinished                    // ended: the file is released, no event follows
 )
+
+var stateNames = [...]string{"new", "beginning", "running", "committing", "dallying", "finished"}
+
+func (s xferState) String() string {
+	if int(s) < len(stateNames) {
+		return stateNames[s]
+	}
+	return fmt.Sprintf("xferState(%d)", s)
+}
+
+// effects is what the events of an xfer ask of its driver, the transfer
+// actor (transfer.apply), which carries them out after each event and
+// clears them. The answers come back as events: sent or sendFailed for a
+// send, writable for resume, timer, begun, committed.
+type effects struct {
+	// send is the datagrams to the client. At most one send is in flight:
+	// the xfer asks for the next once it got sent (or sendFailed).
+	send [][]byte
+	// errs are ERROR packets, each in a buffer of its own.
+	errs []errorPacket
+	// resume asks for writable once the socket takes datagrams again,
+	// after a sendFailed with errWouldBlock.
+	resume bool
+	// wake asks for a call of timer at or after it (zero: no change). A
+	// call earlier than needed is harmless; the transfer asks again.
+	wake time.Time
+	// begin asks to run Replicator.Begin(x.transferState()) away from the
+	// event loop, then begun.
+	begin bool
+	// commit asks to publish the upload away from the event loop (it
+	// syncs to disk, or replicates), then committed.
+	commit WriteFile
+	// dallying tells that the transfer is complete and only lingers.
+	dallying bool
+	// aborted tells that the client ended the transfer with an ERROR
+	// before it answered anything: the UEFI firmware probe (OACK, ERROR 8,
+	// the same request again), whose repeated request then starts.
+	aborted bool
+	// done tells that the transfer finished: no event follows.
+	done bool
+}
+
+// errorPacket is an ERROR packet and its destination.
+type errorPacket struct {
+	to  netip.AddrPort
+	pkt []byte
+}
 
 // errWouldBlock is what a driver passes to sendFailed when the socket's
 // send buffer was full.
@@ -78,16 +125,17 @@ func resultIndex(r string) int {
 }
 
 // xfer is one server transfer: the request, the negotiated parameters, the
-// file, and the sender (RRQ) or receiver (WRQ) state machine. It runs on
-// one event loop; no method may be called concurrently.
+// file, and the sender (RRQ) or receiver (WRQ) state machine, as a pure
+// state machine: events go in, with the time, and what they ask for comes
+// out in out. It runs on one event loop; no method may be called
+// concurrently.
 type xfer struct {
-	srv       *Server
-	io        xferIO
-	id        uint64
-	log       *slog.Logger
-	shard     *shard
-	stage     *atomic.Uint32 // shared with the listener
-	peerEnded *atomic.Bool   // the client ended the transfer with an ERROR
+	srv   *Server
+	id    uint64
+	log   *slog.Logger
+	shard *shard
+	state xferState
+	out   effects
 
 	req    Request
 	client netip.AddrPort
@@ -107,17 +155,12 @@ type xfer struct {
 	bytes int64
 	dally time.Duration
 
-	counted    bool // counted in the active gauge
-	busy       bool // a send is in flight
-	committing bool
-	completed  bool   // the result is recorded
-	result     string // the result, once completed
-	finished   bool
-	started    time.Time
-	one        [1][]byte
-	errBuf     []byte
-
-	ent *entry // the single-port driver's record
+	// sending: a send is in flight (out.send was taken, sent not yet
+	// called). Not a state of the transfer: of its socket's flow control.
+	sending bool
+	result  string    // the result, once recorded (complete)
+	started time.Time // when start or resume ran: zero while new
+	one     [1][]byte
 
 	heard       time.Time     // when the client was last heard from
 	strangerLim *rate.Limiter // ERROR 5 to strangers; made on first use
@@ -126,23 +169,14 @@ type xfer struct {
 	ckpt      uint64    // the block of the last checkpoint given to the replicator
 	ckptAt    time.Time // and when
 	heldSince time.Time // when the current hold began (held)
-
-	// Tokens the driver passes back as messages without allocating.
-	sentTok  sentToken
-	timerTok timerToken
 }
 
-type sentToken struct{ x *xfer }
-type timerToken struct{ x *xfer }
-
-func (s *Server) newXfer(io xferIO, req Request, client netip.AddrPort, stage *atomic.Uint32, peerEnded *atomic.Bool, sh *shard) *xfer {
+func (s *Server) newXfer(req Request, client netip.AddrPort, sh *shard) *xfer {
 	id := s.ids.Add(1)
-	x := &xfer{
-		srv: s, io: io, id: id, req: req, client: client, stage: stage, peerEnded: peerEnded, shard: sh,
+	return &xfer{
+		srv: s, id: id, req: req, client: client, shard: sh,
 		log: s.log.With("xfer", id, "client", client.String(), "op", req.Op.String(), "file", logName(req.Filename), "mode", req.Mode),
 	}
-	x.sentTok.x, x.timerTok.x = x, x
-	return x
 }
 
 // opIndex is 0 for reads, 1 for writes, for the op label.
@@ -153,12 +187,46 @@ func (x *xfer) opIndex() int {
 	return 0
 }
 
+// to moves the transfer to state s. The replication hooks run here: Begin
+// and the upload's commit by the driver, away from the loop; End when the
+// transfer finishes, unless the server cancelled it (another server may
+// resume it), and then, for a running download, a last Progress with its
+// exact position.
+func (x *xfer) to(s xferState) {
+	prev := x.state
+	x.state = s
+	switch s {
+	case stateBeginning:
+		x.out.begin = true
+	case stateCommitting:
+		x.out.commit, x.up = x.up, nil
+	case stateDallying:
+		x.out.dallying = true
+	case stateFinished:
+		rep := x.srv.cfg.Replicator
+		switch {
+		case rep == nil || x.started.IsZero():
+		case x.result != resultCancelled:
+			rep.End(x.transferState())
+		case prev == stateRunning && x.snd != nil:
+			// The server that takes over finds its client at most one
+			// block further.
+			if b, _ := x.snd.checkpoint(); b > x.ckpt {
+				x.ckpt = b
+				rep.Progress(x.transferState())
+			}
+		}
+	}
+}
+
 // start checks the request, opens the file and sends the first packet
 // (OACK, DATA 1, or ACK 0), or refuses with an ERROR. local is the TID.
 func (x *xfer) start(now time.Time, local netip.AddrPort) {
+	if x.state != stateNew {
+		return
+	}
 	x.started, x.heard = now, now
 	x.local = local
-	x.counted = true
 	x.shard.active.Add(1)
 	x.log.Debug("tftp: request", "options", logOptions(x.req.Options))
 	if x.req.Mode == ModeMail {
@@ -177,33 +245,35 @@ func (x *xfer) start(now time.Time, local netip.AddrPort) {
 	}
 	if x.srv.cfg.Replicator != nil {
 		// Nothing leaves before the transfer's identity is recorded.
-		x.committing = true
-		x.io.begin(x, x.state())
+		x.to(stateBeginning)
 		return
 	}
+	x.to(stateRunning)
 	x.flush(now)
 }
 
 // begun handles the replicator's answer to Begin.
 func (x *xfer) begun(now time.Time, err error) {
-	if x.finished {
+	if x.state != stateBeginning {
 		return
 	}
-	x.committing = false
 	if err != nil {
 		x.refuse(fmt.Errorf("tftp: the transfer could not be recorded: %w", err))
 		return
 	}
+	x.to(stateRunning)
 	x.flush(now)
 }
 
 // resume continues a download another server started, from st.
 func (x *xfer) resume(now time.Time, local netip.AddrPort, st TransferState) {
+	if x.state != stateNew {
+		return
+	}
 	x.id = st.ID // the same transfer: its checkpoints update its record
 	x.log = x.srv.log.With("xfer", x.id, "client", x.client.String(), "op", x.req.Op.String(), "file", logName(x.req.Filename), "mode", x.req.Mode)
 	x.started, x.heard = now, now
 	x.local = local
-	x.counted = true
 	x.shard.active.Add(1)
 	f, size, err := x.reopen(st)
 	if err == nil && size != st.Size {
@@ -255,6 +325,7 @@ func (x *xfer) resume(now time.Time, local netip.AddrPort, st TransferState) {
 		x.snd.startProbe(probeSpan)
 	}
 	x.log.Info("tftp: resuming transfer", "block", st.Block, "offset", st.Offset, "window", window, "probe", lockStep)
+	x.to(stateRunning)
 	x.flush(now)
 }
 
@@ -284,7 +355,7 @@ func (x *xfer) held(now time.Time) bool {
 	} else if now.Sub(x.heldSince) > holdMax {
 		return false
 	}
-	x.io.setTimer(x, now.Add(holdRecheck))
+	x.wakeAt(now.Add(holdRecheck))
 	return true
 }
 
@@ -304,7 +375,7 @@ const probeSpan = 8192
 // CheckpointInterval (and every checkpointMaxBlocks blocks).
 func (x *xfer) checkpoint(now time.Time) {
 	rep := x.srv.cfg.Replicator
-	if rep == nil || x.completed || x.finished || x.committing {
+	if rep == nil || x.state != stateRunning {
 		return
 	}
 	var b uint64
@@ -316,7 +387,7 @@ func (x *xfer) checkpoint(now time.Time) {
 	}
 	if b > x.ckpt && (now.Sub(x.ckptAt) >= x.srv.cfg.CheckpointInterval || b >= x.ckpt+checkpointMaxBlocks) {
 		x.ckpt, x.ckptAt = b, now
-		rep.Progress(x.state())
+		rep.Progress(x.transferState())
 	}
 }
 
@@ -412,16 +483,24 @@ func (x *xfer) startWrite(now time.Time) error {
 	return nil
 }
 
-// flush sends what the state machine has ready, unless a send is in
-// flight, and re-arms the timer.
+// wakeAt asks for a call of timer at or before at (the earliest of the
+// event's asks).
+func (x *xfer) wakeAt(at time.Time) {
+	if !at.IsZero() && (x.out.wake.IsZero() || at.Before(x.out.wake)) {
+		x.out.wake = at
+	}
+}
+
+// flush asks to send what the state machine has ready, unless a send is in
+// flight, and for the timer.
 func (x *xfer) flush(now time.Time) {
-	if x.finished || x.committing {
+	if x.state != stateRunning && x.state != stateDallying {
 		return
 	}
 	if x.held(now) {
 		return
 	}
-	if !x.busy {
+	if !x.sending {
 		var dgs [][]byte
 		switch {
 		case x.snd != nil:
@@ -437,14 +516,11 @@ func (x *xfer) flush(now time.Time) {
 			}
 		}
 		if dgs != nil {
-			x.busy = true
-			x.io.send(x, dgs)
-			if x.finished {
-				return
-			}
+			x.sending = true
+			x.out.send = dgs
 		}
 	}
-	x.io.setTimer(x, x.deadline())
+	x.wakeAt(x.deadline())
 }
 
 func (x *xfer) deadline() time.Time {
@@ -464,7 +540,7 @@ func (x *xfer) deadline() time.Time {
 // silent (ServerConfig.SilenceLimit), or zero.
 func (x *xfer) silentAt() time.Time {
 	lim := x.srv.cfg.SilenceLimit
-	if lim <= 0 || x.completed || x.heard.IsZero() {
+	if lim <= 0 || x.state != stateRunning || x.heard.IsZero() {
 		return time.Time{}
 	}
 	return x.heard.Add(lim)
@@ -479,7 +555,7 @@ var errSilent = fmt.Errorf("%w: no packet from the client within the silence lim
 // costs the sender a request: a forged one still draws at most
 // FirstRetries+1 packets.
 func (x *xfer) requestAgain(now time.Time) {
-	if x.finished || x.committing || x.extraSends >= x.srv.cfg.Retries {
+	if x.state != stateRunning || x.extraSends >= x.srv.cfg.Retries {
 		return
 	}
 	switch {
@@ -492,6 +568,11 @@ func (x *xfer) requestAgain(now time.Time) {
 	}
 	x.extraSends++
 	x.flush(now)
+}
+
+// heardClient reports whether the client answered: it uses our TID.
+func (x *xfer) heardClient() bool {
+	return x.snd != nil && x.snd.heard || x.rcv != nil && x.rcv.heard
 }
 
 // stranger answers a datagram from another address than the client's
@@ -510,13 +591,12 @@ func (x *xfer) stranger(now time.Time, from netip.AddrPort, b []byte) {
 		x.shard.errorsSuppressed.Add(1)
 		return
 	}
-	x.errBuf = AppendError(x.errBuf[:0], ErrUnknownTID, "unknown transfer ID")
-	x.io.sendError(x, from, x.errBuf)
+	x.out.errs = append(x.out.errs, errorPacket{to: from, pkt: AppendError(nil, ErrUnknownTID, "unknown transfer ID")})
 }
 
 // packet handles a datagram sent to the transfer's TID.
 func (x *xfer) packet(now time.Time, from netip.AddrPort, b []byte) {
-	if x.finished {
+	if x.state == stateNew || x.state == stateFinished {
 		return
 	}
 	if from != x.client {
@@ -530,77 +610,11 @@ func (x *xfer) packet(now time.Time, from netip.AddrPort, b []byte) {
 	}
 	switch op {
 	case OpERROR:
-		code, msg, _ := ParseError(b)
-		x.peerEnded.Store(true)
-		x.log.Debug("tftp: the client ended the transfer", "code", code, "message", msg)
-		if x.completed {
-			x.finish()
-			return
-		}
-		x.end(resultPeerError, &Error{Code: code, Message: msg})
+		x.peerError(b)
 	case OpACK:
-		block, err := ParseAck(b)
-		if err != nil || x.snd == nil {
-			x.shard.ignored.Add(1)
-			return
-		}
-		x.heard = now
-		x.stage.Store(stagePinned)
-		probing := x.snd.probe != nil
-		ev := x.snd.ack(now, block)
-		if probing && x.snd.probe == nil {
-			x.probeFound()
-		}
-		switch ev {
-		case evDone:
-			x.reportBytes(x.snd.acked)
-			x.end(resultOK, nil)
-			return
-		case evFailed:
-			x.fail(x.snd.err)
-			return
-		case evProgress:
-			x.reportBytes(x.snd.acked)
-			x.checkpoint(now)
-		}
-		x.flush(now)
+		x.ack(now, b)
 	case OpDATA:
-		block, payload, err := ParseData(b)
-		if err != nil || x.rcv == nil {
-			x.shard.ignored.Add(1)
-			return
-		}
-		x.heard = now
-		if x.committing {
-			return // the last ACK goes out once the file is in place
-		}
-		x.stage.CompareAndSwap(stageNew, stagePinned)
-		switch x.rcv.data(now, block, len(payload)) {
-		case recvFailed:
-			x.fail(x.rcv.err)
-			return
-		case recvDeliver:
-			if err := x.write(payload); err != nil {
-				x.fail(err)
-				return
-			}
-			x.checkpoint(now)
-		case recvLast:
-			if err := x.write(payload); err != nil {
-				x.fail(err)
-				return
-			}
-			if err := x.lastWrite(); err != nil {
-				x.fail(err)
-				return
-			}
-			u := x.up
-			x.up = nil
-			x.committing = true
-			x.io.commit(x, u)
-			return
-		}
-		x.flush(now)
+		x.data(now, b)
 	case OpRRQ, OpWRQ:
 		// The client's request again, sent to our TID: it missed our
 		// first packet (a NAT, or a proxy, that learnt our port).
@@ -608,6 +622,85 @@ func (x *xfer) packet(now time.Time, from netip.AddrPort, b []byte) {
 	default:
 		x.shard.ignored.Add(1)
 	}
+}
+
+// peerError handles the client's ERROR: the transfer ends.
+func (x *xfer) peerError(b []byte) {
+	code, msg, _ := ParseError(b)
+	x.log.Debug("tftp: the client ended the transfer", "code", code, "message", msg)
+	x.out.aborted = !x.heardClient()
+	if x.state == stateDallying {
+		x.finish()
+		return
+	}
+	x.end(resultPeerError, &Error{Code: code, Message: msg})
+}
+
+// ack handles the client's ACK of a download.
+func (x *xfer) ack(now time.Time, b []byte) {
+	block, err := ParseAck(b)
+	if err != nil || x.snd == nil {
+		x.shard.ignored.Add(1)
+		return
+	}
+	x.heard = now
+	if x.state != stateRunning {
+		return // nothing was sent yet
+	}
+	probing := x.snd.probe != nil
+	ev := x.snd.ack(now, block)
+	if probing && x.snd.probe == nil {
+		x.probeFound()
+	}
+	switch ev {
+	case evDone:
+		x.reportBytes(x.snd.acked)
+		x.end(resultOK, nil)
+		return
+	case evFailed:
+		x.fail(x.snd.err)
+		return
+	case evProgress:
+		x.reportBytes(x.snd.acked)
+		x.checkpoint(now)
+	}
+	x.flush(now)
+}
+
+// data handles the client's DATA of an upload.
+func (x *xfer) data(now time.Time, b []byte) {
+	block, payload, err := ParseData(b)
+	if err != nil || x.rcv == nil {
+		x.shard.ignored.Add(1)
+		return
+	}
+	x.heard = now
+	if x.state != stateRunning && x.state != stateDallying {
+		return // the last ACK goes out once the file is in place
+	}
+	switch x.rcv.data(now, block, len(payload)) {
+	case recvFailed:
+		x.fail(x.rcv.err)
+		return
+	case recvDeliver:
+		if err := x.write(payload); err != nil {
+			x.fail(err)
+			return
+		}
+		x.checkpoint(now)
+	case recvLast:
+		if err := x.write(payload); err != nil {
+			x.fail(err)
+			return
+		}
+		if err := x.lastWrite(); err != nil {
+			x.fail(err)
+			return
+		}
+		x.to(stateCommitting)
+		return
+	}
+	x.flush(now)
 }
 
 // write stores an upload's payload.
@@ -647,25 +740,24 @@ func (x *xfer) reportBytes(total int64) {
 	}
 }
 
-// committed reports the end of an upload's commit.
+// committed handles the end of an upload's commit.
 func (x *xfer) committed(now time.Time, err error) {
-	if x.finished {
+	if x.state != stateCommitting {
 		return
 	}
-	x.committing = false
 	if err != nil {
 		x.fail(err)
 		return
 	}
-	x.stage.Store(stageDally)
 	x.complete(resultOK, nil)
+	x.to(stateDallying)
 	x.rcv.deadline = now.Add(x.dally)
 	x.flush(now)
 }
 
-// timer handles the driver's timer.
+// timer handles the timer asked for with out.wake.
 func (x *xfer) timer(now time.Time) {
-	if x.finished || x.committing {
+	if x.state != stateRunning && x.state != stateDallying {
 		return
 	}
 	if x.held(now) {
@@ -697,12 +789,12 @@ func (x *xfer) timer(now time.Time) {
 	x.flush(now)
 }
 
-// sendDone reports that the datagrams of the last send are in the kernel.
+// sent reports that the datagrams of the last send are in the kernel.
 // While the client answers, the sender reads the next window ahead.
-func (x *xfer) sendDone(now time.Time) {
-	x.busy = false
+func (x *xfer) sent(now time.Time) {
+	x.sending = false
 	x.flush(now)
-	if x.snd != nil && !x.busy && !x.finished {
+	if x.snd != nil && !x.sending && x.state == stateRunning {
 		x.snd.prefetch()
 		if x.snd.phase == phaseFailed {
 			x.fail(x.snd.err)
@@ -713,11 +805,11 @@ func (x *xfer) sendDone(now time.Time) {
 // sendFailed reports that the last send did not (entirely) reach the
 // kernel.
 func (x *xfer) sendFailed(now time.Time, err error) {
-	if x.finished {
+	if x.state == stateFinished {
 		return
 	}
 	if errors.Is(err, errWouldBlock) {
-		x.io.resumeWriting(x)
+		x.out.resume = true
 		return
 	}
 	x.log.Warn("tftp: send failed", "err", logErr(err))
@@ -727,7 +819,10 @@ func (x *xfer) sendFailed(now time.Time, err error) {
 // writable reports that the socket takes datagrams again: resend what it
 // may have dropped.
 func (x *xfer) writable(now time.Time) {
-	x.busy = false
+	x.sending = false
+	if x.state == stateFinished {
+		return
+	}
 	if x.snd != nil {
 		x.snd.resend()
 	} else if x.rcv != nil && x.rcv.phase != phaseFailed {
@@ -739,20 +834,12 @@ func (x *xfer) writable(now time.Time) {
 // cancel ends the transfer from outside: shutdown, or a new request from
 // the same client.
 func (x *xfer) cancel(why string) {
-	if x.finished {
+	switch x.state {
+	case stateFinished:
 		return
-	}
-	if x.completed {
+	case stateDallying:
 		x.finish()
 		return
-	}
-	if rep := x.srv.cfg.Replicator; rep != nil && x.snd != nil && x.counted && !x.committing {
-		// The exact position, for the server that takes over: its
-		// client is at most one block further.
-		if b, _ := x.snd.checkpoint(); b > x.ckpt {
-			x.ckpt = b
-			rep.Progress(x.state())
-		}
 	}
 	x.end(resultCancelled, errors.New(why))
 }
@@ -767,7 +854,7 @@ func (x *xfer) refuse(err error) {
 // heard from the client and times out: then the request may have been
 // forged, and the ERROR would only add to the reflection.
 func (x *xfer) fail(err error) {
-	if !errors.Is(err, ErrTimeout) || x.stage.Load() != stageNew {
+	if !errors.Is(err, ErrTimeout) || x.heardClient() {
 		x.sendErr(err)
 	}
 	switch {
@@ -784,9 +871,7 @@ func (x *xfer) fail(err error) {
 // host path.
 func (x *xfer) sendErr(err error) {
 	code := ErrorCodeOf(err)
-	msg := errorMessage(code, err)
-	x.errBuf = AppendError(x.errBuf[:0], code, msg)
-	x.io.sendError(x, x.client, x.errBuf)
+	x.out.errs = append(x.out.errs, errorPacket{to: x.client, pkt: AppendError(nil, code, errorMessage(code, err))})
 }
 
 func errorMessage(code ErrorCode, err error) string {
@@ -824,10 +909,9 @@ func (x *xfer) end(result string, err error) {
 
 // complete records the transfer's result once: metrics and the log line.
 func (x *xfer) complete(result string, err error) {
-	if x.completed {
+	if x.result != "" {
 		return
 	}
-	x.completed = true
 	x.result = result
 	sh := x.shard
 	sh.results[x.opIndex()][resultIndex(result)].Add(1)
@@ -840,10 +924,10 @@ func (x *xfer) complete(result string, err error) {
 	}
 	sh.retransmits.Add(re)
 	var d time.Duration
-	if x.counted {
+	if !x.started.IsZero() {
 		d = time.Since(x.started)
 	}
-	if result != resultRefused && x.counted {
+	if result != resultRefused && !x.started.IsZero() {
 		x.srv.m.observe(x.opIndex(), d)
 	}
 	attrs := []any{"result", result, "bytes", x.bytes, "duration", d, "retransmits", re}
@@ -860,15 +944,12 @@ func (x *xfer) complete(result string, err error) {
 	}
 }
 
-// finish releases the file and tells the driver.
+// finish releases the file and the upload, and ends the transfer.
 func (x *xfer) finish() {
-	if x.finished {
+	if x.state == stateFinished {
 		return
 	}
-	if rep := x.srv.cfg.Replicator; rep != nil && x.counted && x.result != resultCancelled {
-		rep.End(x.state())
-	}
-	x.finished = true
+	x.to(stateFinished)
 	if x.file != nil {
 		closeContent(x.file)
 		x.file = nil
@@ -879,23 +960,24 @@ func (x *xfer) finish() {
 		}
 		x.up = nil
 	}
-	if x.counted {
+	if !x.started.IsZero() {
 		x.shard.active.Add(-1)
 	}
-	x.io.finish(x)
+	x.out.done = true
 }
 
 // liveState returns the state of a transfer that started and is not
 // complete.
 func (x *xfer) liveState() (TransferState, bool) {
-	if x == nil || !x.counted || x.completed || x.finished {
-		return TransferState{}, false
+	switch x.state {
+	case stateBeginning, stateRunning, stateCommitting:
+		return x.transferState(), true
 	}
-	return x.state(), true
+	return TransferState{}, false
 }
 
-// state returns the transfer's replicable state.
-func (x *xfer) state() TransferState {
+// transferState returns the transfer's replicable state.
+func (x *xfer) transferState() TransferState {
 	st := TransferState{
 		ID: x.id, Op: x.req.Op, Client: x.client, Server: x.local,
 		Filename: x.req.Filename, Mode: x.req.Mode, Negotiated: x.neg,
