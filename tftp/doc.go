@@ -35,7 +35,8 @@
 //
 // # Usage
 //
-// A server serves one directory; it needs a [netio.System]:
+// A server serves a directory (or any [Files]: see Files below); it
+// needs a [netio.System]:
 //
 //	sys, err := netio.NewSystem(netio.Config{})
 //	...
