@@ -42,7 +42,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -449,12 +448,7 @@ func BenchmarkStormRealClients(b *testing.B) {
 // order into dir, and checks what they wrote.
 func realStorm(addr string, n int, files []loadgen.StormFile, dir, curl, hpa string) loadgen.StormResult {
 	host, port, _ := strings.Cut(addr, ":")
-	type outcome struct {
-		took  time.Duration
-		bytes int64
-		err   error
-	}
-	outs := make([]outcome, n)
+	outs := make([]loadgen.StormOutcome, n)
 	done := make(chan struct{})
 	start := time.Now()
 	for i := range n {
@@ -475,36 +469,19 @@ func realStorm(addr string, n int, files []loadgen.StormFile, dir, curl, hpa str
 					err = checkStormFile(local, f)
 				}
 				if err != nil {
-					o.err = fmt.Errorf("client %d (%s): %s: %w: %s", i, filepath.Base(cmd.Path), f.Name, err, bytes.TrimSpace(msg))
+					o.Err = fmt.Errorf("client %d (%s): %s: %w: %s", i, filepath.Base(cmd.Path), f.Name, err, bytes.TrimSpace(msg))
 					return
 				}
-				o.bytes += f.Size
+				o.Bytes += f.Size
 				os.Remove(local)
 			}
-			o.took = time.Since(start)
+			o.Took = time.Since(start)
 		}()
 	}
 	for range n {
 		<-done
 	}
-	var r loadgen.StormResult
-	for _, o := range outs {
-		r.Bytes += o.bytes
-		if o.err != nil {
-			r.Failed++
-			if r.FirstErr == nil {
-				r.FirstErr = o.err
-			}
-			continue
-		}
-		r.Completion = append(r.Completion, o.took)
-		r.Elapsed = max(r.Elapsed, o.took)
-	}
-	if r.Elapsed == 0 {
-		r.Elapsed = time.Since(start)
-	}
-	slices.Sort(r.Completion)
-	return r
+	return loadgen.SummarizeStorm(outs, start)
 }
 
 func checkStormFile(path string, f loadgen.StormFile) error {

@@ -131,13 +131,7 @@ func Storm(ctx context.Context, cfg StormConfig) (StormResult, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.Deadline)
 	defer cancel()
-	type outcome struct {
-		took  time.Duration
-		bytes int64
-		rexmt uint64
-		err   error
-	}
-	out := make([]outcome, cfg.Clients)
+	out := make([]StormOutcome, cfg.Clients)
 	var wg sync.WaitGroup
 	start := time.Now()
 	for i := range cfg.Clients {
@@ -153,45 +147,61 @@ func Storm(ctx context.Context, cfg StormConfig) (StormResult, error) {
 			for _, f := range cfg.Files {
 				if prof == StormUEFI {
 					if err := probeSize(ctx, server, f, cfg.Timeout, cfg.Retries); err != nil {
-						o.err = fmt.Errorf("client %d (%v): tsize probe of %s: %w", i, prof, f.Name, err)
+						o.Err = fmt.Errorf("client %d (%v): tsize probe of %s: %w", i, prof, f.Name, err)
 						return
 					}
 				}
 				w := &CRCWriter{}
 				st, err := c.Get(ctx, cfg.Addr, f.Name, w)
-				o.bytes += w.N
-				o.rexmt += st.Retransmits
+				o.Bytes += w.N
+				o.Retransmits += st.Retransmits
 				if err == nil && (f.Size != 0 || f.CRC != 0) && (w.N != f.Size || w.CRC != f.CRC) {
 					err = fmt.Errorf("got %d bytes, crc %08x; want %d, %08x", w.N, w.CRC, f.Size, f.CRC)
 				}
 				if err != nil {
-					o.err = fmt.Errorf("client %d (%v): %s: %w", i, prof, f.Name, err)
+					o.Err = fmt.Errorf("client %d (%v): %s: %w", i, prof, f.Name, err)
 					return
 				}
 			}
-			o.took = time.Since(start)
+			o.Took = time.Since(start)
 		}()
 	}
 	wg.Wait()
+	return SummarizeStorm(out, start), ctx.Err()
+}
+
+// StormOutcome is what one storm client did: the bytes and retransmissions
+// of its files, and the time from the storm's start until its last file
+// arrived, or the error that stopped it.
+type StormOutcome struct {
+	Bytes       int64
+	Retransmits uint64
+	Took        time.Duration
+	Err         error
+}
+
+// SummarizeStorm adds up the clients' outcomes of a storm that began at
+// start, for any load generator (this package's, or real client processes).
+func SummarizeStorm(outs []StormOutcome, start time.Time) StormResult {
 	var r StormResult
-	for _, o := range out {
-		r.Bytes += o.bytes
-		r.Retransmits += o.rexmt
-		if o.err != nil {
+	for _, o := range outs {
+		r.Bytes += o.Bytes
+		r.Retransmits += o.Retransmits
+		if o.Err != nil {
 			r.Failed++
 			if r.FirstErr == nil {
-				r.FirstErr = o.err
+				r.FirstErr = o.Err
 			}
 			continue
 		}
-		r.Completion = append(r.Completion, o.took)
-		r.Elapsed = max(r.Elapsed, o.took)
+		r.Completion = append(r.Completion, o.Took)
+		r.Elapsed = max(r.Elapsed, o.Took)
 	}
 	if r.Elapsed == 0 {
 		r.Elapsed = time.Since(start)
 	}
 	slices.Sort(r.Completion)
-	return r, ctx.Err()
+	return r
 }
 
 // probeSize asks for f with tsize 0 and blksize 1468 and, once the server
