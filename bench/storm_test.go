@@ -88,17 +88,7 @@ type stormEnv struct {
 var stormLimitsOff = []string{"-max-client-transfers", "0", "-client-rate", "0", "-max-transfers", "8192", "-log-level", "warn"}
 
 func newStormEnv(b *testing.B) *stormEnv {
-	hpa, err := exec.LookPath("in.tftpd")
-	if err != nil {
-		b.Fatal("in.tftpd is not installed: apt-get install tftpd-hpa (the service need not run)")
-	}
-	atftpd := findAtftpd(b)
-	root, err := os.MkdirTemp("", "ioactor-storm-")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { os.RemoveAll(root) })
-	os.Chmod(root, 0o755)
+	hpa, atftpd, root := cServersRoot(b, "ioactor-storm-")
 	e := &stormEnv{root: root}
 	if err := loadgen.WriteBootSet(root); err != nil {
 		b.Fatal(err)

@@ -267,20 +267,26 @@ type tftpBenchEnv struct {
 	servers []*tftpServer
 }
 
-func newTFTPBenchEnv(b *testing.B) *tftpBenchEnv {
+// cServersRoot finds the C servers (tftpd-hpa's in.tftpd and atftpd) and
+// makes the tree they serve. They drop privileges to nobody: the tree must
+// be readable by all, which b.TempDir's is not.
+func cServersRoot(b *testing.B, prefix string) (hpa, atftpd, root string) {
 	hpa, err := exec.LookPath("in.tftpd")
 	if err != nil {
 		b.Fatal("in.tftpd is not installed: apt-get install tftpd-hpa (the service need not run)")
 	}
-	atftpd := findAtftpd(b)
-	// The C servers drop privileges to nobody: the tree must be readable by
-	// all, which b.TempDir's is not.
-	root, err := os.MkdirTemp("", "ioactor-tftp-bench-")
+	atftpd = findAtftpd(b)
+	root, err = os.MkdirTemp("", prefix)
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { os.RemoveAll(root) })
 	os.Chmod(root, 0o755)
+	return hpa, atftpd, root
+}
+
+func newTFTPBenchEnv(b *testing.B) *tftpBenchEnv {
+	hpa, atftpd, root := cServersRoot(b, "ioactor-tftp-bench-")
 	e := &tftpBenchEnv{root: root, crc: map[string]uint32{}}
 	for name, size := range map[string]int64{"f64": tftpBig, "f8": tftpSmall, "probe": 1} {
 		data := make([]byte, size)
