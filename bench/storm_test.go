@@ -219,13 +219,21 @@ type stormSample struct {
 }
 
 func (e *stormEnv) measure(n int, files []loadgen.StormFile, s *stormContender) (stormSample, error) {
+	return measureStorm(n, s, func() (loadgen.StormResult, error) {
+		return loadgen.Storm(context.Background(), loadgen.StormConfig{Addr: s.addr, Clients: n, Files: files})
+	})
+}
+
+// measureStorm runs one storm of n clients against s and samples the
+// server's CPU (its forked children's too) and peak memory around it.
+func measureStorm(n int, s *stormContender, storm func() (loadgen.StormResult, error)) (stormSample, error) {
 	cpu0, fcpu0 := s.cpu(), s.followerCPU()
 	var children <-chan time.Duration
 	stopChildren := make(chan struct{})
 	if s.forks {
 		children = s.childCPU(stopChildren)
 	}
-	res, err := loadgen.Storm(context.Background(), loadgen.StormConfig{Addr: s.addr, Clients: n, Files: files})
+	res, err := storm()
 	time.Sleep(50 * time.Millisecond) // the server's last packets
 	smp := stormSample{res: res, cpu: s.cpu() - cpu0, followerCPU: s.followerCPU() - fcpu0}
 	if children != nil {
@@ -402,23 +410,11 @@ func BenchmarkStormRealClients(b *testing.B) {
 	for b.Loop() {
 		for range rounds {
 			for _, s := range e.servers {
-				cpu0, fcpu0 := s.cpu(), s.followerCPU()
-				var children <-chan time.Duration
-				stopChildren := make(chan struct{})
-				if s.forks {
-					children = s.childCPU(stopChildren)
-				}
-				res := realStorm(s.addr, n, e.boot, out, curl, hpa)
-				time.Sleep(50 * time.Millisecond)
-				smp := stormSample{res: res, cpu: s.cpu() - cpu0, followerCPU: s.followerCPU() - fcpu0}
-				if children != nil {
-					close(stopChildren)
-					smp.cpu += <-children
-				} else {
-					smp.rss = s.peakRSS()
-				}
-				if res.Failed > 0 {
-					b.Errorf("%s: %d of %d real clients failed; the first: %v", s.name, res.Failed, n, res.FirstErr)
+				smp, err := measureStorm(n, s, func() (loadgen.StormResult, error) {
+					return realStorm(s.addr, n, e.boot, out, curl, hpa), nil
+				})
+				if err != nil {
+					b.Errorf("%s, real clients: %v", s.name, err)
 				}
 				samples[s.name] = append(samples[s.name], smp)
 				time.Sleep(time.Second)
