@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/ioactor/ioactor/internal/leakcheck"
+	"github.com/ioactor/ioactor/internal/testutil"
 	"github.com/ioactor/ioactor/netio"
 )
 
@@ -144,18 +145,7 @@ func TestFilesStream(t *testing.T) {
 	if got, _ := get(t, &Client{Netascii: true, BlockSize: 1000}, srv, "text"); string(got) != text {
 		t.Fatalf("netascii: got %d bytes %q..., want %d", len(got), got[:min(20, len(got))], len(text))
 	}
-	waitFor(t, "every content closed", func() bool { return closed.Load() == opened.Load() })
-}
-
-func waitFor(t *testing.T, what string, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting: %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.WaitFor(t, "every content closed", func() bool { return closed.Load() == opened.Load() })
 }
 
 // The errors of Files reach the client as their codes, and only the
@@ -304,7 +294,7 @@ func TestFilesUpload(t *testing.T) {
 	raw.send(tid, AppendData(nil, 1, make([]byte, 512)))
 	raw.mustRecv("ACK 1")
 	raw.send(tid, AppendError(nil, ErrUndefined, "bye"))
-	waitFor(t, "the abort", func() bool { return files.aborts.Load() == 1 })
+	testutil.WaitFor(t, "the abort", func() bool { return files.aborts.Load() == 1 })
 	if _, _, err := files.OpenRead(FileRequest{Name: "half"}); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("an aborted upload was published: %v", err)
 	}
