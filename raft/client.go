@@ -99,6 +99,11 @@ type clientConn struct {
 	// of the loop and the loop the caller.
 	rfile *os.File      // under w.mu; closed by shutdown
 	rtok  chan struct{} // holds the token while nobody reads; nil: the actor reads
+	// A pipeline's answers (rolePipeline without TLS) are read by a
+	// goroutine of its own once the reading is handed over (readPipeline):
+	// it completes the futures and delivers them to raft, and the loop is
+	// not woken for them.
+	pipeRead bool
 	rbuf  []byte        // the token holder's
 	rdl   time.Time     // the token holder's: rfile's read deadline
 
@@ -129,8 +134,11 @@ func newClientConn(t *Transport, p *peer, role connRole, remote netip.AddrPort) 
 	c.w.out = append(make([]byte, 0, 4096), preamble[:]...)
 	if t.cfg.TLS == nil { // with TLS every byte goes through the shim
 		c.w.direct = tcp.NewDirectWriter()
-		if role == roleHeartbeat || role == roleRPC {
+		switch role {
+		case roleHeartbeat, roleRPC:
 			c.rtok = make(chan struct{}, 1)
+		case rolePipeline:
+			c.pipeRead = true
 		}
 	}
 	c.w.kicked = true // the preamble waits for the connection
@@ -242,7 +250,7 @@ func (c *clientConn) Receive(ctx *netio.Context, msg any) {
 		}
 		c.conn, c.connected = conn, true
 		ctx.Tell(conn, tcp.Register{Handler: ctx.Self(), Direct: c.w.direct})
-		if c.rtok != nil {
+		if c.rtok != nil || c.pipeRead {
 			ctx.Tell(conn, tcp.HandOverReading{})
 		}
 		ctx.Watch(conn)
@@ -260,6 +268,11 @@ func (c *clientConn) Receive(ctx *netio.Context, msg any) {
 		}
 		c.rfile = m.File
 		c.w.mu.Unlock()
+		if c.pipeRead {
+			c.t.wg.Add(1)
+			go c.readPipeline(m.File)
+			return
+		}
 		c.rtok <- struct{}{}
 	case tcp.FINArrived:
 		// The peer closed (a restart): no new call may pick this
@@ -496,6 +509,34 @@ func (c *clientConn) readFor(cl *call) {
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			return // the sweep fails the call and drops the connection
+		}
+		if err == nil {
+			err = io.ErrNoProgress
+		}
+		c.readFailed(err)
+		return
+	}
+}
+
+// readPipeline reads a pipeline's answers until the connection ends (its
+// own goroutine, started at the hand-over): an answer wakes it through the
+// runtime's poller, and it completes the future and delivers it to raft's
+// Consumer channel itself, as NetworkTransport's decoder goroutine does,
+// with no loop turn in between. It stops when shutdown closes f.
+func (c *clientConn) readPipeline(f *os.File) {
+	defer c.t.wg.Done()
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := f.Read(buf)
+		if n > 0 {
+			c.t.m.bytesIn.Add(uint64(n))
+			if _, err := c.rd.feed(buf[:n], c.onFrame); err != nil {
+				c.t.m.rejected.Add(1)
+				c.t.log.Warn("raft transport: bad answer; closing the connection", "peer", c.remote, "err", err)
+				c.close(fmt.Errorf("%w: %w", ErrConnectionClosed, err), true)
+				return
+			}
+			continue
 		}
 		if err == nil {
 			err = io.ErrNoProgress

@@ -115,11 +115,13 @@ type serverConn struct {
 	qmu sync.Mutex
 	q   []inbound
 	// rfile: the socket, handed over to the dispatcher (under qmu): a
-	// connection whose first request is a heartbeat (raft's heartbeat
-	// connection) is then read by its dispatcher itself, one request at a
-	// time, as NetworkTransport serves one: a heartbeat costs no wake-up
-	// of the loop and none of the dispatcher by the loop. From then on the
-	// dispatcher owns rd.
+	// connection whose first request is not an InstallSnapshot (raft's
+	// heartbeat, RPC and pipeline connections) is then read by its
+	// dispatcher itself whenever it has nothing queued or in flight, as
+	// NetworkTransport serves one request at a time (a read of a busy
+	// pipeline brings many): a request costs no wake-up of the loop and
+	// none of the dispatcher by the loop. From then on the dispatcher owns
+	// rd.
 	rfile    *os.File
 	dispDone bool // the dispatcher returned (under qmu): rfile is not set after
 	qsignal  chan struct{}
@@ -471,7 +473,8 @@ func (d *dispatcher) run() {
 				}
 				if !d.first {
 					d.first = true
-					if kind == kindHeartbeat && d.s.w.direct != nil { // not with TLS
+					// Not with TLS, nor on a snapshot's connection.
+					if kind != kindInstallSnapshot && d.s.w.direct != nil {
 						d.self.Tell(handOffReading{})
 					}
 				}
@@ -579,7 +582,8 @@ func (d *dispatcher) read(f *os.File) bool {
 }
 
 // onFrame queues a request read by the dispatcher. A connection read this
-// way carries no snapshot (raft's heartbeat connection carries heartbeats).
+// way carries no snapshot (raft's client sends each on a connection of its
+// own).
 func (d *dispatcher) onFrame(f frame, _ bool) (bool, error) {
 	switch f.kind {
 	case kindAppendEntries, kindRequestVote, kindRequestPreVote, kindTimeoutNow:
