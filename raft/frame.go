@@ -185,27 +185,60 @@ func (r *frameReader) feed(p []byte, fn func(f frame, owned bool) (stop bool, er
 		if r.need > 0 {
 			return used, nil
 		}
-		body := r.buf
-		charge := 0
-		if r.fresh {
-			// The frame carries its charge to its owner.
-			r.buf = nil
-			charge, r.held = r.held, 0
-		}
-		f, err := parseFrame(body)
-		if err != nil {
-			if r.bud != nil {
-				r.bud.give(charge)
-			}
-			return used, err
-		}
-		f.charge = charge
-		stop, err := fn(f, r.fresh)
+		stop, err := r.complete(fn)
 		if err != nil || stop {
 			return used, err
 		}
 	}
 	return used, nil
+}
+
+// complete hands the frame assembled in buf to fn.
+func (r *frameReader) complete(fn func(f frame, owned bool) (stop bool, err error)) (bool, error) {
+	body := r.buf
+	charge := 0
+	if r.fresh {
+		// The frame carries its charge to its owner.
+		r.buf = nil
+		charge, r.held = r.held, 0
+	}
+	f, err := parseFrame(body)
+	if err != nil {
+		if r.bud != nil {
+			r.bud.give(charge)
+		}
+		return false, err
+	}
+	f.charge = charge
+	return fn(f, r.fresh)
+}
+
+// spare returns room for up to max bytes of the frame body in progress, to
+// read the socket into directly (then filled), growing the buffer as feed
+// would; nil when no body is in progress. A reader of large frames (a
+// follower's appends) then copies each byte once, from the kernel, instead
+// of twice.
+func (r *frameReader) spare(max int) ([]byte, error) {
+	if r.need == 0 {
+		return nil, nil
+	}
+	k := min(r.need, max)
+	if err := r.grow(k); err != nil {
+		return nil, err
+	}
+	return r.buf[len(r.buf) : len(r.buf)+k], nil
+}
+
+// filled takes n bytes read into spare's room, and hands the frame to fn
+// if it is complete.
+func (r *frameReader) filled(n int, fn func(f frame, owned bool) (stop bool, err error)) error {
+	r.buf = r.buf[:len(r.buf)+n]
+	r.need -= n
+	if r.need > 0 {
+		return nil
+	}
+	_, err := r.complete(fn)
+	return err
 }
 
 // shrink drops a large reassembly buffer between frames.

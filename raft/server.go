@@ -546,6 +546,9 @@ func (s *serverConn) readFile() *os.File {
 // Config.Timeout (ErrStalled), as the actor's guard checks.
 func (d *dispatcher) read(f *os.File) bool {
 	s := d.s
+	if d.rbuf == nil {
+		d.rbuf = make([]byte, 64<<10)
+	}
 	if mid := s.rd.partial(); mid || d.rdl {
 		var dl time.Time
 		if mid {
@@ -557,13 +560,24 @@ func (d *dispatcher) read(f *os.File) bool {
 		}
 		d.rdl = mid
 	}
-	if d.rbuf == nil {
-		d.rbuf = make([]byte, 16<<10)
+	// In the middle of a frame's body, straight into the frame's buffer.
+	sp, err := s.rd.spare(len(d.rbuf))
+	if err != nil {
+		d.self.Tell(protocolError{err: err})
+		return false
 	}
-	n, err := f.Read(d.rbuf)
+	var n int
+	if sp != nil {
+		n, err = f.Read(sp)
+		if n > 0 {
+			err = s.rd.filled(n, d.onFrame)
+		}
+	} else if n, err = f.Read(d.rbuf); n > 0 {
+		_, err = s.rd.feed(d.rbuf[:n], d.onFrame)
+	}
 	if n > 0 {
 		d.t.m.bytesIn.Add(uint64(n))
-		if _, err := s.rd.feed(d.rbuf[:n], d.onFrame); err != nil {
+		if err != nil {
 			d.self.Tell(protocolError{err: err})
 			return false
 		}
