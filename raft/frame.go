@@ -223,11 +223,20 @@ func (r *frameReader) spare(max int) ([]byte, error) {
 		return nil, nil
 	}
 	k := min(r.need, max)
+	// Part of the frame is here and the rest is being read: up to
+	// spareAhead, make room for all of it at once (charged to the budget
+	// like any growth), rather than doubling and copying what came.
+	if r.need <= spareAhead {
+		k = r.need
+	}
 	if err := r.grow(k); err != nil {
 		return nil, err
 	}
-	return r.buf[len(r.buf) : len(r.buf)+k], nil
+	return r.buf[len(r.buf) : len(r.buf)+min(k, max)], nil
 }
+
+// spareAhead bounds the room spare makes ahead of the bytes that came.
+const spareAhead = 1 << 20
 
 // filled takes n bytes read into spare's room, and hands the frame to fn
 // if it is complete.
