@@ -10,8 +10,15 @@ package bench
 //
 // The aim is ≤ 1 % of a core per node; raft's own work (a heartbeat to each
 // follower every 30 ms with -cluster's timers, an empty append every 50–100
-// ms) is the floor. scripts/idle-cluster.sh does the same from a shell and
-// can add strace -c of the leader.
+// ms) is the floor. Besides CPU it prints, per node and per second, the
+// threads' context switches (voluntary + involuntary, summed over
+// /proc/PID/task/*/status: each is a thread going to sleep or being
+// preempted, so about one per thread wake-up) and the read- and
+// write-family system calls (syscr + syscw of /proc/PID/io), both over the
+// same window; with strace in PATH it then counts every system call of
+// each node for -idle.strace (10 s; strace slows what it traces, so the
+// counts are an upper bound). scripts/idle-cluster.sh does the CPU part
+// from a shell and can add strace -c of the leader.
 
 import (
 	"bytes"
@@ -31,7 +38,10 @@ import (
 	"time"
 )
 
-var idleWindow = flag.Duration("idle.window", 60*time.Second, "BenchmarkIdleCluster: the idle window measured")
+var (
+	idleWindow = flag.Duration("idle.window", 60*time.Second, "BenchmarkIdleCluster: the idle window measured")
+	idleStrace = flag.Duration("idle.strace", 10*time.Second, "BenchmarkIdleCluster: strace -c -f each node this long after the window, if strace is in PATH (0: never)")
+)
 
 // freePort returns a loopback port that was free a moment ago.
 func freePort(tb testing.TB, network string) int {
@@ -69,6 +79,65 @@ func cpuTicks(pid int) (int64, error) {
 		return 0, fmt.Errorf("bad /proc/%d/stat", pid)
 	}
 	return u + s, nil
+}
+
+// procCounters returns a process's context switches (all its threads') and
+// read- and write-family system calls, from /proc.
+func procCounters(pid int) (ctxsw, rw int64, err error) {
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue // a thread that ended
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.HasSuffix(k, "voluntary_ctxt_switches") {
+				n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				ctxsw += n
+			}
+		}
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return ctxsw, 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && (k == "syscr" || k == "syscw") {
+			n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			rw += n
+		}
+	}
+	return ctxsw, rw, nil
+}
+
+// straceCount counts a process's system calls for d with strace -c -f;
+// ok is false when strace is missing or failed.
+func straceCount(pid int, d time.Duration, out string) (calls int64, ok bool) {
+	path, err := exec.LookPath("strace")
+	if err != nil || d <= 0 {
+		return 0, false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, path, "-c", "-f", "-o", out, "-p", strconv.Itoa(pid))
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	cmd.WaitDelay = 5 * time.Second
+	cmd.Run() // ends by the interrupt
+	b, err := os.ReadFile(out)
+	if err != nil {
+		return 0, false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 5 && f[len(f)-1] == "total" {
+			n, err := strconv.ParseInt(f[3], 10, 64)
+			return n, err == nil
+		}
+	}
+	return 0, false
 }
 
 // clockTicks is USER_HZ, 100 on every Linux architecture Go supports.
@@ -124,12 +193,14 @@ func BenchmarkIdleCluster(b *testing.B) {
 	leader := waitIdleLeader(b, nodes, 3)
 	time.Sleep(2 * time.Second) // joins settled
 	before := make([]int64, len(nodes))
+	csw0, rw0 := make([]int64, len(nodes)), make([]int64, len(nodes))
 	for i, n := range nodes {
 		t, err := cpuTicks(n.cmd.Process.Pid)
 		if err != nil {
 			b.Fatal(err)
 		}
 		before[i] = t
+		csw0[i], rw0[i], _ = procCounters(n.cmd.Process.Pid)
 	}
 	b.ResetTimer()
 	time.Sleep(*idleWindow)
@@ -141,6 +212,12 @@ func BenchmarkIdleCluster(b *testing.B) {
 			b.Fatal(err)
 		}
 		pct := 100 * float64(t-before[i]) / clockTicks / idleWindow.Seconds()
+		csw, rw, err := procCounters(n.cmd.Process.Pid)
+		counters := "context switches and syscalls: " + fmt.Sprint(err)
+		if err == nil {
+			counters = fmt.Sprintf("%.0f context switches/s, %.0f read+write syscalls/s",
+				float64(csw-csw0[i])/idleWindow.Seconds(), float64(rw-rw0[i])/idleWindow.Seconds())
+		}
 		role := "follower"
 		if n.id == leader {
 			role = "leader"
@@ -148,7 +225,12 @@ func BenchmarkIdleCluster(b *testing.B) {
 		} else {
 			worstFollower = max(worstFollower, pct)
 		}
-		fmt.Printf("idle cluster: %s (%s): %.2f %% of a core over %v\n", n.id, role, pct, *idleWindow)
+		fmt.Printf("idle cluster: %s (%s): %.2f %% of a core over %v, %s\n", n.id, role, pct, *idleWindow, counters)
+	}
+	for _, n := range nodes {
+		if calls, ok := straceCount(n.cmd.Process.Pid, *idleStrace, filepath.Join(dir, n.id+".strace")); ok {
+			fmt.Printf("idle cluster: %s: %.0f system calls/s under strace -c -f for %v\n", n.id, float64(calls)/idleStrace.Seconds(), *idleStrace)
+		}
 	}
 	b.ReportMetric(worstFollower, "follower-%core")
 	b.ReportMetric(0, "ns/op")
