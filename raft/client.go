@@ -88,6 +88,7 @@ type clientConn struct {
 
 	npend    atomic.Int32 // len(pend), for picking the least busy connection
 	isClosed atomic.Bool
+	answered atomic.Bool // an answer came on it (a call failing on it later may meet a restarted peer)
 
 	// Callers read (roleHeartbeat and roleRPC without TLS): once the
 	// connection handed its reading over (tcp.HandOverReading), a caller
@@ -104,8 +105,8 @@ type clientConn struct {
 	// it completes the futures and delivers them to raft, and the loop is
 	// not woken for them.
 	pipeRead bool
-	rbuf  []byte        // the token holder's
-	rdl   time.Time     // the token holder's: rfile's read deadline
+	rbuf     []byte    // the token holder's
+	rdl      time.Time // the token holder's: rfile's read deadline
 
 	// Owned by the actor.
 	conn      netio.Ref // the tcp connection, once connected
@@ -387,6 +388,7 @@ func (c *clientConn) takeLocked(id uint64) *call {
 
 // completeLocked finishes a call with its answer's body.
 func (c *clientConn) completeLocked(cl *call, body []byte) {
+	c.answered.Store(true)
 	if cl.fut != nil {
 		cl.fut.answer(body)
 		return

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	hraft "github.com/hashicorp/raft"
+	"golang.org/x/sys/unix"
 
 	"github.com/ioactor/ioactor/netio"
 )
@@ -238,31 +239,53 @@ func (t *Transport) opErr(kind rpcKind, target hraft.ServerAddress, err error) e
 
 // roundTrip sends one request and waits for its answer, which the
 // connection guarantees within Timeout.
+//
+// A call that a connection used before carried fails with the peer's close
+// or reset is sent once more, on a fresh connection: the peer restarted,
+// and the client had not yet seen the old incarnation's FIN when it picked
+// the connection (tcp.FINArrived drops it, but the call may be first).
+// The old incarnation never answered; raft's RPCs are safe to repeat.
 func (t *Transport) roundTrip(target hraft.ServerAddress, kind rpcKind, role connRole, args, resp any) error {
-	c, err := t.conn(target, role)
-	if err != nil {
-		return t.opErr(kind, target, err)
-	}
-	wire := kind
-	if kind == kindHeartbeat {
-		wire = kindAppendEntries
-	}
-	cl := getCall(kind, t.cfg.Timeout)
-	if err := c.enqueue(cl, wire, args); err != nil {
+	for retried := false; ; retried = true {
+		c, err := t.conn(target, role)
+		if err != nil {
+			return t.opErr(kind, target, err)
+		}
+		wire := kind
+		if kind == kindHeartbeat {
+			wire = kindAppendEntries
+		}
+		reused := c.answered.Load()
+		cl := getCall(kind, t.cfg.Timeout)
+		if err := c.enqueue(cl, wire, args); err != nil {
+			putCall(cl)
+			if !retried && reused && errors.Is(err, ErrConnectionClosed) {
+				continue
+			}
+			return t.opErr(kind, target, err)
+		}
+		c.wait(cl)
+		err = cl.err
+		if err == nil {
+			err = decodeAnswer(cl.buf, resp)
+		}
+		t.m.observe(kind, cl.start)
 		putCall(cl)
-		return t.opErr(kind, target, err)
+		if err != nil && !retried && reused && stale(err) {
+			continue
+		}
+		if err != nil {
+			return t.opErr(kind, target, err)
+		}
+		return nil
 	}
-	c.wait(cl)
-	err = cl.err
-	if err == nil {
-		err = decodeAnswer(cl.buf, resp)
-	}
-	t.m.observe(kind, cl.start)
-	putCall(cl)
-	if err != nil {
-		return t.opErr(kind, target, err)
-	}
-	return nil
+}
+
+// stale reports whether a call failed because its connection's peer had
+// closed or reset it (not a timeout, not an answer).
+func stale(err error) bool {
+	return errors.Is(err, ErrConnectionClosed) && (errors.Is(err, errPeerClosed) ||
+		errors.Is(err, unix.ECONNRESET) || errors.Is(err, unix.EPIPE))
 }
 
 // conn returns a connection of the given role to target.
