@@ -44,17 +44,27 @@
 // works on one, already offers the next on the Consumer channel; it writes
 // answers the way callers write requests.
 //
-// Three kinds of connection stop being read by the loop once they are set
-// up (without TLS): the tcp connection hands its socket over
+// Every connection stops being read by the loop once it is set up
+// (without TLS): the tcp connection hands its socket over
 // (tcp.HandOverReading: a duplicate of it on the Go runtime's poller, the
 // loop no longer woken by what arrives). On the heartbeat and RPC
 // connections the callers read: a caller waiting for its answer takes the
 // connection's read token and reads until its own answer came, completing
-// the others' on the way, so an answer wakes its caller directly. A server
-// connection whose first request is a heartbeat (raft's heartbeat
-// connection) is read by its dispatcher, one request at a time, as
-// raft.NetworkTransport serves one. A snapshot's data is read by raft's
-// own Reads. One wake-up of a goroutine per hop is left, as with net.Conn.
+// the others' on the way, so an answer wakes its caller directly. A
+// pipeline's answers are read by a goroutine of the pipeline, which
+// completes the futures and hands them to raft's Consumer channel. A
+// server connection whose first request is not an InstallSnapshot is read
+// by its dispatcher whenever it has nothing queued or in flight, as
+// raft.NetworkTransport serves one request at a time (one read of a busy
+// pipeline brings many); a frame body is read straight into the frame's
+// buffer. A snapshot's data is read by raft's own Reads. One wake-up of a
+// goroutine per hop is left, as with net.Conn.
+//
+// A call that fails because a connection that had carried answers before
+// was closed or reset by the peer is sent once more on a fresh
+// connection: the peer restarted and the old incarnation's FIN had not
+// been seen yet when the call picked the connection (raft's RPCs are safe
+// to repeat; the old incarnation never answered).
 //
 // Timeouts: a connection's sweep fires at its oldest pending call's
 // deadline (no timer while nothing is pending). A call that times out
@@ -159,7 +169,5 @@
 // Frames are limited to Config.MaxFrameSize (64 MiB by default): a raft log
 // entry larger than that cannot be replicated. raft's own go-metrics are not
 // bridged to Prometheus. A System passed in Config must be shut down only
-// after Close. A pipelined append still crosses from the loop that reads it
-// to the dispatcher goroutine, and its answer from the loop to the
-// pipeline's consumer (batching many per wake-up).
+// after Close.
 package raft
