@@ -1,6 +1,7 @@
 package raft
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -50,32 +51,22 @@ func TestFirstCallAfterPeerRestartSucceeds(t *testing.T) {
 			}},
 		}
 		for round := range 10 {
-			server := im.make(t, addr, 2*time.Second)
-			addr = string(server.LocalAddr())
-			server.(*Transport).SetHeartbeatHandler(answer)
-			stop := make(chan struct{})
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				for {
-					select {
-					case rpc := <-server.Consumer():
-						answer(rpc)
-					case <-stop:
-						return
+			t.Run(fmt.Sprint("restart ", round), func(t *testing.T) {
+				server := im.make(t, addr, 2*time.Second)
+				t.Cleanup(func() {
+					if err := server.Close(); err != nil {
+						t.Error(err)
+					}
+				})
+				addr = string(server.LocalAddr())
+				server.(*Transport).SetHeartbeatHandler(answer)
+				serve(t, server, answer)
+				for _, c := range calls {
+					if err := c.call(server.LocalAddr()); err != nil {
+						t.Errorf("the first %s after the peer's restart: %v", c.name, err)
 					}
 				}
-			}()
-			for _, c := range calls {
-				if err := c.call(server.LocalAddr()); err != nil {
-					t.Errorf("round %d: the first %s after the peer's restart: %v", round, c.name, err)
-				}
-			}
-			close(stop)
-			<-done
-			if err := server.Close(); err != nil {
-				t.Fatal(err)
-			}
+			})
 		}
 	})
 }
