@@ -10,7 +10,8 @@ package bench
 // The boot set is a 40,000-byte first stage, a 1.5 MiB second stage and a
 // 10 MiB kernel; at N ≥ 1000 the kernel is left out (STORM_KERNEL_BELOW=N
 // moves that bound: 1000000 keeps it everywhere), so that the run stays
-// within minutes on two cores. STORM_SERVERS=a,b picks contenders. Half the
+// within minutes on two cores. STORM_SERVERS=a,b picks contenders;
+// STORM_PLOT=FILE.svg draws the medians against N. Half the
 // clients are UEFI-like (a tsize probe, an ERROR 8 to the OACK, then the
 // file at blksize 1468 with tsize), half BIOS-like (blksize 512 with
 // tsize); see loadgen.Storm. The load generator is this process: a
@@ -271,6 +272,7 @@ func BenchmarkStorm(b *testing.B) {
 	}
 	e := newStormEnv(b)
 	var out strings.Builder
+	all := map[int]map[string][]stormSample{}
 	for _, n := range ns {
 		files := e.full
 		if n >= stormKernelBelow {
@@ -281,6 +283,7 @@ func BenchmarkStorm(b *testing.B) {
 			names = append(names, f.Name)
 		}
 		samples := map[string][]stormSample{}
+		all[n] = samples
 		b.Run(fmt.Sprintf("N%d", n), func(b *testing.B) {
 			for b.Loop() {
 				for range rounds {
@@ -303,6 +306,9 @@ func BenchmarkStorm(b *testing.B) {
 		stormTable(&out, n, "half blksize 1468 with tsize probes, half 512", names, rounds, e.servers, samples)
 	}
 	fmt.Print(out.String())
+	if err := writeStormPlot(ns, e.servers, all); err != nil {
+		b.Error(err)
+	}
 }
 
 // stormMedian is the sample of median MB/s.
