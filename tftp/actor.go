@@ -48,7 +48,8 @@ type transfer struct {
 
 	x        *xfer
 	bind     udp.Bind
-	sm       udp.SendMany
+	sm       udp.SendMany // a window
+	s1       udp.Send     // single-port lock-step: one datagram, coalesced
 	timer    *netio.Timer
 	armed    time.Time
 	stopping bool
@@ -72,6 +73,7 @@ type (
 func (t *transfer) PreStart(ctx *netio.Context) {
 	t.x = t.srv.newXfer(t.req, t.client, t.srv.m.shard(ctx.Loop().ID()))
 	t.sm = udp.SendMany{Target: t.client, Ack: sentAck{}}
+	t.s1 = udp.Send{Target: t.client, Ack: sentAck{}}
 	if t.shared {
 		t.start(ctx.Now())
 		t.apply(ctx)
@@ -128,7 +130,7 @@ func (t *transfer) Receive(ctx *netio.Context, msg any) {
 		case &t.bind:
 			t.srv.log.Error("tftp: cannot open a transfer port", "xfer", x.id, "client", t.client.String(), "err", m.Cause)
 			x.end(resultError, m.Cause)
-		case &t.sm:
+		case &t.sm, &t.s1:
 			x.sendFailed(now, sendCause(m.Cause))
 		}
 	default:
@@ -147,7 +149,19 @@ func (t *transfer) apply(ctx *netio.Context) {
 		o.errs[i] = errorPacket{}
 	}
 	o.errs = o.errs[:0]
-	if o.send != nil {
+	if o.send != nil && t.shared && len(o.send) == 1 {
+		// Lock-step on the shared port: a Send, which the socket queues
+		// with the other transfers' datagrams of this loop turn and sends
+		// in one sendmmsg (or GSO run) when the turn's messages are
+		// drained. Safe across a stop: the position a transfer hands over
+		// (sender.checkpoint) is the client's last ACK, never a block sent
+		// or queued, and a queued block the socket still sends after the
+		// stop leaves the client one block past it, where the next
+		// server's probe starts (TestStopPositionFollowsTheClient).
+		t.s1.Data = o.send[0]
+		o.send = nil
+		ctx.Tell(t.sock, &t.s1)
+	} else if o.send != nil {
 		t.sm.Datagrams = o.send
 		o.send = nil
 		ctx.Tell(t.sock, &t.sm)
