@@ -371,8 +371,30 @@ const (
 // unambiguous.
 const probeSpan = 8192
 
+// checkpointPerTransfer is how much a loop's checkpoint interval grows
+// per live transfer on it: however many transfers run, they checkpoint
+// about 1,000 times a second together (200 transfers every 200 ms, not
+// 10,000 times a second every 20 ms). A resumed lock-step download finds
+// its client by probing from the checkpoint (up to probeSpan blocks), so
+// a longer interval costs a longer probe after a failover, not safety;
+// checkpointMaxBlocks still bounds the blocks between two checkpoints.
+const (
+	checkpointPerTransfer = time.Millisecond
+	checkpointMaxInterval = time.Second
+)
+
+// checkpointEvery is the checkpoint interval of a transfer on a loop with
+// active live transfers: CheckpointInterval, or longer with many
+// transfers (checkpointPerTransfer each, at most checkpointMaxInterval).
+func checkpointEvery(interval time.Duration, active int64) time.Duration {
+	if active <= 0 {
+		return interval
+	}
+	return max(interval, min(time.Duration(active)*checkpointPerTransfer, checkpointMaxInterval))
+}
+
 // checkpoint tells the replicator how far the transfer got, every
-// CheckpointInterval (and every checkpointMaxBlocks blocks).
+// checkpointEvery (and every checkpointMaxBlocks blocks).
 func (x *xfer) checkpoint(now time.Time) {
 	rep := x.srv.cfg.Replicator
 	if rep == nil || x.state != stateRunning {
@@ -385,7 +407,8 @@ func (x *xfer) checkpoint(now time.Time) {
 	case x.rcv != nil:
 		b = x.rcv.checkpoint()
 	}
-	if b > x.ckpt && (now.Sub(x.ckptAt) >= x.srv.cfg.CheckpointInterval || b >= x.ckpt+checkpointMaxBlocks) {
+	every := checkpointEvery(x.srv.cfg.CheckpointInterval, x.shard.active.Load())
+	if b > x.ckpt && (now.Sub(x.ckptAt) >= every || b >= x.ckpt+checkpointMaxBlocks) {
 		x.ckpt, x.ckptAt = b, now
 		rep.Progress(x.transferState())
 	}
