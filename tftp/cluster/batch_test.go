@@ -7,7 +7,10 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ioactor/ioactor/internal/leakcheck"
+	"github.com/ioactor/ioactor/internal/testutil"
 	"github.com/ioactor/ioactor/tftp"
 )
 
@@ -138,5 +141,72 @@ func TestStalledFollowsTheUsualCommitTime(t *testing.T) {
 	}
 	if stalledAfter(100*time.Millisecond) || !stalledAfter(125*time.Millisecond) {
 		t.Fatalf("slow commits: hold after %v", r.holdAfter())
+	}
+}
+
+// TestCheckpointEntriesArePaced: a stream of checkpoints from 200
+// transfers, as in a boot storm, goes to raft at most one entry per
+// batchGap, and after a flush every transfer's newest checkpoint is
+// committed.
+func TestCheckpointEntriesArePaced(t *testing.T) {
+	leakcheck.Check(t)
+	dir := t.TempDir()
+	n := startNode(t, dir, "a", "")
+	defer n.Close()
+	testutil.WaitFor(t, "a to lead", n.IsLeader)
+	fsys, err := tftp.NewFS(tftp.FSConfig{Root: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fsys.Close()
+	reg := prometheus.NewRegistry()
+	r := newReplicator(n, fsys, newServeMetrics(reg))
+	defer r.close()
+	const transfers = 200
+	states := make([]tftp.TransferState, transfers)
+	for i := range states {
+		states[i] = tftp.TransferState{ID: uint64(i + 1), Op: tftp.OpWRQ, Filename: "f", Mode: "octet",
+			Client: netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), uint16(1000+i))}
+		if err := r.Begin(states[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const run = 500 * time.Millisecond
+	start := time.Now()
+	for time.Since(start) < run {
+		for i := range states {
+			states[i].Block++
+			r.Progress(states[i])
+		}
+		time.Sleep(time.Millisecond)
+	}
+	took := time.Since(start)
+	if !r.flush(10 * time.Second) {
+		t.Fatal("flush timed out")
+	}
+	var entries float64
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "ioactor_tftp_cluster_checkpoint_batch_size" {
+			entries = float64(mf.GetMetric()[0].GetHistogram().GetSampleCount())
+		}
+	}
+	if max := float64(took/batchGap) + 2; entries > max {
+		t.Errorf("%v of checkpoints went as %v entries, want at most %v (one per %v)", took, entries, max, batchGap)
+	}
+	if entries < 2 {
+		t.Errorf("%v entries: the checkpoints did not go to raft while they came", entries)
+	}
+	got := map[netip.AddrPort]uint64{}
+	for _, rec := range n.Transfers() {
+		got[rec.State.Client] = rec.State.Block
+	}
+	for _, st := range states {
+		if got[st.Client] != st.Block {
+			t.Errorf("%v: committed block %d, want the newest checkpoint %d", st.Client, got[st.Client], st.Block)
+		}
 	}
 }

@@ -204,8 +204,8 @@ func (r *replicator) run() {
 		}
 		for {
 			r.mu.Lock()
-			ends, flushes := r.ends, r.flushes
-			r.ends, r.flushes = nil, nil
+			ends := r.ends
+			r.ends = nil
 			// Every checkpoint waiting goes as one entry (batch.go).
 			var batch []Record
 			for k, v := range r.pending {
@@ -214,6 +214,14 @@ func (r *replicator) run() {
 				}
 				batch = append(batch, v)
 				delete(r.pending, k)
+			}
+			// A flush waits for every checkpoint queued before it: it
+			// goes after the batch that empties the queue. (Taken with
+			// a batch and then dropped, a flush under a storm's
+			// checkpoints timed out.)
+			var flushes []chan struct{}
+			if len(r.pending) == 0 {
+				flushes, r.flushes = r.flushes, nil
 			}
 			r.mu.Unlock()
 			// Ends commit in the background too, in one append with the
@@ -243,10 +251,6 @@ func (r *replicator) run() {
 						return
 					}
 				}
-				if !r.pause(batchGap) {
-					return
-				}
-				continue
 			}
 			// Everything queued before the flushes has been started.
 			for _, ch := range flushes {
@@ -256,7 +260,12 @@ func (r *replicator) run() {
 					return
 				}
 			}
-			break
+			if len(batch) == 0 {
+				break
+			}
+			if !r.pause(batchGap) {
+				return
+			}
 		}
 	}
 }
