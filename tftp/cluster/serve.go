@@ -24,9 +24,11 @@ import (
 // newest checkpoint of a transfer waits in the queue, and every checkpoint
 // waiting goes to raft as one entry (up to maxBatch); up to maxInflight
 // entries are committing at once (raft batches them into one append and
-// fsync), so a checkpoint's lag behind the transfer is about one commit
-// time, not a queue of them, and 200 transfers checkpointing every 20 ms
-// make a few hundred entries a second, not 10,000.
+// fsync), and an entry goes at most every batchGap, so a checkpoint's
+// lag behind the transfer is about one commit time plus batchGap, not a
+// queue of them, and a storm's checkpoints (about 1,000 a second however
+// many transfers: tftp's interval grows with them) make at most 50
+// entries a second, not 10,000.
 type replicator struct {
 	n    *Node
 	fs   *tftp.FS
