@@ -250,6 +250,11 @@ func drive(c net.Conn, cfg Config, w *window, h *Histogram) (int64, error) {
 		}
 		if k > 0 {
 			if _, err := c.Write(out[:k*size]); err != nil {
+				select {
+				case <-w.stop: // the deadline that stops the run
+					return n, nil
+				default:
+				}
 				return n, err
 			}
 		}
