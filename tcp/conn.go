@@ -774,8 +774,10 @@ func (c *conn) sendFile(s *segment) error {
 	return nil
 }
 
-// maxSpillKept bounds the spill buffer an idle connection keeps.
-const maxSpillKept = 64 << 10
+// maxSpillKept bounds the spill buffer an idle connection keeps: one read's
+// worth (the loop's read buffer is 128 KiB), so that an echo of full reads
+// into a full socket does not allocate a spill buffer per read.
+const maxSpillKept = 128 << 10
 
 // afterWrite runs when no write is pending any more.
 func (c *conn) afterWrite(ctx *netio.Context) {
