@@ -261,7 +261,7 @@ func (c *conn) OnEvents(ctx *netio.Context, ev uint32) {
 	}
 }
 
-// read performs one read(2) if the handler wants data, and schedules another
+// read performs one recvfrom(2) if the handler wants data, and schedules another
 // turn if the socket may hold more.
 func (c *conn) read(ctx *netio.Context) {
 	if c.state != stateOpen || c.suspended || !c.readable || c.peerClosed || c.fd < 0 {
@@ -484,7 +484,7 @@ func (c *conn) batch(w *Write) {
 	c.segs = append(c.segs, segment{data: w.Data, ack: w.Ack, transient: w.Transient})
 }
 
-// flushBatch writes what batch gathered: one write(2) for one Write, one
+// flushBatch writes what batch gathered: one sendto(2) for one Write, one
 // writev(2) for several.
 func (c *conn) flushBatch(ctx *netio.Context) {
 	c.batched = false // nothing but batch reached the connection meanwhile
@@ -498,11 +498,11 @@ func (c *conn) flushBatch(ctx *netio.Context) {
 	c.start(ctx)
 }
 
-// send writes one accepted segment: straight to write(2) when the socket is
+// send writes one accepted segment: straight to sendto(2) when the socket is
 // writable, the long way (start) for the rest.
 func (c *conn) send(ctx *netio.Context, s segment) {
 	if c.writable && c.direct == nil {
-		// Nothing is pending (canWrite): one write(2) straight from the
+		// Nothing is pending (canWrite): one sendto(2) straight from the
 		// command, and if the kernel takes it all, the ack. What flush
 		// does for one segment, without the segment bookkeeping. (With a
 		// DirectWriter the long way marks the connection busy first, so
@@ -673,7 +673,7 @@ func (s *segment) done() bool {
 }
 
 // writeData writes the run of in-memory parts starting at segi with one
-// write(2) or writev(2).
+// sendto(2) or writev(2).
 func (c *conn) writeData() error {
 	s := &c.segs[c.segi]
 	if len(s.data) == 0 {
