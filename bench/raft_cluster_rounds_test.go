@@ -4,7 +4,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"math"
 	"path/filepath"
 	"regexp"
 	"runtime/pprof"
@@ -189,14 +188,6 @@ func BenchmarkRaftClusterRounds(b *testing.B) {
 	}
 	b.StopTimer()
 
-	median := func(v []float64) float64 {
-		if len(v) == 0 {
-			return math.NaN() // a transport left out by -raft.impls
-		}
-		s := slices.Clone(v)
-		slices.Sort(s)
-		return s[len(s)/2]
-	}
 	store := "in-memory stores"
 	if *raftBolt {
 		store = "raft-boltdb stores"

@@ -3,7 +3,6 @@ package bench
 import (
 	"flag"
 	"fmt"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -138,11 +137,6 @@ func BenchmarkRaftRounds(b *testing.B) {
 		}
 	}
 	b.StopTimer()
-	median := func(v []float64) float64 {
-		s := slices.Clone(v)
-		slices.Sort(s)
-		return s[len(s)/2]
-	}
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "\n# raft transports, median of %d interleaved rounds\n%-28s", *raftRounds, "metric")
 	for _, im := range impls {

@@ -98,7 +98,7 @@ type clientConn struct {
 	// gives the token back for the next waiting caller. An answer then
 	// wakes its caller directly, as a blocking net.Conn read does, instead
 	// of the loop and the loop the caller.
-	rfile *os.File      // under w.mu; closed by shutdown
+	rfile *tcp.ReadFile // under w.mu; closed by shutdown
 	rtok  chan struct{} // holds the token while nobody reads; nil: the actor reads
 	// A pipeline's answers (rolePipeline without TLS) are read by a
 	// goroutine of its own once the reading is handed over (readPipeline):
@@ -525,7 +525,7 @@ func (c *clientConn) readFor(cl *call) {
 // runtime's poller, and it completes the future and delivers it to raft's
 // Consumer channel itself, as NetworkTransport's decoder goroutine does,
 // with no loop turn in between. It stops when shutdown closes f.
-func (c *clientConn) readPipeline(f *os.File) {
+func (c *clientConn) readPipeline(f *tcp.ReadFile) {
 	defer c.t.wg.Done()
 	buf := make([]byte, 64<<10)
 	for {

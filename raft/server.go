@@ -122,7 +122,7 @@ type serverConn struct {
 	// pipeline brings many): a request costs no wake-up of the loop and
 	// none of the dispatcher by the loop. From then on the dispatcher owns
 	// rd.
-	rfile    *os.File
+	rfile    *tcp.ReadFile
 	dispDone bool // the dispatcher returned (under qmu): rfile is not set after
 	qsignal  chan struct{}
 	resume   atomic.Bool // the dispatcher must ask for ResumeReading
@@ -531,7 +531,7 @@ func (d *dispatcher) run() {
 }
 
 // readFile returns the socket once it is handed over to the dispatcher.
-func (s *serverConn) readFile() *os.File {
+func (s *serverConn) readFile() *tcp.ReadFile {
 	s.qmu.Lock()
 	defer s.qmu.Unlock()
 	if len(s.q) > 0 {
@@ -544,7 +544,7 @@ func (s *serverConn) readFile() *os.File {
 // completes (dispatcher, with nothing queued or in flight); false: the
 // connection is done. A frame once begun must go on arriving within
 // Config.Timeout (ErrStalled), as the actor's guard checks.
-func (d *dispatcher) read(f *os.File) bool {
+func (d *dispatcher) read(f *tcp.ReadFile) bool {
 	s := d.s
 	if d.rbuf == nil {
 		d.rbuf = make([]byte, 64<<10)

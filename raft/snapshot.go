@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ioactor/ioactor/netio"
+	"github.com/ioactor/ioactor/tcp"
 )
 
 // snapPipe carries a snapshot's data from a server connection to raft,
@@ -43,10 +44,10 @@ type snapPipe struct {
 	err      error // once buffered data is consumed: io.EOF or the failure
 	free     [][]byte
 
-	file *os.File // the socket, once handed over (under mu; closed by finish)
-	left int64    // bytes still to come through file (reader, once file is set)
-	fbuf []byte   // reader only: file data read ahead of a small Read
-	foff int      // read offset in fbuf
+	file *tcp.ReadFile // the socket, once handed over (under mu; closed by finish)
+	left int64         // bytes still to come through file (reader, once file is set)
+	fbuf []byte        // reader only: file data read ahead of a small Read
+	foff int           // read offset in fbuf
 
 	signal     chan struct{}
 	wantResume atomic.Bool
@@ -119,7 +120,7 @@ func (p *snapPipe) full() bool {
 
 // handOver gives the pipe the socket, with left bytes of the snapshot
 // still unread (actor, after its last write).
-func (p *snapPipe) handOver(f *os.File, left int64) {
+func (p *snapPipe) handOver(f *tcp.ReadFile, left int64) {
 	p.mu.Lock()
 	if p.err != nil {
 		p.mu.Unlock()
@@ -213,7 +214,7 @@ func (p *snapPipe) Read(b []byte) (int, error) {
 
 // readFile reads from the handed-over socket (reader; the pipe's chunks
 // are consumed).
-func (p *snapPipe) readFile(f *os.File, b []byte) (int, error) {
+func (p *snapPipe) readFile(f *tcp.ReadFile, b []byte) (int, error) {
 	if p.left == 0 {
 		p.finish(io.EOF)
 		return 0, io.EOF

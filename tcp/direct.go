@@ -42,7 +42,15 @@ func (w *DirectWriter) TryWrite(b []byte) (n int, ok bool) {
 	if len(b) == 0 {
 		return 0, true
 	}
-	n, err := unix.Write(w.fd, b)
+	// A raw write(2) when short (non-blocking: it returns at once): it does
+	// not wake sysmon, as syscall.Syscall does whenever every P was idle
+	// (see ReadFile); a long one keeps the runtime's accounting.
+	var err error
+	if len(b) <= rawIOMax {
+		n, err = sysWrite(w.fd, b)
+	} else {
+		n, err = unix.Write(w.fd, b)
+	}
 	if err != nil || n < 0 {
 		return 0, true
 	}

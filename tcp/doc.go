@@ -75,7 +75,7 @@
 //
 // [HandOverReading] gives the reading to a goroutine for good: the answer,
 // [ReadingHandedOver], carries a duplicate of the socket on the Go runtime's
-// poller, and the connection takes EPOLLIN off its registration (one
+// poller ([ReadFile], read with raw read(2)s), and the connection takes EPOLLIN off its registration (one
 // epoll_ctl), so arriving data wakes that goroutine and not the loop; the
 // peer's FIN is then reported as [FINArrived].
 //

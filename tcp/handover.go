@@ -2,7 +2,6 @@ package tcp
 
 import (
 	"fmt"
-	"os"
 
 	"golang.org/x/sys/unix"
 
@@ -14,8 +13,8 @@ import (
 // at the socket into its own buffers, without the loop's read buffer and
 // the copy out of it. The connection stops reading for good (as after
 // SuspendReading; a later ResumeReading is ignored) and answers with [ReadingHandedOver], whose File is a
-// duplicate of its socket on the Go runtime's poller (Read blocks the
-// goroutine, not a thread; SetReadDeadline works), or with CommandFailed
+// duplicate of its socket on the Go runtime's poller ([ReadFile]: Read
+// blocks the goroutine, not a thread; SetReadDeadline works), or with CommandFailed
 // when it is not open.
 //
 // The connection's loop is no longer woken by arriving data; the peer's FIN
@@ -29,7 +28,7 @@ import (
 type HandOverReading struct{}
 
 // ReadingHandedOver answers HandOverReading.
-type ReadingHandedOver struct{ File *os.File }
+type ReadingHandedOver struct{ File *ReadFile }
 
 // FINArrived tells the handler of a connection whose reading was handed
 // over that the peer's FIN arrived: the connection stays open (the File's
@@ -49,17 +48,20 @@ func (c *conn) handOverReading(ctx *netio.Context, cmd any) {
 		ctx.Tell(to, CommandFailed{Cmd: cmd, Cause: fmt.Errorf("hand over reading: dup: %w", err)})
 		return
 	}
+	f, err := newReadFile(fd)
+	if err != nil {
+		ctx.Tell(to, CommandFailed{Cmd: cmd, Cause: fmt.Errorf("hand over reading: %w", err)})
+		return
+	}
 	// Nor wake the loop for what arrives: EPOLLIN off (EPOLLRDHUP stays,
 	// for FINArrived).
 	if err := ctx.Modify(c.fd, connEvents&^netio.EventIn); err != nil {
-		unix.Close(fd)
+		f.Close()
 		ctx.Tell(to, CommandFailed{Cmd: cmd, Cause: fmt.Errorf("hand over reading: %w", err)})
 		return
 	}
 	c.suspended, c.handedOver = true, true
-	// The duplicate shares the socket's O_NONBLOCK, so os.NewFile puts it
-	// on the runtime's poller.
-	ctx.Tell(to, ReadingHandedOver{File: os.NewFile(uintptr(fd), "tcp-read")})
+	ctx.Tell(to, ReadingHandedOver{File: f})
 }
 
 // handedOverEvents handles the read side's events of a connection whose

@@ -1,8 +1,10 @@
 package tcp_test
 
 import (
+	"errors"
 	"io"
 	"net"
+	"os"
 	"testing"
 	"time"
 
@@ -41,8 +43,8 @@ func TestHandOverReading(t *testing.T) {
 	if err := f.SetReadDeadline(time.Now().Add(50 * time.Millisecond)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.Read(buf); err == nil {
-		t.Fatal("a read of a silent socket returned")
+	if _, err := f.Read(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("a read of a silent socket past its deadline: %v, want os.ErrDeadlineExceeded", err)
 	}
 
 	// The connection still writes.
@@ -64,9 +66,37 @@ func TestHandOverReading(t *testing.T) {
 		t.Fatalf("read after the peer closed: %d, %v, want io.EOF", n, err)
 	}
 	f.Close()
+	if _, err := f.Read(buf); !errors.Is(err, os.ErrClosed) {
+		t.Fatalf("read after Close: %v, want os.ErrClosed", err)
+	}
 	// The connection did not read the FIN either: it closes when told.
 	conn.Tell(tcp.Close{})
 	expect[tcp.Closed](t, p)
+}
+
+// Close ends a Read blocked on the File with os.ErrClosed (package raft's
+// connections end their readers so).
+func TestHandOverReadingCloseEndsARead(t *testing.T) {
+	sys := newSystem(t)
+	p := newProbe(sys)
+	_, conn := serverConn(t, sys, p, tcp.Register{})
+	conn.Tell(tcp.HandOverReading{})
+	f := expect[tcp.ReadingHandedOver](t, p).File
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.Read(make([]byte, 16))
+		done <- err
+	}()
+	time.Sleep(20 * time.Millisecond) // (a Read not yet blocked returns the same)
+	f.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, os.ErrClosed) {
+			t.Fatalf("blocked read after Close: %v, want os.ErrClosed", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not end the blocked read")
+	}
 }
 
 // A reset socket ends a handed-over connection even when nobody reads the
