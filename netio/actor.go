@@ -122,15 +122,19 @@ const (
 )
 
 type actor struct {
-	// What every message touches first, in one cache line.
-	loop      *Loop // nil for a blocking actor
-	impl      Actor
+	// What every message and event touches first, in the first 32 bytes:
+	// an actor is 160 bytes, so half of them start in the middle of a
+	// cache line, and these are in one line either way (state was at
+	// byte 64, a line of its own for every dispatch and Deliver).
+	loop    *Loop      // nil for a blocking actor
+	state   actorState // owned by the actor's goroutine
+	stopReq bool
+	busy    bool  // its code is on the loop's stack: a Deliver to it queues
+	queued  int32 // envelopes to it in its loop's local queue
+	impl    Actor
+	// Then what a delivery touches.
 	ctx       Context
 	behaviors []ReceiveFunc // become stack; empty means impl.Receive
-	state     actorState    // owned by the actor's goroutine
-	stopReq   bool
-	busy      bool  // its code is on the loop's stack: a Deliver to it queues
-	queued    int32 // envelopes to it in its loop's local queue
 
 	id       uint64
 	sys      *System

@@ -261,7 +261,7 @@ func (c *conn) OnEvents(ctx *netio.Context, ev uint32) {
 	}
 }
 
-// read performs one read(2) if the handler wants data, and schedules another
+// read performs one recvfrom(2) if the handler wants data, and schedules another
 // turn if the socket may hold more.
 func (c *conn) read(ctx *netio.Context) {
 	if c.state != stateOpen || c.suspended || !c.readable || c.peerClosed || c.fd < 0 {
@@ -484,7 +484,7 @@ func (c *conn) batch(w *Write) {
 	c.segs = append(c.segs, segment{data: w.Data, ack: w.Ack, transient: w.Transient})
 }
 
-// flushBatch writes what batch gathered: one write(2) for one Write, one
+// flushBatch writes what batch gathered: one sendto(2) for one Write, one
 // writev(2) for several.
 func (c *conn) flushBatch(ctx *netio.Context) {
 	c.batched = false // nothing but batch reached the connection meanwhile
@@ -498,11 +498,11 @@ func (c *conn) flushBatch(ctx *netio.Context) {
 	c.start(ctx)
 }
 
-// send writes one accepted segment: straight to write(2) when the socket is
+// send writes one accepted segment: straight to sendto(2) when the socket is
 // writable, the long way (start) for the rest.
 func (c *conn) send(ctx *netio.Context, s segment) {
 	if c.writable && c.direct == nil {
-		// Nothing is pending (canWrite): one write(2) straight from the
+		// Nothing is pending (canWrite): one sendto(2) straight from the
 		// command, and if the kernel takes it all, the ack. What flush
 		// does for one segment, without the segment bookkeeping. (With a
 		// DirectWriter the long way marks the connection busy first, so
@@ -673,7 +673,7 @@ func (s *segment) done() bool {
 }
 
 // writeData writes the run of in-memory parts starting at segi with one
-// write(2) or writev(2).
+// sendto(2) or writev(2).
 func (c *conn) writeData() error {
 	s := &c.segs[c.segi]
 	if len(s.data) == 0 {
@@ -715,12 +715,21 @@ func (c *conn) writeData() error {
 	return nil
 }
 
-// The socket's read, write and writev are raw system calls: the socket is
+// The socket's reads and writes are raw system calls: the socket is
 // non-blocking, so the call never blocks and the runtime's bookkeeping for a
 // call that might (entersyscall, exitsyscall, a processor hand-off when it
 // runs long) is pure cost — a quarter of the loop's own instructions per
 // message in the echo benchmark. sendfile stays a normal call: reading the
 // file may block on the disk.
+//
+// They are recvfrom(2) and sendto(2) with no address, not read(2) and
+// write(2): the same on a connected socket, but they go from the
+// descriptor straight to the socket, where read and write pass through the
+// file layer first (the file position lock, rw_verify_area, the security
+// hook on file access, the kiocb, fsnotify): a few per cent of the
+// kernel's time per message in a small-message echo. sendto also takes
+// MSG_NOSIGNAL: a write to a connection the peer reset fails with EPIPE
+// without raising SIGPIPE first.
 
 // errEAGAIN is EAGAIN as an error made once: the common error needs no
 // conversion on the hot path.
@@ -734,7 +743,7 @@ func errnoErr(e unix.Errno) error {
 }
 
 func sysRead(fd int, p []byte) (int, error) {
-	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+	n, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)), 0, 0, 0)
 	if e != 0 {
 		return -1, errnoErr(e)
 	}
@@ -742,7 +751,7 @@ func sysRead(fd int, p []byte) (int, error) {
 }
 
 func sysWrite(fd int, p []byte) (int, error) {
-	n, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+	n, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)), unix.MSG_NOSIGNAL, 0, 0)
 	if e != 0 {
 		return -1, errnoErr(e)
 	}
@@ -774,8 +783,10 @@ func (c *conn) sendFile(s *segment) error {
 	return nil
 }
 
-// maxSpillKept bounds the spill buffer an idle connection keeps.
-const maxSpillKept = 64 << 10
+// maxSpillKept bounds the spill buffer an idle connection keeps: one read's
+// worth (the loop's read buffer is 128 KiB), so that an echo of full reads
+// into a full socket does not allocate a spill buffer per read.
+const maxSpillKept = 128 << 10
 
 // afterWrite runs when no write is pending any more.
 func (c *conn) afterWrite(ctx *netio.Context) {

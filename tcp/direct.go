@@ -42,7 +42,7 @@ func (w *DirectWriter) TryWrite(b []byte) (n int, ok bool) {
 	if len(b) == 0 {
 		return 0, true
 	}
-	// A raw write(2) when short (non-blocking: it returns at once): it does
+	// A raw sendto(2) (sysWrite) when short (non-blocking: it returns at once): it does
 	// not wake sysmon, as syscall.Syscall does whenever every P was idle
 	// (see ReadFile); a long one keeps the runtime's accounting.
 	var err error

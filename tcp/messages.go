@@ -194,7 +194,7 @@ func (r Received) Data() []byte {
 // a direct call from the connection (a handler on the connection's loop,
 // idle, with nothing queued for it), it adds w to the connection's current
 // write instead of queueing a message. Everything the handler writes so
-// during that Receive goes to the kernel in one write(2) or writev(2) as
+// during that Receive goes to the kernel in one sendto(2) or writev(2) as
 // soon as its Receive returns, before any other command it sent.
 //
 // The semantics are a Write's: the first Write of the batch is refused

@@ -33,6 +33,9 @@ func startChild(ctx context.Context, impl bench.Impl, opts serverOpts, stderr io
 	if err != nil {
 		return nil, err
 	}
+	if impl == baseImpl {
+		exe, impl = opts.base, bench.IoactorAck
+	}
 	args := []string{"serve", "-impl", string(impl), "-listen", "127.0.0.1:0",
 		"-loops", fmt.Sprint(opts.loops), "-netbuf", fmt.Sprint(opts.netBuf)}
 	cmd := exec.Command(exe, args...)

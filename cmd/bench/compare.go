@@ -23,7 +23,13 @@ import (
 
 type serverOpts struct {
 	loops, netBuf int
+	base          string // -base: the bench binary that serves baseImpl
 }
+
+// baseImpl is the contender -base adds: the ACK-flow echo of another build
+// of this command (main, say, against a branch), in the same interleaved
+// run.
+const baseImpl bench.Impl = "ioactor-ack@base"
 
 // point is one cell of the matrix.
 type point struct {
@@ -119,6 +125,7 @@ func compare(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	var opts serverOpts
 	fs.IntVar(&opts.loops, "loops", 0, "event loops of ioactor and gnet (0: one per core)")
 	fs.IntVar(&opts.netBuf, "netbuf", bench.DefaultNetBuffer, "per-connection buffer of the net echo")
+	fs.StringVar(&opts.base, "base", "", "also run the ioactor-ack echo of this bench binary (another build) as the first contender, "+string(baseImpl))
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage:\n  bench [flags]        run the echo comparison\n  bench serve [flags]  one contender's server (the comparison starts these)\n  bench storm [flags]  a TFTP boot storm against one running server\n  bench -version\n\nFlags:")
 		fs.PrintDefaults()
@@ -130,6 +137,9 @@ func compare(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return cli.Usagef(stderr, "bench: unexpected arguments %q (subcommand: serve; bench -h for the flags)", fs.Args())
 	}
 	var impls []bench.Impl
+	if opts.base != "" {
+		impls = append(impls, baseImpl)
+	}
 	for f := range strings.SplitSeq(*implsFlag, ",") {
 		i, err := bench.ParseImpl(strings.TrimSpace(f))
 		if err != nil {

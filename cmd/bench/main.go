@@ -6,6 +6,7 @@
 //
 //	bench [-rounds 3] [-duration 5s] [-conns 1,64,1000] [-sizes 64,4096]
 //	      [-pipelines 1,16] [-idle 10000] [-json bench.json] [-plot DIR]
+//	      [-base OTHER-BENCH-BINARY]
 //	bench storm -addr HOST:PORT [-pid PID] [-clients 20,200] [-kernel=false]
 //	bench storm -write-set DIR
 //	bench serve -impl ioactor-ack|ioactor-nack|ioactor-pull|gnet|net [-listen 127.0.0.1:0]
