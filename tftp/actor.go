@@ -2,6 +2,7 @@ package tftp
 
 import (
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/ioactor/ioactor/netio"
@@ -170,9 +171,9 @@ func (t *transfer) apply(ctx *netio.Context) {
 		o.resume = false
 		ctx.Tell(t.sock, udp.ResumeWriting{})
 	}
-	if o.begin {
-		o.begin = false
-		t.srv.begin(ctx.Self(), t.x.transferState())
+	if b := o.begin; b != nil {
+		o.begin = nil
+		t.srv.begin(ctx.Self(), b, t.x.transferState())
 	}
 	if u := o.commit; u != nil {
 		o.commit = nil
@@ -252,11 +253,63 @@ func (s *Server) commit(to netio.Ref, u WriteFile, st TransferState) {
 	}()
 }
 
-// begin records a transfer with the replicator, away from the loop.
-func (s *Server) begin(to netio.Ref, st TransferState) {
+// begin records a transfer with the replicator, away from the loop, and
+// makes the End the transfer asked for meanwhile (beginCall).
+func (s *Server) begin(to netio.Ref, b *beginCall, st TransferState) {
 	s.commits.Add(1)
+	rep := s.cfg.Replicator
 	go func() {
 		defer s.commits.Done()
-		to.Tell(begunMsg{err: s.cfg.Replicator.Begin(st)})
+		err := rep.Begin(st)
+		if end, ok := b.returnedEnd(); ok {
+			rep.End(end)
+		}
+		to.Tell(begunMsg{err: err})
 	}()
+}
+
+// beginCall orders a transfer's End after its Begin. A transfer can end
+// while its Begin is still on its way (the client's ERROR, or a timeout,
+// in stateBeginning): ending it on the loop then could reach the
+// replicator before the Begin did, or commit in an earlier entry than
+// the Begin's, and leave the Begin's record standing once the transfer
+// is gone (a next leader would resume it). So such an End waits: the
+// Begin's goroutine makes it once Begin returned, failed or not (a failed
+// Begin gets its End too, as a transfer refused by begun does: an End of
+// no record is harmless). An End after Begin returned goes at once, as
+// usual. Either way the replicator sees the End only after Begin
+// returned, when the Begin's record is committed and applied
+// (Replicator.Begin), so it needs no ordering of its own.
+type beginCall struct {
+	mu       sync.Mutex
+	returned bool           // Begin returned
+	end      *TransferState // the End asked for before it did
+}
+
+// deferEnd leaves the End of st to the Begin's goroutine if Begin has not
+// returned yet, and reports whether it did. It is called on the loop; b
+// may be nil (no Begin: not replicated, or resumed).
+func (b *beginCall) deferEnd(st TransferState) bool {
+	if b == nil {
+		return false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.returned {
+		return false
+	}
+	b.end = &st
+	return true
+}
+
+// returned marks Begin returned and gives the End deferred meanwhile, if
+// any.
+func (b *beginCall) returnedEnd() (TransferState, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.returned = true
+	if b.end == nil {
+		return TransferState{}, false
+	}
+	return *b.end, true
 }

@@ -295,7 +295,7 @@ func (f *fuzzIO) take(x *xfer) {
 	if o.commit != nil {
 		f.commits = append(f.commits, o.commit)
 	}
-	if o.begin {
+	if o.begin != nil {
 		panic("begin: the fuzzed server has no Replicator")
 	}
 	if o.done {

@@ -266,8 +266,11 @@ func (d *memDriver) apply(x *xfer) {
 	if !o.wake.IsZero() {
 		d.timerAt, o.wake = o.wake, time.Time{}
 	}
-	if o.begin {
-		o.begin = false
+	if b := o.begin; b != nil {
+		o.begin = nil
+		if end, ok := b.returnedEnd(); ok {
+			x.srv.cfg.Replicator.End(end)
+		}
 		d.events = append(d.events, func() { x.begun(time.Now(), nil) })
 	}
 	if u := o.commit; u != nil {

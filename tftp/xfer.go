@@ -77,8 +77,8 @@ type effects struct {
 	// call earlier than needed is harmless; the transfer asks again.
 	wake time.Time
 	// begin asks to run Replicator.Begin(x.transferState()) away from the
-	// event loop, then begun.
-	begin bool
+	// event loop, then begun (Server.begin).
+	begin *beginCall
 	// commit asks to publish the upload away from the event loop (it
 	// syncs to disk, or replicates), then committed.
 	commit WriteFile
@@ -166,6 +166,10 @@ type xfer struct {
 	strangerLim *rate.Limiter // ERROR 5 to strangers; made on first use
 	extraSends  int           // first packets resent for a repeated request
 
+	// begin is the transfer's Replicator.Begin call (stateBeginning and
+	// after): an End waits for it (beginCall).
+	begin *beginCall
+
 	ckpt      uint64    // the block of the last checkpoint given to the replicator
 	ckptAt    time.Time // and when
 	heldSince time.Time // when the current hold began (held)
@@ -197,7 +201,8 @@ func (x *xfer) to(s xferState) {
 	x.state = s
 	switch s {
 	case stateBeginning:
-		x.out.begin = true
+		x.begin = &beginCall{}
+		x.out.begin = x.begin
 	case stateCommitting:
 		x.out.commit, x.up = x.up, nil
 	case stateDallying:
@@ -207,7 +212,9 @@ func (x *xfer) to(s xferState) {
 		switch {
 		case rep == nil || x.started.IsZero():
 		case x.result != resultCancelled:
-			rep.End(x.transferState())
+			if st := x.transferState(); !x.begin.deferEnd(st) {
+				rep.End(st)
+			}
 		case prev == stateRunning && x.snd != nil:
 			// The server that takes over finds its client at most one
 			// block further.
