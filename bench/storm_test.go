@@ -21,7 +21,11 @@ package bench
 // mode (ioactor-single), and a three-node cluster of it, the leader serving
 // (ioactor-cluster, with -cluster-insecure: raft and the cluster HTTP
 // without TLS, on loopback; the CPU column is the leader's, the
-// followers' is printed apart); tftpd-hpa; atftpd (--maxthread raised to 4096 from its
+// followers' is printed apart, and so is every round with the
+// leaderships a node gained and the downloads' holds during it, from the
+// nodes' ioactor_tftp_cluster_leaderships_total and _holds_total: a round
+// whose leadership moved is marked "LEADERSHIP MOVED", its sample is not
+// a steady cluster's); tftpd-hpa; atftpd (--maxthread raised to 4096 from its
 // 100); pin/tftp (this test binary re-executed, as in BenchmarkTFTP).
 // Every client comes from 127.0.0.1, so the per-client limits of cmd/tftpd
 // (-max-client-transfers, -client-rate, issue 16) are turned off for the
@@ -37,9 +41,12 @@ package bench
 // per transfer).
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
+	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -54,6 +61,49 @@ import (
 type stormContender struct {
 	*tftpServer
 	followers []*tftpServer // ioactor-cluster
+	metrics   []string      // ioactor-cluster: every node's -metrics-listen
+}
+
+// clusterCounts are the cluster's counters summed over its nodes: how many
+// times a node became the leader (and bound the port), and how often its
+// downloads held for a slow commit.
+type clusterCounts struct{ leaderships, holds int }
+
+// stormCounterNames are the counters clusterCounts reads (a filtered
+// scrape: gathering every metric costs the node more CPU).
+var stormCounterNames = url.Values{"name[]": {"ioactor_tftp_cluster_leaderships_total", "ioactor_tftp_cluster_holds_total"}}.Encode()
+
+// clusterCounts scrapes every node's /metrics; ok is false when a node
+// did not answer (the counts are then a lower bound).
+func (c *stormContender) clusterCounts() (n clusterCounts, ok bool) {
+	cl := http.Client{Timeout: 2 * time.Second}
+	ok = true
+	for _, addr := range c.metrics {
+		resp, err := cl.Get("http://" + addr + "/metrics?" + stormCounterNames)
+		if err != nil {
+			ok = false
+			continue
+		}
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			name, v, found := strings.Cut(sc.Text(), " ")
+			f, err := strconv.ParseFloat(v, 64)
+			if !found || err != nil {
+				continue
+			}
+			switch name {
+			case "ioactor_tftp_cluster_leaderships_total":
+				n.leaderships += int(f)
+			case "ioactor_tftp_cluster_holds_total":
+				n.holds += int(f)
+			}
+		}
+		if sc.Err() != nil || resp.StatusCode != http.StatusOK {
+			ok = false
+		}
+		resp.Body.Close()
+	}
+	return n, ok
 }
 
 func (c *stormContender) followerCPU() time.Duration {
@@ -156,11 +206,13 @@ func startStormCluster(b *testing.B, bin, root string) *stormContender {
 	listen := fmt.Sprintf("127.0.0.1:%d", freePort(b, "udp"))
 	var nodes []*idleNode
 	var procs []*tftpServer
+	var metrics []string
 	start := func(i int, join string) {
 		n := &idleNode{id: fmt.Sprintf("n%d", i), http: fmt.Sprintf("127.0.0.1:%d", freePort(b, "tcp"))}
+		metrics = append(metrics, fmt.Sprintf("127.0.0.1:%d", freePort(b, "tcp")))
 		args := append([]string{"-cluster", "-node-id", n.id, "-data", filepath.Join(dir, n.id+".data"),
 			"-raft", fmt.Sprintf("127.0.0.1:%d", freePort(b, "tcp")), "-cluster-http", n.http,
-			"-root", root, "-listen", listen, "-cluster-insecure"}, stormLimitsOff...)
+			"-root", root, "-listen", listen, "-cluster-insecure", "-metrics-listen", metrics[len(metrics)-1]}, stormLimitsOff...)
 		if join != "" {
 			args = append(args, "-join", join)
 		}
@@ -182,7 +234,7 @@ func startStormCluster(b *testing.B, bin, root string) *stormContender {
 	start(2, nodes[0].http)
 	start(3, nodes[0].http)
 	leader := waitIdleLeader(b, nodes, 3)
-	c := &stormContender{}
+	c := &stormContender{metrics: metrics}
 	for i, n := range nodes {
 		p := procs[i]
 		if n.id == leader {
@@ -217,6 +269,10 @@ type stormSample struct {
 	res              loadgen.StormResult
 	cpu, followerCPU time.Duration
 	rss              int64
+	// ioactor-cluster: what its counters moved by during the storm;
+	// counted is false when they could not be read.
+	cluster clusterCounts
+	counted bool
 }
 
 func (e *stormEnv) measure(n int, files []loadgen.StormFile, s *stormContender) (stormSample, error) {
@@ -228,6 +284,12 @@ func (e *stormEnv) measure(n int, files []loadgen.StormFile, s *stormContender) 
 // measureStorm runs one storm of n clients against s and samples the
 // server's CPU (its forked children's too) and peak memory around it.
 func measureStorm(n int, s *stormContender, storm func() (loadgen.StormResult, error)) (stormSample, error) {
+	// The counters are read outside the CPU samples: a scrape costs CPU.
+	var counts0 clusterCounts
+	counted := len(s.metrics) > 0
+	if counted {
+		counts0, counted = s.clusterCounts()
+	}
 	cpu0, fcpu0 := s.cpu(), s.followerCPU()
 	var children <-chan time.Duration
 	stopChildren := make(chan struct{})
@@ -242,6 +304,14 @@ func measureStorm(n int, s *stormContender, storm func() (loadgen.StormResult, e
 		smp.cpu += <-children
 	} else {
 		smp.rss = s.peakRSS()
+	}
+	if counted {
+		counts, ok := s.clusterCounts()
+		smp.counted = ok
+		smp.cluster = clusterCounts{leaderships: counts.leaderships - counts0.leaderships, holds: counts.holds - counts0.holds}
+		if smp.cluster.leaderships > 0 {
+			fmt.Printf("%s, N=%d: the leadership moved during this storm (%d leadership(s)); its sample is not a steady cluster's\n", s.name, n, smp.cluster.leaderships)
+		}
 	}
 	if err == nil && res.Failed > 0 {
 		err = fmt.Errorf("%d of %d clients failed; the first: %w", res.Failed, n, res.FirstErr)
@@ -326,6 +396,33 @@ func stormMedian(v []stormSample) *stormSample {
 	return &best[len(best)/2]
 }
 
+// stormClusterRounds lists the cluster's rounds with the leaderships a
+// node gained and the holds during each, marking with "LEADERSHIP MOVED"
+// the rounds whose leader changed: their MB/s and CPU are not a steady
+// cluster's.
+func stormClusterRounds(v []stormSample) string {
+	var b strings.Builder
+	b.WriteString("ioactor-cluster rounds, MB/s (leaderships gained, holds during the storm):")
+	moved := 0
+	for i, smp := range v {
+		fmt.Fprintf(&b, " %d: %.1f", i+1, smp.res.MBps())
+		switch {
+		case !smp.counted:
+			b.WriteString(" (counters unreadable)")
+		case smp.cluster.leaderships > 0:
+			moved++
+			fmt.Fprintf(&b, " (%d, %d) LEADERSHIP MOVED", smp.cluster.leaderships, smp.cluster.holds)
+		default:
+			fmt.Fprintf(&b, " (0, %d)", smp.cluster.holds)
+		}
+		if i < len(v)-1 {
+			b.WriteString(";")
+		}
+	}
+	fmt.Fprintf(&b, ". %d of %d round(s) with a leadership move.", moved, len(v))
+	return b.String()
+}
+
 func stormTable(w *strings.Builder, n int, clients string, files []string, rounds int, servers []*stormContender, samples map[string][]stormSample) {
 	fmt.Fprintf(w, "\nBoot storm, N=%d clients (%s), each fetching %s; median of %d interleaved round(s)\n\n",
 		n, clients, strings.Join(files, " + "), rounds)
@@ -357,6 +454,7 @@ func stormTable(w *strings.Builder, n int, clients string, files []string, round
 				if single > 0 {
 					notes = append(notes, fmt.Sprintf("ioactor-cluster / ioactor-single: %.2fx MB/s.", r.MBps()/single))
 				}
+				notes = append(notes, stormClusterRounds(samples[s.name]))
 			}
 			continue
 		}
