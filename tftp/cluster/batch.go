@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/ioactor/ioactor/internal/wire"
 )
 
 // Coalesced entries. In a boot storm, 200 transfers each checkpointing
@@ -127,18 +128,18 @@ type decoded struct {
 
 // decodeBatch parses a batchTag entry (b[0] is the tag).
 func decodeBatch(b []byte) (*decoded, error) {
-	d := stateReader{b: b[1:]}
-	nb, np, ne := d.uvarint(), d.uvarint(), d.uvarint()
-	if d.bad || nb > maxBatch || np > maxBatch || ne > maxBatch {
+	d := wire.Reader{B: b[1:]}
+	nb, np, ne := d.Uvarint(), d.Uvarint(), d.Uvarint()
+	if d.Bad || nb > maxBatch || np > maxBatch || ne > maxBatch {
 		return nil, errBadBatch
 	}
 	out := &decoded{begins: make([]Record, 0, nb), progress: make([]progress, 0, np), ends: make([]ended, 0, ne)}
 	for range nb {
 		var r Record
-		st := d.bytes()
-		sum := d.bytes()
-		ns := d.varint()
-		if d.bad {
+		st := d.Bytes()
+		sum := d.Bytes()
+		ns := d.Varint()
+		if d.Bad {
 			return nil, errBadBatch
 		}
 		if err := r.State.UnmarshalBinary(st); err != nil {
@@ -148,92 +149,39 @@ func decodeBatch(b []byte) (*decoded, error) {
 		out.begins = append(out.begins, r)
 	}
 	for range np {
-		p, rest, err := parseProgressBody(d.b)
+		p, rest, err := parseProgressBody(d.B)
 		if err != nil {
 			return nil, errBadBatch
 		}
 		out.progress = append(out.progress, p)
-		d.b = rest
+		d.B = rest
 	}
 	for range ne {
-		key := d.key()
-		id := d.uvarint()
-		if d.bad {
+		key := d.Short()
+		id := d.Uvarint()
+		if d.Bad {
 			return nil, errBadBatch
 		}
 		out.ends = append(out.ends, ended{key: key, id: id})
 	}
-	if len(d.b) != 0 {
+	if len(d.B) != 0 {
 		return nil, errBadBatch
 	}
 	return out, nil
 }
 
-// stateReader reads the varints and strings of an entry; bad is set at
-// the first that does not parse, and every later read returns zero.
-type stateReader struct {
-	b   []byte
-	bad bool
-}
-
-func (d *stateReader) uvarint() uint64 {
-	if d.bad {
-		return 0
-	}
-	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
-		d.bad = true
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *stateReader) varint() int64 { // zig-zag, as binary.AppendVarint wrote it
-	u := d.uvarint()
-	return int64(u>>1) ^ -int64(u&1)
-}
-
-// bytes reads a uvarint length and that many bytes.
-func (d *stateReader) bytes() []byte {
-	n := d.uvarint()
-	if d.bad || n > uint64(len(d.b)) {
-		d.bad = true
-		return nil
-	}
-	v := d.b[:n]
-	d.b = d.b[n:]
-	return v
-}
-
-// key reads a one-byte length and that many bytes.
-func (d *stateReader) key() string {
-	if d.bad || len(d.b) < 1 || len(d.b) < 1+int(d.b[0]) { // int: a byte sum would wrap
-		d.bad = true
-		return ""
-	}
-	k := 1 + int(d.b[0])
-	s := string(d.b[1:k])
-	d.b = d.b[k:]
-	return s
-}
-
 // parseProgressBody decodes one checkpoint body from the front of b and
 // returns the rest.
 func parseProgressBody(b []byte) (p progress, rest []byte, err error) {
-	d := stateReader{b: b}
-	p.key = d.key()
-	p.id, p.block, p.off = d.uvarint(), d.uvarint(), d.varint()
-	if d.bad || len(d.b) < 1 {
+	d := wire.Reader{B: b}
+	p.key = d.Short()
+	p.id, p.block, p.off = d.Uvarint(), d.Uvarint(), d.Varint()
+	p.netascii = d.Byte()
+	p.ns = d.Varint()
+	if d.Bad || p.netascii > 2 {
 		return p, nil, errBadProgress
 	}
-	p.netascii = d.b[0]
-	d.b = d.b[1:]
-	p.ns = d.varint()
-	if d.bad || p.netascii > 2 {
-		return p, nil, errBadProgress
-	}
-	return p, d.b, nil
+	return p, d.B, nil
 }
 
 // applyBatch applies a batchTag entry: its begins, checkpoints and ends
