@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
+
+	"github.com/ioactor/ioactor/internal/wire"
 )
 
 // TransferState is what identifies a server transfer and how far it got:
@@ -86,88 +88,43 @@ var errBadState = errors.New("tftp: invalid TransferState encoding")
 
 // UnmarshalBinary decodes what MarshalBinary encoded.
 func (st *TransferState) UnmarshalBinary(data []byte) error {
-	d := stateDecoder{b: data}
 	if len(data) < 4 || data[0] != stateVersion {
 		return errBadState
 	}
 	var s TransferState
 	s.Op, s.Rollover, s.Netascii = Opcode(data[1]), Rollover(data[2]), data[3]
-	d.b = data[4:]
-	s.ID = d.uvarint()
+	d := wire.Reader{B: data[4:]}
+	s.ID = d.Uvarint()
+	var addrErr error
 	for _, ap := range []*netip.AddrPort{&s.Client, &s.Server} {
-		if err := ap.UnmarshalBinary(d.bytes()); err != nil && d.err == nil {
-			d.err = err
+		if err := ap.UnmarshalBinary(d.Bytes()); err != nil && addrErr == nil && !d.Bad {
+			addrErr = err
 		}
 	}
-	s.Filename = string(d.bytes())
-	s.Mode = string(d.bytes())
-	s.Negotiated.BlockSize = int(d.uvarint())
-	s.Negotiated.WindowSize = int(d.uvarint())
-	s.Negotiated.Timeout = time.Duration(d.varint())
-	s.Negotiated.TSize = d.varint()
-	if o := d.bytes(); len(o) > 0 {
+	s.Filename = string(d.Bytes())
+	s.Mode = string(d.Bytes())
+	s.Negotiated.BlockSize = int(d.Uvarint())
+	s.Negotiated.WindowSize = int(d.Uvarint())
+	s.Negotiated.Timeout = time.Duration(d.Varint())
+	s.Negotiated.TSize = d.Varint()
+	if o := d.Bytes(); len(o) > 0 {
 		s.Options = append([]byte(nil), o...)
 	}
-	s.Size = d.varint()
-	s.Block = d.uvarint()
-	s.Offset = d.varint()
-	if ns := d.varint(); ns != 0 {
+	s.Size = d.Varint()
+	s.Block = d.Uvarint()
+	s.Offset = d.Varint()
+	if ns := d.Varint(); ns != 0 {
 		s.Started = time.Unix(0, ns)
 	}
-	if d.err == nil && len(d.b) != 0 {
-		d.err = errBadState
-	}
-	if d.err != nil {
-		return fmt.Errorf("%w: %w", errBadState, d.err)
+	switch {
+	case addrErr != nil:
+		return fmt.Errorf("%w: %w", errBadState, addrErr)
+	case d.Bad || len(d.B) != 0:
+		return errBadState
 	}
 	if s.Op != OpRRQ && s.Op != OpWRQ || s.Rollover > RolloverRefuse || s.Netascii > 2 {
 		return errBadState
 	}
 	*st = s
 	return nil
-}
-
-type stateDecoder struct {
-	b   []byte
-	err error
-}
-
-func (d *stateDecoder) uvarint() uint64 {
-	if d.err != nil {
-		return 0
-	}
-	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
-		d.err = errBadState
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *stateDecoder) varint() int64 {
-	if d.err != nil {
-		return 0
-	}
-	v, n := binary.Varint(d.b)
-	if n <= 0 {
-		d.err = errBadState
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *stateDecoder) bytes() []byte {
-	n := d.uvarint()
-	if d.err != nil {
-		return nil
-	}
-	if n > uint64(len(d.b)) {
-		d.err = errBadState
-		return nil
-	}
-	v := d.b[:n]
-	d.b = d.b[n:]
-	return v
 }

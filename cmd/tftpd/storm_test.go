@@ -39,7 +39,7 @@ func TestClusterStormSurvivesLeaderDeath(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts three processes; not in -short")
 	}
-	const clients = 50
+	const clients = 200
 	bin := buildTftpd(t)
 	files := map[string][]byte{"stage1": make([]byte, 40000), "stage2": make([]byte, 1<<20)}
 	for _, b := range files {

@@ -1,8 +1,11 @@
 package cluster
 
 import (
+	"encoding/binary"
+	"fmt"
 	"log/slog"
 	"net/netip"
+	"reflect"
 	"testing"
 	"time"
 
@@ -14,8 +17,20 @@ import (
 	"github.com/ioactor/ioactor/tftp"
 )
 
-// A batch entry moves every transfer it names forward, by the same rules
-// as a single checkpoint; a malformed one moves none.
+// encodeProgressBatch builds a progressBatchTag entry, as an earlier
+// version wrote them (a log may still hold some).
+func encodeProgressBatch(recs []Record) []byte {
+	b := []byte{progressBatchTag}
+	b = binary.AppendUvarint(b, uint64(len(recs)))
+	for i := range recs {
+		b = appendProgressBody(b, &recs[i])
+	}
+	return b
+}
+
+// A progressBatchTag entry (an earlier version's) moves every transfer it
+// names forward, by the same rules as a single checkpoint; a malformed one
+// moves none.
 func TestProgressBatchEntry(t *testing.T) {
 	f := newFSM(nil, slog.New(slog.DiscardHandler))
 	var recs []Record
@@ -208,5 +223,169 @@ func TestCheckpointEntriesArePaced(t *testing.T) {
 		if got[st.Client] != st.Block {
 			t.Errorf("%v: committed block %d, want the newest checkpoint %d", st.Client, got[st.Client], st.Block)
 		}
+	}
+}
+
+// A batchTag entry carries begins, checkpoints and ends: the records
+// arrive whole, every field as it was; the entry applies its begins, then
+// its checkpoints, then its ends, so that one entry may end a client's
+// transfer and begin its next from the same port, or carry a transfer's
+// last checkpoint and its end. A malformed entry applies nothing.
+func TestBatchEntry(t *testing.T) {
+	f := newFSM(nil, slog.New(slog.DiscardHandler))
+	at := func(ns int64) time.Time { return time.Unix(1700000000, ns) }
+	client := func(port uint16) netip.AddrPort {
+		return netip.AddrPortFrom(netip.MustParseAddr("2001:db8::1"), port)
+	}
+	full := Record{State: tftp.TransferState{ID: 1 << 50, Op: tftp.OpRRQ, Client: client(1), Server: netip.MustParseAddrPort("192.0.2.1:69"),
+		Filename: "boot/grubx64.efi", Mode: "octet", Negotiated: tftp.Negotiated{BlockSize: 1468, WindowSize: 4, Timeout: time.Second, TSize: 1 << 20},
+		Options: []byte("\x00\x06blksize\x001468\x00"), Rollover: tftp.RolloverRefuse, Size: 1 << 20, Block: 3, Offset: 3 * 1468, Netascii: 0, Started: at(7)},
+		SHA256: "ab" + string(make([]byte, 62)), Updated: at(8)}
+	up := Record{State: tftp.TransferState{ID: 2, Op: tftp.OpWRQ, Client: client(2), Filename: "up", Mode: "netascii", Netascii: 1}, Updated: at(9)}
+	early := Record{State: tftp.TransferState{ID: 3, Op: tftp.OpRRQ, Client: client(3), Filename: "stage1", Mode: "octet"}, Updated: at(10)}
+	apply := func(b *batch) error {
+		t.Helper()
+		e, err := b.encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		err, _ = f.Apply(&raft.Log{Data: e}).(error)
+		return err
+	}
+	if err := apply(&batch{begins: []Record{full, up, early}}); err != nil {
+		t.Fatal(err)
+	}
+	got := map[netip.AddrPort]Record{}
+	for _, r := range f.state().Transfers {
+		got[r.State.Client] = r
+	}
+	for _, want := range []Record{full, up, early} {
+		if !reflect.DeepEqual(got[want.State.Client], want) {
+			t.Errorf("begun:\n got %+v\nwant %+v", got[want.State.Client], want)
+		}
+	}
+	// One entry: client 3's next transfer begins from the same port as
+	// the one that ended (its end is queued first); client 1's transfer
+	// moves on; the upload's last checkpoint and its end.
+	next := early
+	next.State.ID, next.State.Filename = 4, "stage2"
+	moved, last := full, up
+	moved.State.Block, moved.State.Offset, moved.Updated = 700, 700*1468, at(11)
+	last.State.Block = 40
+	e := &batch{begins: []Record{next}, progress: []Record{moved, last}, ends: []ended{{early.Key(), 3}, {up.Key(), 2}}}
+	entry, err := e.encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every truncation, and a byte more, are refused and change nothing.
+	before := f.state()
+	for n := 1; n < len(entry); n++ {
+		if err, _ := f.Apply(&raft.Log{Data: entry[:n]}).(error); err == nil {
+			t.Fatalf("a batch cut to %d of %d bytes was accepted", n, len(entry))
+		}
+	}
+	if err, _ := f.Apply(&raft.Log{Data: append(entry[:len(entry):len(entry)], 0)}).(error); err == nil {
+		t.Fatal("trailing bytes accepted")
+	}
+	if !reflect.DeepEqual(f.state(), before) {
+		t.Fatal("a malformed batch changed the state")
+	}
+	if err := apply(e); err != nil {
+		t.Fatal(err)
+	}
+	got = map[netip.AddrPort]Record{}
+	for _, r := range f.state().Transfers {
+		got[r.State.Client] = r
+	}
+	if len(got) != 2 || !reflect.DeepEqual(got[next.State.Client], next) || !reflect.DeepEqual(got[moved.State.Client], moved) {
+		t.Fatalf("after the entry: %+v\nwant client 3's next transfer and client 1's at block 700", f.state().Transfers)
+	}
+	// An end by key alone (ID 0) removes whatever the key holds.
+	if err := apply(&batch{ends: []ended{{key: next.Key()}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f.transfers[next.Key()]; ok {
+		t.Fatal("an end without an ID left the record")
+	}
+	// Counts over maxBatch, or a begin whose state does not parse, are
+	// malformed.
+	for _, b := range [][]byte{
+		{batchTag, 0x81, 0x10, 0, 0},
+		{batchTag, 0, 0, 0x81, 0x10},
+		{batchTag, 1, 0, 0, 2, 9, 9, 0, 0},
+	} {
+		if err, _ := f.Apply(&raft.Log{Data: b}).(error); err == nil {
+			t.Errorf("%x accepted", b)
+		}
+	}
+}
+
+// Begins that arrive while an entry with begins commits wait for it and
+// go together (group commit): 200 transfers beginning at once, as in a
+// boot storm, take a handful of entries, not 200, and each Begin returns
+// only once its record is applied. Their ends, queued together, go in
+// one or two entries, and after a flush no record is left: a new leader
+// resumes none of them.
+func TestBeginsCommitTogether(t *testing.T) {
+	leakcheck.Check(t)
+	dir := t.TempDir()
+	n := startNode(t, dir, "a", "")
+	defer n.Close()
+	testutil.WaitFor(t, "a to lead", n.IsLeader)
+	fsys, err := tftp.NewFS(tftp.FSConfig{Root: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fsys.Close()
+	r := newReplicator(n, fsys, newServeMetrics(nil))
+	defer r.close()
+	const transfers = 200
+	states := make([]tftp.TransferState, transfers)
+	for i := range states {
+		states[i] = tftp.TransferState{ID: uint64(i + 1), Op: tftp.OpWRQ, Filename: "f", Mode: "octet",
+			Client: netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), uint16(1000+i))}
+	}
+	index0 := n.raft.LastIndex()
+	errs := make(chan error, transfers)
+	for i := range states {
+		go func() {
+			if err := r.Begin(states[i]); err != nil {
+				errs <- err
+				return
+			}
+			n.fsm.mu.RLock()
+			rec, ok := n.fsm.transfers[states[i].Client.String()]
+			n.fsm.mu.RUnlock()
+			if !ok || rec.State.ID != states[i].ID {
+				errs <- fmt.Errorf("%v: Begin returned before its record was applied", states[i].Client)
+				return
+			}
+			errs <- nil
+		}()
+	}
+	for range transfers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	entries := n.raft.LastIndex() - index0
+	t.Logf("%d begins in %d entries", transfers, entries)
+	if entries > transfers/4 {
+		t.Errorf("%d begins took %d entries: they did not commit together", transfers, entries)
+	}
+	index0 = n.raft.LastIndex()
+	for _, st := range states {
+		st.Block = 9
+		r.Progress(st)
+		r.End(st)
+	}
+	if !r.flush(10 * time.Second) {
+		t.Fatal("flush timed out")
+	}
+	if e := n.raft.LastIndex() - index0; e > 2 {
+		t.Errorf("%d ends took %d entries, want 1 or 2", transfers, e)
+	}
+	if left := n.Transfers(); len(left) != 0 {
+		t.Fatalf("%d records left after every end committed: a new leader would resume them", len(left))
 	}
 }

@@ -53,9 +53,11 @@ const (
 
 // An upload's bytes travel as binary log entries: dataTag, then the
 // transfer id's length (1 byte) and id, the offset (8 bytes), then the data.
-// Checkpoints, the most frequent entries, are binary too: progressTag, the
-// key's length (1 byte) and key, then the transfer's ID, block, offset,
-// netascii state and time as varints. Every other entry is a JSON command.
+// Begins, checkpoints and ends, the most frequent entries, are binary too:
+// batchTag entries (batch.go), or, from a single [Node.Progress],
+// progressTag, the key's length (1 byte) and key, then the transfer's ID,
+// block, offset, netascii state and time as varints. Every other entry is
+// a JSON command (begin and end commands are an earlier version's).
 const (
 	dataTag     = 0xD7
 	progressTag = 0xD8
@@ -67,6 +69,8 @@ type command struct {
 	ID     string  `json:"id,omitempty"`
 	// Xfer, on an end, is the transfer's ID: the end then removes the
 	// record only if it is that transfer's (see batch.go's ended).
+	// Begins and ends are batchTag entries now; these are for logs of
+	// earlier versions.
 	Xfer   uint64  `json:"xfer,omitempty"`
 	Member *Member `json:"member,omitempty"`
 }
@@ -208,6 +212,8 @@ func (f *fsm) Apply(l *raft.Log) any {
 			return f.applyProgress(l.Data)
 		case progressBatchTag:
 			return f.applyProgressBatch(l.Data)
+		case batchTag:
+			return f.applyBatch(l.Data)
 		}
 	}
 	var c command
@@ -224,21 +230,9 @@ func (f *fsm) Apply(l *raft.Log) any {
 	defer f.mu.Unlock()
 	switch c.Op {
 	case opBegin:
-		f.transfers[c.Record.Key()] = *c.Record
-		if f.onBegin != nil {
-			f.onBegin(*c.Record)
-		}
+		f.beginLocked(*c.Record)
 	case opEnd:
-		if r, ok := f.transfers[c.ID]; ok && c.Xfer != 0 && r.State.ID != c.Xfer {
-			return nil // the end of an earlier transfer from the same address and port
-		}
-		delete(f.transfers, c.ID)
-		if st := f.uploads[c.ID]; st != nil {
-			delete(f.uploads, c.ID)
-			if st.up != nil {
-				st.up.Abort()
-			}
-		}
+		f.endLocked(c.ID, c.Xfer)
 	case opCommit:
 		delete(f.transfers, c.Record.Key())
 		return f.commitUpload(c.Record)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/netip"
+	"reflect"
 	"testing"
 	"time"
 
@@ -71,10 +72,41 @@ func FuzzApplyEntry(f *testing.F) {
 	f.Add(encodeData("127.0.0.1:1", 0, []byte("data")))
 	f.Add([]byte(`{"op":"end","id":"127.0.0.1:1"}`))
 	f.Add([]byte(`{"op":"member","member":{"id":"n1","raft":"a","http":"b"}}`))
+	next := other
+	next.State.ID, next.State.Filename, next.State.Options, next.SHA256 = 4, "g", []byte("\x00\x06blksize\x001468\x00"), "00ff"
+	for _, b := range []*batch{
+		{begins: []Record{next}, progress: []Record{rec}, ends: []ended{{key: rec.Key(), id: 3}}},
+		{ends: []ended{{key: rec.Key()}}},
+		{begins: []Record{rec, next}},
+	} {
+		e, err := b.encode()
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(e)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		fsm := newFSM(nil, slog.New(slog.DiscardHandler))
 		beginRecord(t, fsm, rec)
-		fsm.Apply(&raft.Log{Data: b})
+		err, _ := fsm.Apply(&raft.Log{Data: b}).(error)
+		if len(b) > 0 && b[0] == batchTag {
+			// A batch that decodes applies, and its begins encode back
+			// to what was decoded.
+			d, derr := decodeBatch(b)
+			if (derr == nil) != (err == nil) {
+				t.Fatalf("decode: %v, apply: %v", derr, err)
+			}
+			if derr == nil {
+				again, err := (&batch{begins: d.begins}).encode()
+				if err != nil {
+					t.Fatal(err)
+				}
+				d2, err := decodeBatch(again)
+				if err != nil || !reflect.DeepEqual(d2.begins, d.begins) {
+					t.Fatalf("begins do not round-trip: %v\n%+v\n%+v", err, d.begins, d2)
+				}
+			}
+		}
 	})
 }
 

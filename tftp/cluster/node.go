@@ -288,7 +288,12 @@ func (n *Node) applyEntry(op string, b []byte) error {
 	if !n.IsLeader() {
 		return ErrNotLeader
 	}
-	f := n.raft.Apply(b, 5*time.Second)
+	return applied(op, n.raft.Apply(b, 5*time.Second))
+}
+
+// applied waits for an entry's commit and returns its error: ErrNotLeader
+// when the node lost its leadership first, or the state machine's.
+func applied(op string, f raft.ApplyFuture) error {
 	if err := f.Error(); err != nil {
 		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
 			return fmt.Errorf("%w: %w", ErrNotLeader, err)
@@ -302,7 +307,16 @@ func (n *Node) applyEntry(op string, b []byte) error {
 }
 
 // Begin commits a transfer's identity; it returns once a quorum has it.
-func (n *Node) Begin(r Record) error { return n.apply(command{Op: opBegin, Record: &r}) }
+func (n *Node) Begin(r Record) error { return n.applyBatch("begin", &batch{begins: []Record{r}}) }
+
+// applyBatch commits b as one entry.
+func (n *Node) applyBatch(op string, b *batch) error {
+	e, err := b.encode()
+	if err != nil {
+		return fmt.Errorf("cluster: encode %s: %w", op, err)
+	}
+	return n.applyEntry(op, e)
+}
 
 // Progress commits a checkpoint of a transfer's position.
 func (n *Node) Progress(r Record) error { return n.applyEntry("progress", encodeProgress(&r)) }
@@ -320,7 +334,7 @@ func (n *Node) CommitUpload(r Record) error { return n.apply(command{Op: opCommi
 
 // End removes a finished or abandoned transfer, by key (an unfinished
 // upload is discarded on every node).
-func (n *Node) End(key string) error { return n.apply(command{Op: opEnd, ID: key}) }
+func (n *Node) End(key string) error { return n.applyBatch("end", &batch{ends: []ended{{key: key}}}) }
 
 // Transfers returns the live transfers of the replicated state, for a new
 // leader to resume.

@@ -18,17 +18,35 @@ import (
 	"github.com/ioactor/ioactor/tftp"
 )
 
-// replicator is the tftp.Replicator of a node: Begin and CommitUpload go
-// through raft synchronously; Progress and End are queued and applied by
-// one goroutine, so that the sending path never waits for raft. Only the
-// newest checkpoint of a transfer waits in the queue, and every checkpoint
-// waiting goes to raft as one entry (up to maxBatch); up to maxInflight
-// entries are committing at once (raft batches them into one append and
-// fsync), and an entry goes at most every batchGap, so a checkpoint's
-// lag behind the transfer is about one commit time plus batchGap, not a
-// queue of them, and a storm's checkpoints (about 1,000 a second however
-// many transfers: tftp's interval grows with them) make at most 50
-// entries a second, not 10,000.
+// replicator is the tftp.Replicator of a node. Begin, Progress and End
+// are queued and go to raft from one goroutine, together: every begin,
+// checkpoint and end waiting goes as one batchTag entry (batch.go, up to
+// maxBatch of each). Begin and CommitUpload wait for their commit; the
+// sending path never waits for raft.
+//
+// Begins go at once, since a transfer sends nothing before its begin
+// committed: a new leader must hold the record of every transfer whose
+// first packet left, or that transfer's client is left waiting (a
+// download's next DATA never comes) or gets another's blocks. One entry
+// with begins commits at a time (group commit): the begins that arrive
+// meanwhile wait for it and go together in the next, with whatever
+// checkpoints and ends are waiting.
+//
+// Checkpoints and ends wait for a begin entry or, when none comes, for an
+// entry of their own at most every batchGap. Only the newest checkpoint
+// of a transfer waits in the queue; up to maxInflight entries are
+// committing at once (raft batches them into one append and fsync), so a
+// checkpoint's lag behind the transfer is about one commit time plus
+// batchGap, not a queue of them. A storm's checkpoints (about 1,000 a
+// second however many transfers: tftp's interval grows with them), begins
+// and ends make tens of entries a second, not thousands.
+//
+// An end waits as a checkpoint does: it is no more durable when it has an
+// entry of its own. A leader that dies before an end committed leaves
+// the transfer's record, and the next leader resumes it from its last
+// checkpoint: its client, done, does not answer the probe and the
+// resumed transfer times out, or the client asks for its next file from
+// the same port and the new request supersedes it (tftp's listener).
 type replicator struct {
 	n    *Node
 	fs   *tftp.FS
@@ -36,24 +54,34 @@ type replicator struct {
 	m    *serveMetrics
 
 	mu      sync.Mutex
+	begins  []beginning
 	pending map[string]Record // latest checkpoint per transfer
 	ends    []ended
 	flushes []chan struct{}
-	wake    chan struct{}
-	stop    chan struct{}
-	done    chan struct{}
-	// inflight holds the checkpoints committing, oldest first, and flush
+	// beginning is set while an entry with begins is committing: the
+	// begins queued meanwhile wait for it (group commit).
+	beginning bool
+	wake      chan struct{}
+	stop      chan struct{}
+	done      chan struct{}
+	// inflight holds the entries committing, oldest first, and flush
 	// markers; reap waits for them.
 	inflight chan inflight
 	reaped   chan struct{}
-	// waiting is when the oldest checkpoint still committing went to
-	// raft, in ns since epoch plus one (monotonic), 0 when none is:
-	// Stalled compares it with holdAfter.
+	// waiting is when the oldest entry still committing went to raft, in
+	// ns since epoch plus one (monotonic), 0 when none is: Stalled
+	// compares it with holdAfter.
 	waiting atomic.Int64
 	// usual is the smoothed commit time of the entries reaped, in ns:
 	// Stalled holds only past several times it (see holdAfter).
 	usual atomic.Int64
 	epoch time.Time
+}
+
+// beginning is a Begin waiting for its entry's commit.
+type beginning struct {
+	rec  Record
+	done chan error // buffered: reap never waits for the caller
 }
 
 // holdAfter is how long a checkpoint may take to commit before the node's
@@ -77,25 +105,25 @@ const (
 	holdFactor = 4
 )
 
-// inflight is a checkpoint (or an end) being committed, or (done set) a
-// flush marker.
+// inflight is an entry being committed, or (done set) a flush marker.
 type inflight struct {
-	f    raft.ApplyFuture
-	at   time.Time // when the transfer took the checkpoint; zero: an end
-	sent time.Time // when it went to raft
-	done chan struct{}
+	f      raft.ApplyFuture
+	at     time.Time // when the oldest of its checkpoints was taken; zero: none
+	sent   time.Time // when it went to raft
+	begins []beginning
+	done   chan struct{}
 }
 
 const maxInflight = 8
 
-// batchGap is the least time between two checkpoint entries: the
-// checkpoints arriving meanwhile wait and go in the next one. Under a
-// storm there is always one waiting, and without a gap the replicator
-// sent an entry as soon as raft took the last (about 100 a second, each
-// an append and an fsync on every node); with it, at most 50 a second
-// carry all of them. A checkpoint's commit lags the transfer by up to
-// batchGap more; Stalled counts from when an entry went to raft, so the
-// holds of a cut-off leader are unchanged.
+// batchGap is the least time between two entries that carry no begin:
+// the checkpoints and ends arriving meanwhile wait and go in the next
+// entry. Under a storm there is always one waiting, and without a gap
+// the replicator sent an entry as soon as raft took the last (about 100
+// a second, each an append and an fsync on every node); with it, at most
+// 50 a second carry all of them. A checkpoint's commit lags the transfer
+// by up to batchGap more; Stalled counts from when an entry went to
+// raft, so the holds of a cut-off leader are unchanged.
 const batchGap = 20 * time.Millisecond
 
 func newReplicator(n *Node, fsys *tftp.FS, m *serveMetrics) *replicator {
@@ -107,6 +135,9 @@ func newReplicator(n *Node, fsys *tftp.FS, m *serveMetrics) *replicator {
 	return r
 }
 
+// errStopped answers the begins of a replicator that stopped.
+var errStopped = fmt.Errorf("cluster: the replicator stopped: %w", ErrNotLeader)
+
 func (r *replicator) Begin(st tftp.TransferState) error {
 	rec := Record{State: st, Updated: time.Now()}
 	if st.Op == tftp.OpRRQ {
@@ -116,7 +147,26 @@ func (r *replicator) Begin(st tftp.TransferState) error {
 		}
 		rec.SHA256 = sum
 	}
-	return r.n.Begin(rec)
+	if !r.n.IsLeader() {
+		return ErrNotLeader
+	}
+	b := beginning{rec: rec, done: make(chan error, 1)}
+	r.mu.Lock()
+	r.begins = append(r.begins, b)
+	r.mu.Unlock()
+	r.kick()
+	select {
+	case err := <-b.done:
+		return err
+	case <-r.reaped:
+		// Every entry sent has been answered by now.
+		select {
+		case err := <-b.done:
+			return err
+		default:
+			return errStopped
+		}
+	}
 }
 
 func (r *replicator) Progress(st tftp.TransferState) {
@@ -126,7 +176,7 @@ func (r *replicator) Progress(st tftp.TransferState) {
 	r.kick()
 }
 
-// Stalled reports that a checkpoint has been committing for more than
+// Stalled reports that an entry has been committing for more than
 // holdAfter (tftp.Replicator).
 func (r *replicator) Stalled(now time.Time) bool {
 	at := r.waiting.Load()
@@ -192,99 +242,160 @@ func (r *replicator) CommitUpload(st tftp.TransferState, content io.Reader) erro
 	return r.n.CommitUpload(Record{State: st, SHA256: hex.EncodeToString(h.Sum(nil)), Updated: time.Now()})
 }
 
-// run starts committing queued checkpoints and applies ends; a checkpoint
-// that fails (no longer the leader) is dropped: the next leader has the
-// last committed one, and finds the client from there.
+// run sends the queued begins, checkpoints and ends to raft, paced as
+// the replicator's doc says. An entry that fails (no longer the leader)
+// is dropped, and its begins fail: the next leader has the last committed
+// checkpoints, and finds the clients from there.
 func (r *replicator) run() {
 	defer close(r.done)
 	defer close(r.inflight)
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	var last time.Time // when the last entry went
 	for {
-		select {
-		case <-r.stop:
-			return
-		case <-r.wake:
+		b, waiters, flushes, wait := r.take(last)
+		if b == nil && flushes == nil {
+			var tick <-chan time.Time
+			if wait > 0 {
+				timer.Reset(wait)
+				tick = timer.C
+			}
+			select {
+			case <-r.stop:
+				r.failBegins()
+				return
+			case <-r.wake:
+			case <-tick:
+			}
+			timer.Stop()
+			continue
 		}
-		for {
-			r.mu.Lock()
-			ends := r.ends
-			r.ends = nil
-			// Every checkpoint waiting goes as one entry (batch.go).
-			var batch []Record
-			for k, v := range r.pending {
-				if len(batch) == maxBatch {
-					break
-				}
-				batch = append(batch, v)
-				delete(r.pending, k)
+		if b != nil {
+			last = time.Now()
+			if !r.send(b, waiters) {
+				r.failBegins()
+				return
 			}
-			// A flush waits for every checkpoint queued before it: it
-			// goes after the batch that empties the queue. (Taken with
-			// a batch and then dropped, a flush under a storm's
-			// checkpoints timed out.)
-			var flushes []chan struct{}
-			if len(r.pending) == 0 {
-				flushes, r.flushes = r.flushes, nil
-			}
-			r.mu.Unlock()
-			// Ends commit in the background too, in one append with the
-			// others waiting (one at a time, a storm's thousands of ends
-			// kept the checkpoints waiting behind them).
-			for _, e := range ends {
-				if f := r.n.endTransferAsync(e.key, e.id); f != nil {
-					select {
-					case r.inflight <- inflight{f: f, sent: time.Now()}:
-					case <-r.stop:
-						return
-					}
-				}
-			}
-			if len(batch) > 0 {
-				oldest := batch[0].Updated
-				for _, rec := range batch {
-					if rec.Updated.Before(oldest) {
-						oldest = rec.Updated
-					}
-				}
-				r.m.batch.Observe(float64(len(batch)))
-				if f := r.n.progressBatchAsync(batch); f != nil {
-					select {
-					case r.inflight <- inflight{f: f, at: oldest, sent: time.Now()}:
-					case <-r.stop:
-						return
-					}
-				}
-			}
-			// Everything queued before the flushes has been started.
-			for _, ch := range flushes {
-				select {
-				case r.inflight <- inflight{done: ch}:
-				case <-r.stop:
-					return
-				}
-			}
-			if len(batch) == 0 {
-				break
-			}
-			if !r.pause(batchGap) {
+		}
+		// Everything queued before the flushes has been started.
+		for _, ch := range flushes {
+			select {
+			case r.inflight <- inflight{done: ch}:
+			case <-r.stop:
+				r.failBegins()
 				return
 			}
 		}
 	}
 }
 
-// pause waits d (false: the replicator is stopping).
-func (r *replicator) pause(d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
+// take returns the entry to send now (nil: none) with the begins it
+// answers, and the flushes that go after it; with neither, how long until
+// the queued checkpoints and ends are due (0: nothing is queued, wait for
+// a kick). last is when the last entry went.
+func (r *replicator) take(last time.Time) (b *batch, waiters []beginning, flushes []chan struct{}, wait time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	begins := len(r.begins) > 0 && !r.beginning
+	rest := len(r.pending) > 0 || len(r.ends) > 0
+	if !begins && !rest && len(r.flushes) == 0 {
+		return nil, nil, nil, 0
+	}
+	if !begins && len(r.flushes) == 0 {
+		if left := batchGap - time.Since(last); left > 0 {
+			return nil, nil, nil, left
+		}
+	}
+	b = &batch{}
+	if begins {
+		n := min(len(r.begins), maxBatch)
+		waiters, r.begins = r.begins[:n:n], r.begins[n:]
+		for _, w := range waiters {
+			b.begins = append(b.begins, w.rec)
+		}
+		r.beginning = true
+	}
+	for k, v := range r.pending {
+		if len(b.progress) == maxBatch {
+			break
+		}
+		b.progress = append(b.progress, v)
+		delete(r.pending, k)
+	}
+	n := min(len(r.ends), maxBatch)
+	b.ends = append(b.ends, r.ends[:n]...)
+	r.ends = r.ends[n:]
+	if len(r.ends) == 0 {
+		r.ends = nil
+	}
+	// A flush waits for every checkpoint and end queued before it: it
+	// goes after the entry that empties the queue. (Taken with an entry
+	// and then dropped, a flush under a storm's checkpoints timed out.)
+	if len(r.pending) == 0 && len(r.ends) == 0 {
+		flushes, r.flushes = r.flushes, nil
+	}
+	if b.empty() {
+		b = nil
+	}
+	return b, waiters, flushes, 0
+}
+
+// send starts committing b (false: the replicator is stopping). The
+// begins it carries (waiters) are answered by reap, or here when it
+// cannot go.
+func (r *replicator) send(b *batch, waiters []beginning) bool {
+	in := inflight{begins: waiters, sent: time.Now()}
+	if len(b.progress) > 0 {
+		in.at = b.progress[0].Updated
+		for _, rec := range b.progress {
+			if rec.Updated.Before(in.at) {
+				in.at = rec.Updated
+			}
+		}
+		r.m.batch.Observe(float64(len(b.progress)))
+	}
+	f, err := r.n.batchAsync(b)
+	if err != nil {
+		r.answer(waiters, err)
+		return true
+	}
+	in.f = f
 	select {
-	case <-t.C:
+	case r.inflight <- in:
 		return true
 	case <-r.stop:
+		// reap still answers what is in flight; these never went.
+		r.answer(waiters, errStopped)
 		return false
 	}
 }
 
-// reap waits for the checkpoints in flight, in order.
+// answer tells the begins of an entry its outcome and lets the next
+// begins go.
+func (r *replicator) answer(waiters []beginning, err error) {
+	for _, w := range waiters {
+		w.done <- err
+	}
+	if len(waiters) > 0 {
+		r.mu.Lock()
+		r.beginning = false
+		r.mu.Unlock()
+		r.kick()
+	}
+}
+
+// failBegins answers the begins still queued when the replicator stops.
+func (r *replicator) failBegins() {
+	r.mu.Lock()
+	waiters := r.begins
+	r.begins = nil
+	r.mu.Unlock()
+	for _, w := range waiters {
+		w.done <- errStopped
+	}
+}
+
+// reap waits for the entries in flight, in order.
 func (r *replicator) reap() {
 	defer close(r.reaped)
 	for in := range r.inflight {
@@ -294,13 +405,14 @@ func (r *replicator) reap() {
 		}
 		r.waiting.Store(int64(in.sent.Sub(r.epoch)) + 1)
 		limit := r.holdAfter()
-		err := in.f.Error()
+		err := applied("batch", in.f)
 		r.waiting.Store(0)
+		r.answer(in.begins, err)
 		if err == nil {
 			took := time.Since(in.sent)
 			r.committed(took)
 			if in.at.IsZero() {
-				continue // an end
+				continue // no checkpoint in it
 			}
 			r.m.checkpoint.Observe(time.Since(in.at).Seconds())
 			if took > limit {
