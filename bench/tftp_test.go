@@ -18,6 +18,22 @@ package bench
 // sits that scenario out. The table at the end gives ours against the best
 // other.
 //
+// A lock-step transfer (one block per round trip) is a latency race whose
+// result depends on where the scheduler puts the server and the client: on
+// one CPU a round trip costs context switches, on two it costs an idle
+// CPU's wake-up per packet (at 1428 B: 57-80 MB/s against 22-25 MB/s for
+// ours and tftpd-hpa alike). Unpinned, the placement follows the rest of
+// the machine's load, and so does ours / tftpd-hpa (0.64x to 1.53x on one
+// afternoon). For a comparison that holds from run to run, pin the
+// benchmark process (the client) with taskset and the servers with
+// $TFTP_BENCH_SERVER_CPUS (a taskset CPU list):
+//
+//	taskset -c 1 env GOMAXPROCS=2 TFTP_BENCH_SERVER_CPUS=1 ./bench.test -test.run '^$' -test.bench 'TFTP/64MiB-blksize1428$' -test.benchtime 1x   # one CPU
+//	taskset -c 0 env GOMAXPROCS=2 TFTP_BENCH_SERVER_CPUS=1 ./bench.test ...   # two CPUs
+//
+// (A Go process takes GOMAXPROCS from its CPU affinity; GOMAXPROCS=2, which
+// the servers inherit, keeps the Go runtimes as they are unpinned.)
+//
 // The servers: in.tftpd (apt-get install tftpd-hpa) from PATH; atftpd from
 // PATH, $ATFTPD, or else unpacked from Debian's package (apt-get download
 // atftpd; it conflicts with tftpd-hpa, so it is not installed).
@@ -171,6 +187,16 @@ func (s *tftpServer) stop() {
 	}
 }
 
+// tftpServerCommand is the command of a server process: with
+// $TFTP_BENCH_SERVER_CPUS set (a taskset(1) CPU list), run under taskset so
+// that the server, its threads and its children stay on those CPUs.
+func tftpServerCommand(path string, args ...string) *exec.Cmd {
+	if cpus := os.Getenv("TFTP_BENCH_SERVER_CPUS"); cpus != "" {
+		return exec.Command("taskset", append([]string{"-c", cpus, path}, args...)...)
+	}
+	return exec.Command(path, args...)
+}
+
 // freeUDPPort finds a free loopback UDP port for a server that cannot be
 // given port 0.
 func tftpFreePort(tb testing.TB) int {
@@ -186,7 +212,7 @@ func tftpFreePort(tb testing.TB) int {
 // TestTFTPBenchServer) and reads its address.
 func startTFTPHelper(tb testing.TB, kind, root string) *tftpServer {
 	tb.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestTFTPBenchServer$", "-test.count=1")
+	cmd := tftpServerCommand(os.Args[0], "-test.run=^TestTFTPBenchServer$", "-test.count=1")
 	cmd.Env = append(os.Environ(), "IOACTOR_TFTP_BENCH_SERVE="+kind, "IOACTOR_TFTP_BENCH_ROOT="+root)
 	cmd.Stderr = os.Stderr
 	stdin, _ := cmd.StdinPipe()
@@ -210,7 +236,7 @@ func startTFTPHelper(tb testing.TB, kind, root string) *tftpServer {
 func startTFTPExternal(tb testing.TB, name string, windows bool, path string, args func(port int) []string) *tftpServer {
 	tb.Helper()
 	port := tftpFreePort(tb)
-	cmd := exec.Command(path, args(port)...)
+	cmd := tftpServerCommand(path, args(port)...)
 	cmd.Stdout, cmd.Stderr = io.Discard, os.Stderr
 	if err := cmd.Start(); err != nil {
 		tb.Fatalf("%s: %v", name, err)
