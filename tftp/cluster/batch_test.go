@@ -13,7 +13,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ioactor/ioactor/internal/leakcheck"
-	"github.com/ioactor/ioactor/internal/testutil"
 	"github.com/ioactor/ioactor/tftp"
 )
 
@@ -165,18 +164,8 @@ func TestStalledFollowsTheUsualCommitTime(t *testing.T) {
 // committed.
 func TestCheckpointEntriesArePaced(t *testing.T) {
 	leakcheck.Check(t)
-	dir := t.TempDir()
-	n := startNode(t, dir, "a", "")
-	defer n.Close()
-	testutil.WaitFor(t, "a to lead", n.IsLeader)
-	fsys, err := tftp.NewFS(tftp.FSConfig{Root: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fsys.Close()
 	reg := prometheus.NewRegistry()
-	r := newReplicator(n, fsys, newServeMetrics(reg))
-	defer r.close()
+	n, _, r := leadingReplicator(t, t.TempDir(), newServeMetrics(reg))
 	const transfers = 200
 	states := make([]tftp.TransferState, transfers)
 	for i := range states {
@@ -328,17 +317,7 @@ func TestBatchEntry(t *testing.T) {
 // resumes none of them.
 func TestBeginsCommitTogether(t *testing.T) {
 	leakcheck.Check(t)
-	dir := t.TempDir()
-	n := startNode(t, dir, "a", "")
-	defer n.Close()
-	testutil.WaitFor(t, "a to lead", n.IsLeader)
-	fsys, err := tftp.NewFS(tftp.FSConfig{Root: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fsys.Close()
-	r := newReplicator(n, fsys, newServeMetrics(nil))
-	defer r.close()
+	n, _, r := leadingReplicator(t, t.TempDir(), newServeMetrics(nil))
 	const transfers = 200
 	states := make([]tftp.TransferState, transfers)
 	for i := range states {

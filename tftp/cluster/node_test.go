@@ -17,6 +17,24 @@ import (
 	"github.com/ioactor/ioactor/tftp"
 )
 
+// leadingReplicator starts a one-node cluster, waits for it to lead, and
+// gives it a replicator over an FS on root; the replicator, the FS and the
+// node close in that order when the test ends.
+func leadingReplicator(t *testing.T, root string, m *serveMetrics) (*Node, *tftp.FS, *replicator) {
+	t.Helper()
+	n := startNode(t, t.TempDir(), "a", "")
+	t.Cleanup(func() { n.Close() })
+	testutil.WaitFor(t, "a to lead", n.IsLeader)
+	fsys, err := tftp.NewFS(tftp.FSConfig{Root: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fsys.Close() })
+	r := newReplicator(n, fsys, m)
+	t.Cleanup(r.close)
+	return n, fsys, r
+}
+
 func startNode(t *testing.T, dir, id, join string) *Node {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

@@ -40,21 +40,11 @@ func (s *slowBegin) Begin(st tftp.TransferState) error {
 // a transfer nobody waits for.
 func TestEndWhileBeginningLeavesNoRecord(t *testing.T) {
 	leakcheck.Check(t)
-	dir := t.TempDir()
-	n := startNode(t, dir, "a", "")
-	defer n.Close()
-	testutil.WaitFor(t, "a to lead", n.IsLeader)
 	root := t.TempDir()
 	if err := os.WriteFile(filepath.Join(root, "f"), make([]byte, 10000), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	fsys, err := tftp.NewFS(tftp.FSConfig{Root: root})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fsys.Close()
-	r := newReplicator(n, fsys, newServeMetrics(nil))
-	defer r.close()
+	n, fsys, r := leadingReplicator(t, root, newServeMetrics(nil))
 	rep := &slowBegin{replicator: r, entered: make(chan struct{}), release: make(chan struct{}), returned: make(chan error, 1)}
 
 	sys, err := netio.NewSystem(netio.Config{Loops: 1})
