@@ -4,7 +4,7 @@
 # Go 1.26's fuzz coordinator can fail a duration-bounded run with a bare
 # "context deadline exceeded" at the -fuzztime boundary when its workers are
 # starved (go.dev/issue/75804, fixed in Go 1.27): no input failed and none was
-# written. It struck 5 of 55 target runs in five CI runs, so such a run is
+# written. It struck 4 of 44 target runs in four CI runs, so such a run is
 # tried again, up to 3 runs in all; a third such failure, any other failure,
 # or any run that wrote a failing input to testdata/fuzz, fails this script.
 set -euo pipefail
