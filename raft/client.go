@@ -90,7 +90,7 @@ type clientConn struct {
 	isClosed atomic.Bool
 	answered atomic.Bool // an answer came on it (a call failing on it later may meet a restarted peer)
 
-	// Callers read (roleHeartbeat and roleRPC without TLS): once the
+	// Callers read (roleHeartbeat and roleRPC): once the
 	// connection handed its reading over (tcp.HandOverReading), a caller
 	// waiting for its answer takes the read token and reads the socket
 	// itself, through a duplicate of it on the runtime's poller, until its
@@ -98,8 +98,11 @@ type clientConn struct {
 	// gives the token back for the next waiting caller. An answer then
 	// wakes its caller directly, as a blocking net.Conn read does, instead
 	// of the loop and the loop the caller.
+	// With TLS they read and write through a tls.Conn over that
+	// duplicate (tw, tlsdirect.go), which they hold from the start.
 	rfile *tcp.ReadFile // under w.mu; closed by shutdown
 	rtok  chan struct{} // holds the token while nobody reads; nil: the actor reads
+	tw    *tlsWriter    // TLS on a caller-read connection, else nil
 	// A pipeline's answers (rolePipeline without TLS) are read by a
 	// goroutine of its own once the reading is handed over (readPipeline):
 	// it completes the futures and delivers them to raft, and the loop is
@@ -133,7 +136,8 @@ func newClientConn(t *Transport, p *peer, role connRole, remote netip.AddrPort) 
 	c := &clientConn{t: t, peer: p, role: role, remote: remote}
 	c.rd.max = t.cfg.MaxFrameSize
 	c.w.out = append(make([]byte, 0, 4096), preamble[:]...)
-	if t.cfg.TLS == nil { // with TLS every byte goes through the shim
+	switch {
+	case t.cfg.TLS == nil:
 		c.w.direct = tcp.NewDirectWriter()
 		switch role {
 		case roleHeartbeat, roleRPC:
@@ -141,7 +145,12 @@ func newClientConn(t *Transport, p *peer, role connRole, remote netip.AddrPort) 
 		case rolePipeline:
 			c.pipeRead = true
 		}
-	}
+	case role == roleHeartbeat || role == roleRPC:
+		c.w.direct = tcp.NewDirectWriter() // for the ciphertext
+		c.rtok = make(chan struct{}, 1)
+		c.tw = &tlsWriter{plain: c.w.out}
+		c.w.out = make([]byte, 0, 4096)
+	} // else TLS through the shim (tls.go)
 	c.w.kicked = true // the preamble waits for the connection
 	return c
 }
@@ -241,9 +250,9 @@ func (c *clientConn) Receive(ctx *netio.Context, msg any) {
 			return
 		}
 		conn := m.Socket
-		if c.t.cfg.TLS != nil {
+		if c.t.cfg.TLS != nil && c.tw == nil {
 			var err error
-			if conn, err = c.t.startTLS(ctx, m.Socket, c.remote, false); err != nil {
+			if conn, err = c.t.startTLS(ctx, m.Socket, c.remote); err != nil {
 				ctx.Tell(m.Socket, tcp.Abort{})
 				c.end(ctx, err, false)
 				return
@@ -269,12 +278,16 @@ func (c *clientConn) Receive(ctx *netio.Context, msg any) {
 		}
 		c.rfile = m.File
 		c.w.mu.Unlock()
-		if c.pipeRead {
+		switch {
+		case c.pipeRead:
 			c.t.wg.Add(1)
 			go c.readPipeline(m.File)
-			return
+		case c.tw != nil:
+			c.t.wg.Add(1)
+			go c.tlsStart(m.File)
+		default:
+			c.rtok <- struct{}{}
 		}
-		c.rtok <- struct{}{}
 	case tcp.FINArrived:
 		// The peer closed (a restart): no new call may pick this
 		// connection; the callers waiting read their answers, then EOF.
@@ -435,10 +448,14 @@ func (c *clientConn) enqueue(cl *call, kind rpcKind, args any) error {
 	}
 	c.nextID++
 	cl.id = c.nextID
-	b, start := beginFrame(c.w.out, kind, cl.id)
+	dst := &c.w.out
+	if c.tw != nil {
+		dst = &c.tw.plain // encrypted by flushTLS
+	}
+	b, start := beginFrame(*dst, kind, cl.id)
 	b = appendRequest(b, args)
 	b, err := endFrame(b, start, c.t.cfg.MaxFrameSize)
-	c.w.out = b
+	*dst = b
 	if err != nil {
 		c.w.mu.Unlock()
 		return err
@@ -447,6 +464,14 @@ func (c *clientConn) enqueue(cl *call, kind rpcKind, args any) error {
 	c.npend.Add(1)
 	arm := !c.armed
 	c.armed = true
+	if c.tw != nil {
+		c.w.mu.Unlock()
+		if arm {
+			c.ref.Tell(sweepArm{})
+		}
+		c.flushTLS()
+		return nil
+	}
 	// A pipeline with appends in flight has more coming: let the actor
 	// batch them. Everything else is a lone call, written at once.
 	direct := c.role != rolePipeline || len(c.pend)-c.phead == 1
@@ -490,6 +515,7 @@ func (c *clientConn) readFor(cl *call) {
 	if c.rbuf == nil {
 		c.rbuf = make([]byte, 16<<10)
 	}
+	r := c.reader(f)
 	for len(cl.done) == 0 {
 		if !deadline.Equal(c.rdl) {
 			if err := f.SetReadDeadline(deadline); err != nil {
@@ -498,7 +524,7 @@ func (c *clientConn) readFor(cl *call) {
 			}
 			c.rdl = deadline
 		}
-		n, err := f.Read(c.rbuf)
+		n, err := r.Read(c.rbuf)
 		if n > 0 {
 			c.t.m.bytesIn.Add(uint64(n))
 			if _, err := c.rd.feed(c.rbuf[:n], c.onFrame); err != nil {

@@ -2,8 +2,10 @@ package raft
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"sync"
@@ -61,19 +63,15 @@ func (l *listener) Receive(ctx *netio.Context, msg any) {
 		if !l.t.admit(m.Socket) {
 			return
 		}
-		conn := m.Socket
-		if l.t.cfg.TLS != nil {
-			var err error
-			if conn, err = l.t.startTLS(ctx, m.Socket, m.RemoteAddr, true); err != nil {
-				m.Socket.Tell(tcp.Abort{})
-				return
-			}
-		}
-		s := &serverConn{t: l.t, conn: conn, connRef: m.Socket, remote: m.RemoteAddr}
+		s := &serverConn{t: l.t, conn: m.Socket, connRef: m.Socket, remote: m.RemoteAddr}
 		s.rd.max = l.t.cfg.MaxFrameSize
 		s.rd.fresh = true
-		if l.t.cfg.TLS == nil { // with TLS every byte goes through the shim
-			s.w.direct = tcp.NewDirectWriter()
+		s.w.direct = tcp.NewDirectWriter()
+		if l.t.cfg.TLS != nil {
+			// The dispatcher reads and writes the socket through its
+			// tls.Conn from the start (tlsdirect.go): the actor registers
+			// and hands the reading over itself, in that order.
+			s.tlsd, s.handOff = true, true
 		}
 		// On the connection's loop, so its reads reach us without a copy.
 		l.t.mu.Lock()
@@ -88,7 +86,9 @@ func (l *listener) Receive(ctx *netio.Context, msg any) {
 		l.t.servers[s] = struct{}{}
 		l.t.tcpConns[m.Socket] = struct{}{}
 		l.t.mu.Unlock()
-		ctx.Tell(conn, tcp.Register{Handler: ref, Direct: s.w.direct})
+		if !s.tlsd {
+			ctx.Tell(s.conn, tcp.Register{Handler: ref, Direct: s.w.direct})
+		}
 	case closeReq:
 		ctx.Stop() // the tcp listener watches us: it closes the socket
 	}
@@ -109,7 +109,8 @@ type serverConn struct {
 	remote  netip.AddrPort
 	ref     netio.Ref // for other goroutines: set by the listener before it publishes s
 
-	w writer // answers, from the dispatcher
+	w    writer // answers, from the dispatcher
+	tlsd bool   // TLS: the dispatcher reads and writes through a tls.Conn (tlsdirect.go)
 
 	// Queue to the dispatcher.
 	qmu sync.Mutex
@@ -124,8 +125,12 @@ type serverConn struct {
 	// rd.
 	rfile    *tcp.ReadFile
 	dispDone bool // the dispatcher returned (under qmu): rfile is not set after
-	qsignal  chan struct{}
-	resume   atomic.Bool // the dispatcher must ask for ResumeReading
+	// dsnap: a snapshot whose data the dispatcher handed the socket to
+	// (TLS; under qmu): PostStop cuts it short.
+	dsnap   *snapPipe
+	qsignal chan struct{}
+	rresume chan struct{} // TLS: the reader goroutine may read again (waitRoom)
+	resume  atomic.Bool   // the dispatcher must ask for ResumeReading
 
 	// Owned by the actor.
 	pre        int // preamble bytes checked
@@ -139,7 +144,7 @@ type serverConn struct {
 	closing    bool
 	self       netio.Ref
 	woke       bool   // this read queued a request for the dispatcher
-	peer       string // the node id of the TLS peer, before its first request
+	peer       string // the node id of the TLS peer (the dispatcher's, set at its handshake)
 	born       time.Time
 	lastRead   time.Time
 	guard      *netio.Timer // deadlines (limits.go)
@@ -168,7 +173,14 @@ type protocolError struct{ err error }
 func (s *serverConn) PreStart(ctx *netio.Context) {
 	s.self = ctx.Self()
 	s.qsignal = make(chan struct{}, 1)
+	s.rresume = make(chan struct{}, 1)
 	s.stopCh = make(chan struct{})
+	if s.tlsd {
+		// Suspended first: the loop reads nothing of the handshake.
+		ctx.Tell(s.conn, tcp.SuspendReading{})
+		ctx.Tell(s.conn, tcp.Register{Handler: s.self, Direct: s.w.direct})
+		ctx.Tell(s.conn, tcp.HandOverReading{})
+	}
 	ctx.Watch(s.conn)
 	s.startGuard(ctx)
 	d := &dispatcher{s: s, t: s.t, self: ctx.Self()}
@@ -231,8 +243,6 @@ func (s *serverConn) Receive(ctx *netio.Context, msg any) {
 		s.pump(ctx)
 	case protocolError:
 		s.reject(ctx, m.err)
-	case tlsPeer:
-		s.peer = m.id
 	case guardTick:
 		s.checkGuard(ctx)
 	case tcp.ConnectionClosed:
@@ -391,7 +401,14 @@ func (s *serverConn) pop(self netio.Ref) (inbound, bool) {
 	s.qmu.Unlock()
 	s.t.bud.give(in.charge)
 	if n <= serverQueueFrames/2 && s.resume.CompareAndSwap(true, false) {
-		self.Tell(resumeReading{})
+		if s.tlsd {
+			select { // the reader (waitRoom)
+			case s.rresume <- struct{}{}:
+			default:
+			}
+		} else {
+			self.Tell(resumeReading{})
+		}
 	}
 	return in, true
 }
@@ -399,10 +416,13 @@ func (s *serverConn) pop(self netio.Ref) (inbound, bool) {
 func (s *serverConn) PostStop(ctx *netio.Context) {
 	close(s.stopCh)
 	s.qmu.Lock()
-	f := s.rfile
+	f, dsnap := s.rfile, s.dsnap
 	s.qmu.Unlock()
 	if f != nil {
 		f.Close() // the dispatcher's read returns; it releases rd
+	}
+	if dsnap != nil {
+		dsnap.finish(fmt.Errorf("%w: before all snapshot data arrived", ErrConnectionClosed))
 	}
 	s.stopGuard(f == nil)
 	s.w.mu.Lock()
@@ -444,6 +464,16 @@ type dispatcher struct {
 	first    bool   // the connection's first request was seen
 	rbuf     []byte // socket reads, once handed over
 	rdl      bool   // a read deadline is set (in the middle of a frame)
+
+	// With TLS (s.tlsd): the connection's tls.Conn over rfile, once the
+	// handshake is done, which the dispatcher reads and writes.
+	tc    *tls.Conn
+	fc    *tlsFileConn
+	plain []byte    // answers not yet encrypted
+	snap  *snapPipe // an InstallSnapshot just read: its data follows
+	// readerDone: a reader goroutine reads the socket (TLS pipelines,
+	// startReader); closed when it returned.
+	readerDone chan struct{}
 }
 
 type pending struct {
@@ -492,9 +522,12 @@ func (d *dispatcher) run() {
 			}
 		}
 		if !has && len(d.inflight) == 0 {
-			if f := d.s.readFile(); f != nil {
+			if f := d.s.readFile(); f != nil && d.readerDone == nil {
 				if !d.read(f) {
 					return
+				}
+				if d.s.tlsd && d.s.queueLen() >= 2 && d.s.reading(f) {
+					d.startReader(f)
 				}
 				continue
 			}
@@ -540,6 +573,14 @@ func (s *serverConn) readFile() *tcp.ReadFile {
 	return s.rfile
 }
 
+// reading reports whether f is still the dispatcher's to read (not
+// handed to a snapshot).
+func (s *serverConn) reading(f *tcp.ReadFile) bool {
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	return s.rfile == f
+}
+
 // read reads the handed-over socket once and queues the requests it
 // completes (dispatcher, with nothing queued or in flight); false: the
 // connection is done. A frame once begun must go on arriving within
@@ -548,6 +589,16 @@ func (d *dispatcher) read(f *tcp.ReadFile) bool {
 	s := d.s
 	if d.rbuf == nil {
 		d.rbuf = make([]byte, 64<<10)
+	}
+	var r io.Reader = f
+	if s.tlsd {
+		if d.tc == nil {
+			if err := d.tlsOpen(f); err != nil {
+				d.self.Tell(protocolError{err: err})
+				return false
+			}
+		}
+		r = d.tc
 	}
 	if mid := s.rd.partial(); mid || d.rdl {
 		var dl time.Time
@@ -566,14 +617,15 @@ func (d *dispatcher) read(f *tcp.ReadFile) bool {
 		d.self.Tell(protocolError{err: err})
 		return false
 	}
-	var n int
+	var n, used int
 	if sp != nil {
-		n, err = f.Read(sp)
+		n, err = r.Read(sp)
 		if n > 0 {
 			err = s.rd.filled(n, d.onFrame)
+			used = n
 		}
-	} else if n, err = f.Read(d.rbuf); n > 0 {
-		_, err = s.rd.feed(d.rbuf[:n], d.onFrame)
+	} else if n, err = r.Read(d.rbuf); n > 0 {
+		used, err = s.rd.feed(d.rbuf[:n], d.onFrame)
 	}
 	if n > 0 {
 		d.t.m.bytesIn.Add(uint64(n))
@@ -582,6 +634,10 @@ func (d *dispatcher) read(f *tcp.ReadFile) bool {
 			return false
 		}
 		s.rd.shrink()
+		if d.snap != nil {
+			d.startSnapshot(f, d.rbuf[used:n])
+			return true
+		}
 		return true
 	}
 	switch {
@@ -595,18 +651,49 @@ func (d *dispatcher) read(f *tcp.ReadFile) bool {
 	return false
 }
 
-// onFrame queues a request read by the dispatcher. A connection read this
-// way carries no snapshot (raft's client sends each on a connection of its
-// own).
+// onFrame queues a request read by the dispatcher. Without TLS a
+// connection read this way carries no snapshot (raft's client sends each on
+// a connection of its own, and its first request is the InstallSnapshot,
+// which the actor reads); with TLS the dispatcher reads every connection,
+// and an InstallSnapshot's data is then read by raft (startSnapshot).
 func (d *dispatcher) onFrame(f frame, _ bool) (bool, error) {
 	switch f.kind {
 	case kindAppendEntries, kindRequestVote, kindRequestPreVote, kindTimeoutNow:
 		d.s.enqueue(inbound{kind: f.kind, id: f.id, body: f.body, charge: f.charge})
 		return false, nil
-	default:
-		d.t.bud.give(f.charge)
-		return false, fmt.Errorf("%w: request kind %v on a connection read by its dispatcher", ErrMalformed, f.kind)
+	case kindInstallSnapshot:
+		if !d.s.tlsd {
+			break
+		}
+		req := new(hraft.InstallSnapshotRequest)
+		if err := decodeInstallSnapshotRequest(f.body, req, true); err != nil {
+			d.t.bud.give(f.charge)
+			return false, err
+		}
+		pipe := newSnapPipe(d.t, d.self, req.Size)
+		d.snap = pipe
+		d.s.enqueue(inbound{kind: f.kind, id: f.id, cmd: req, pipe: pipe, charge: f.charge})
+		return true, nil // the rest of the stream is snapshot data
 	}
+	d.t.bud.give(f.charge)
+	return false, fmt.Errorf("%w: request kind %v on a connection read by its dispatcher", ErrMalformed, f.kind)
+}
+
+// startSnapshot gives the connection's reading to the snapshot just read
+// (TLS): what the dispatcher read of its data, rest, goes into the pipe,
+// the rest raft reads through the tls.Conn. The dispatcher reads no more.
+func (d *dispatcher) startSnapshot(f *tcp.ReadFile, rest []byte) {
+	p := d.snap
+	d.snap = nil
+	n, _ := p.write(rest)
+	if n < len(rest) {
+		d.self.Tell(protocolError{err: fmt.Errorf("%w: data after a snapshot", ErrMalformed)})
+	}
+	d.s.qmu.Lock()
+	d.s.rfile = nil
+	d.s.dsnap = p
+	d.s.qmu.Unlock()
+	p.handOver(tlsSnapSource{tc: d.tc, f: f}, p.remaining)
 }
 
 // releaseReading gives back what rd holds, if the dispatcher owns it
@@ -618,9 +705,51 @@ func (d *dispatcher) releaseReading() {
 	d.s.qmu.Unlock()
 	if f != nil {
 		f.Close()
+		if d.readerDone != nil {
+			<-d.readerDone // its Read returns
+		}
 		d.s.rd.buf = nil
 		d.s.rd.release()
 	}
+}
+
+// startReader gives the reading of a TLS connection that brings many
+// requests at a time (a pipeline) to a goroutine of its own, which reads and
+// decrypts ahead while the dispatcher waits for raft, up to
+// serverQueueFrames requests queued; the dispatcher reads a connection
+// only while nothing is queued or in flight, and a TLS read brings one
+// record (16 KiB), where a plain one brings the socket's whole buffer.
+func (d *dispatcher) startReader(f *tcp.ReadFile) {
+	d.readerDone = make(chan struct{})
+	d.t.wg.Add(1)
+	go func() {
+		defer d.t.wg.Done()
+		defer close(d.readerDone)
+		for d.waitRoom() && d.read(f) {
+		}
+	}()
+}
+
+// waitRoom holds the reader while serverQueueFrames requests wait for raft,
+// until the dispatcher drained half of them; false: the connection ends.
+func (d *dispatcher) waitRoom() bool {
+	s := d.s
+	for s.queueLen() >= serverQueueFrames {
+		// As onData: the flag is set before the second look, so either
+		// pop sees it, or we see its pops here.
+		s.resume.Store(true)
+		if s.queueLen() <= serverQueueFrames/2 && s.resume.CompareAndSwap(true, false) {
+			break
+		}
+		select {
+		case <-s.rresume:
+		case <-s.stopCh:
+			return false
+		case <-d.t.shutdownCh:
+			return false
+		}
+	}
+	return true
 }
 
 // decode turns an inbound request into an RPC for raft.
@@ -670,7 +799,11 @@ func (d *dispatcher) answer(p pending, r hraft.RPCResponse) {
 		s.w.mu.Unlock()
 		return
 	}
-	b, start := beginFrame(s.w.out, kindResponse, p.id)
+	dst := &s.w.out
+	if s.tlsd {
+		dst = &d.plain // encrypted below
+	}
+	b, start := beginFrame(*dst, kindResponse, p.id)
 	flagAt := len(b)
 	b = append(b, 0)
 	var flags byte
@@ -702,14 +835,19 @@ func (d *dispatcher) answer(p pending, r hraft.RPCResponse) {
 	}
 	b[flagAt] = flags
 	b, err := endFrame(b, start, d.t.cfg.MaxFrameSize)
-	s.w.out = b
+	*dst = b
 	// The last answer due is written at once; with more due, the actor
 	// batches them.
 	direct := len(d.inflight) == 0 && s.queueLen() == 0
-	kick := err == nil && s.w.sendLocked(d.t.m, direct)
+	kick := err == nil && !s.tlsd && s.w.sendLocked(d.t.m, direct)
 	s.w.mu.Unlock()
 	if err != nil {
 		d.t.log.Error("raft transport: answer too large", "err", err)
+	}
+	// With TLS: encrypted now, unless raft's next answer is already there
+	// (then in one record with it; the select after this does not block).
+	if s.tlsd && (len(d.inflight) == 0 || len(d.inflight[0].ch) == 0 || len(d.plain) >= 64<<10) {
+		d.encryptAnswers(!direct)
 	}
 	if kick {
 		d.self.Tell(kickMsg{})

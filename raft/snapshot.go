@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/ioactor/ioactor/netio"
-	"github.com/ioactor/ioactor/tcp"
 )
 
 // snapPipe carries a snapshot's data from a server connection to raft,
@@ -44,14 +43,23 @@ type snapPipe struct {
 	err      error // once buffered data is consumed: io.EOF or the failure
 	free     [][]byte
 
-	file *tcp.ReadFile // the socket, once handed over (under mu; closed by finish)
-	left int64         // bytes still to come through file (reader, once file is set)
-	fbuf []byte        // reader only: file data read ahead of a small Read
-	foff int           // read offset in fbuf
+	file snapSource // the socket, once handed over (under mu; closed by finish)
+	left int64      // bytes still to come through file (reader, once file is set)
+	fbuf []byte     // reader only: file data read ahead of a small Read
+	foff int        // read offset in fbuf
 
 	signal     chan struct{}
 	wantResume atomic.Bool
 	timer      *time.Timer // reader only
+}
+
+// snapSource is where a handed-over snapshot's data is read: the socket
+// (*tcp.ReadFile), or with TLS the connection's tls.Conn over it
+// (tlsSnapSource).
+type snapSource interface {
+	Read([]byte) (int, error)
+	SetReadDeadline(time.Time) error
+	Close() error
 }
 
 const (
@@ -120,7 +128,7 @@ func (p *snapPipe) full() bool {
 
 // handOver gives the pipe the socket, with left bytes of the snapshot
 // still unread (actor, after its last write).
-func (p *snapPipe) handOver(f *tcp.ReadFile, left int64) {
+func (p *snapPipe) handOver(f snapSource, left int64) {
 	p.mu.Lock()
 	if p.err != nil {
 		p.mu.Unlock()
@@ -214,7 +222,7 @@ func (p *snapPipe) Read(b []byte) (int, error) {
 
 // readFile reads from the handed-over socket (reader; the pipe's chunks
 // are consumed).
-func (p *snapPipe) readFile(f *tcp.ReadFile, b []byte) (int, error) {
+func (p *snapPipe) readFile(f snapSource, b []byte) (int, error) {
 	if p.left == 0 {
 		p.finish(io.EOF)
 		return 0, io.EOF

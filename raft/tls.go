@@ -76,11 +76,7 @@ func tlsSetup(c *Config) error {
 
 // Messages of the shim.
 type (
-	// tlsPeer tells a serverConn the node id of its verified peer; it
-	// comes before the first Received.
-	tlsPeer struct{ id string }
-
-	tlsUp         struct{ id string } // handshake done (reader)
+	tlsUp         struct{} // handshake done (reader)
 	tlsRead       struct{ data []byte }
 	tlsReadEnd    struct{ err error }
 	tlsWrote      struct{ err error }
@@ -103,7 +99,6 @@ const (
 // see above.
 type tlsShim struct {
 	t      *Transport
-	server bool
 	cfg    *tls.Config
 	tcp    netio.Ref // zero once it reported closed
 	tcpRef netio.Ref
@@ -138,21 +133,17 @@ type tlsShim struct {
 	wbuf         []byte // the copy of the user's write the writer encrypts
 	userGone     bool
 	handshakeErr error
-	peer         string // the verified peer's node id
 }
 
-// startTLS puts a tlsShim on conn (which it registers with) and returns
-// it; the caller registers its own actor with the shim, as with a tcp
-// connection.
-func (t *Transport) startTLS(ctx *netio.Context, conn netio.Ref, remote netip.AddrPort, server bool) (netio.Ref, error) {
-	cfg := t.cfg.TLS
-	if !server {
-		cfg = cfg.Clone()
-		if cfg.ServerName == "" {
-			cfg.ServerName = remote.Addr().String()
-		}
+// startTLS puts a client's tlsShim on conn (which it registers with) and
+// returns it; the caller registers its own actor with the shim, as with a
+// tcp connection.
+func (t *Transport) startTLS(ctx *netio.Context, conn netio.Ref, remote netip.AddrPort) (netio.Ref, error) {
+	cfg := t.cfg.TLS.Clone()
+	if cfg.ServerName == "" {
+		cfg.ServerName = remote.Addr().String()
 	}
-	s := &tlsShim{t: t, server: server, cfg: cfg, tcp: conn, tcpRef: conn, remote: remote}
+	s := &tlsShim{t: t, cfg: cfg, tcp: conn, tcpRef: conn, remote: remote}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
@@ -171,11 +162,7 @@ func (s *tlsShim) PreStart(ctx *netio.Context) {
 	s.resume = make(chan struct{}, 1)
 	s.writes = make(chan []byte, 1)
 	s.lc = newLoopConn(s.self, s.t.bound, s.remote)
-	if s.server {
-		s.tc = tls.Server(s.lc, s.cfg)
-	} else {
-		s.tc = tls.Client(s.lc, s.cfg)
-	}
+	s.tc = tls.Client(s.lc, s.cfg)
 	ctx.Tell(s.tcp, tcp.Register{Handler: s.self})
 	ctx.Watch(s.tcp)
 	s.t.wg.Add(2)
@@ -230,10 +217,6 @@ func (s *tlsShim) Receive(ctx *netio.Context, msg any) {
 	// From the reader and the writer.
 	case tlsUp:
 		s.handshaken = true
-		s.peer = m.id
-		if s.server && !s.user.IsZero() {
-			ctx.Tell(s.user, tlsPeer(m))
-		}
 	case tlsRead:
 		if s.paused.Load() || len(s.held) > 0 {
 			s.held = append(s.held, m.data)
@@ -281,9 +264,6 @@ func (s *tlsShim) Receive(ctx *netio.Context, msg any) {
 	case tcp.Register:
 		s.user = m.Handler
 		ctx.Watch(s.user)
-		if s.handshaken && s.server {
-			ctx.Tell(s.user, tlsPeer{id: s.peer})
-		}
 		if s.early {
 			s.early = false
 			s.writes <- s.wbuf
@@ -467,13 +447,13 @@ func (s *tlsShim) PostStop(ctx *netio.Context) {
 	s.t.untrackActor(ctx.Self())
 }
 
-// peerID is the node id of the verified peer (after the handshake).
-func (s *tlsShim) peerID() (string, error) {
-	cs := s.tc.ConnectionState()
+// peerIDOf is the node id of the verified peer of a server's connection
+// (after the handshake).
+func (t *Transport) peerIDOf(cs tls.ConnectionState) (string, error) {
 	if len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
 		return "", fmt.Errorf("%w: no verified peer certificate", ErrIdentity)
 	}
-	id, err := s.t.cfg.PeerID(cs.VerifiedChains[0][0])
+	id, err := t.cfg.PeerID(cs.VerifiedChains[0][0])
 	if err != nil {
 		return "", fmt.Errorf("%w: %w", ErrIdentity, err)
 	}
@@ -487,15 +467,11 @@ func (s *tlsShim) reader() {
 	ctx, cancel := context.WithTimeout(context.Background(), s.t.cfg.Timeout)
 	err := s.tc.HandshakeContext(ctx)
 	cancel()
-	var id string
-	if err == nil && s.server {
-		id, err = s.peerID()
-	}
 	if err != nil {
 		s.self.Tell(tlsReadEnd{err: err})
 		return
 	}
-	s.self.Tell(tlsUp{id: id})
+	s.self.Tell(tlsUp{})
 	for {
 		for s.paused.Load() {
 			select {
