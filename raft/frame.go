@@ -94,6 +94,14 @@ type frameReader struct {
 	bud  *budget
 	held int
 
+	// alias: with fresh, a whole frame of at least aliasMin bytes in a
+	// read is handed out in place, owned, instead of copied; the reader
+	// then sets aliased, and the caller must not reuse the bytes it fed
+	// (the dispatcher reads the socket into the rest of its buffer, then
+	// into a new one). raft keeps an append's entries (Log.Data aliases the
+	// frame) in its log store, so a follower's frames are its log's memory.
+	alias, aliased bool
+
 	hdr  [frameHeaderLen]byte
 	hdrN int
 	buf  []byte // the frame body being assembled
@@ -147,7 +155,11 @@ func (r *frameReader) feed(p []byte, fn func(f frame, owned bool) (stop bool, er
 					if r.bud != nil && !r.bud.take(len(body)) {
 						return used, fmt.Errorf("%w: %d bytes of frames buffered by all connections, the maximum is %d", ErrOverloaded, r.bud.used.Load(), r.bud.max)
 					}
-					body = append(make([]byte, 0, len(body)), body...)
+					if r.alias && len(body) >= aliasMin {
+						r.aliased = true
+					} else {
+						body = append(make([]byte, 0, len(body)), body...)
+					}
 					owned = true
 				}
 				f, err := parseFrame(body)
@@ -174,6 +186,13 @@ func (r *frameReader) feed(p []byte, fn func(f frame, owned bool) (stop bool, er
 			}
 			r.buf = r.buf[:0]
 			r.need = int(n)
+			if r.fresh && r.need <= spareAhead && used < len(p) {
+				// Part of it is here: room for all of it at once, as
+				// spare makes, not grown and copied again.
+				if err := r.grow(r.need); err != nil {
+					return used, err
+				}
+			}
 		}
 		k := min(r.need, len(p)-used)
 		if err := r.grow(k); err != nil {
@@ -234,6 +253,10 @@ func (r *frameReader) spare(max int) ([]byte, error) {
 	}
 	return r.buf[len(r.buf) : len(r.buf)+min(k, max)], nil
 }
+
+// aliasMin is the smallest frame handed out in place (alias): a smaller
+// one is copied, so that it does not keep a whole read buffer alive.
+const aliasMin = 2 << 10
 
 // spareAhead bounds the room spare makes ahead of the bytes that came.
 const spareAhead = 1 << 20

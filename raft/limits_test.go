@@ -1,6 +1,7 @@
 package raft
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -215,17 +216,26 @@ func FuzzFrameReader(f *testing.F) {
 	f.Add(append(hdr(60<<20, byte(kindAppendEntries), 1), make([]byte, 4096)...), uint8(7))
 	f.Add(append(hdr(40000, byte(kindRequestVote), 5), make([]byte, 40000)...), uint8(200))
 	f.Add(hdr(1), uint8(0))
+	f.Add(append(append(hdr(3000, byte(kindAppendEntries), 1), make([]byte, 2998)...), hdr(3, byte(kindAppendEntries), 2, 0)...), uint8(94))
 	f.Add([]byte{0, 0, 0, 5, 1, 0x80}, uint8(3))
 	f.Fuzz(func(t *testing.T, data []byte, cut uint8) {
 		bud := &budget{max: 64 << 10}
-		r := frameReader{max: 1 << 20, fresh: true, bud: bud}
+		// With cut&2, frames are handed out in place (alias), as to a
+		// dispatcher: each read is a buffer of its own, and every frame
+		// must still hold what it held when handed out.
+		r := frameReader{max: 1 << 20, fresh: true, bud: bud, alias: cut&2 == 2}
 		charged := 0
 		step := int(cut)%97 + 1
+		if r.alias {
+			step *= 64 // whole frames of aliasMin bytes and more in a read
+		}
+		var got, want [][]byte
 		take := func(fr frame, owned bool) (bool, error) {
 			if !owned {
 				t.Fatal("a fresh reader handed out a frame it does not own")
 			}
 			charged += fr.charge
+			got, want = append(got, fr.whole), append(want, bytes.Clone(fr.whole))
 			return false, nil
 		}
 		for len(data) > 0 {
@@ -243,7 +253,8 @@ func FuzzFrameReader(f *testing.F) {
 				k = copy(sp, data[:k])
 				err = r.filled(k, take)
 			default:
-				_, err = r.feed(data[:k], take)
+				_, err = r.feed(bytes.Clone(data[:k]), take)
+				r.aliased = false
 			}
 			data = data[k:]
 			if u := bud.used.Load(); u > bud.max || u < 0 {
@@ -254,6 +265,11 @@ func FuzzFrameReader(f *testing.F) {
 					t.Fatalf("unexpected error %v", err)
 				}
 				break
+			}
+		}
+		for i := range got {
+			if !bytes.Equal(got[i], want[i]) {
+				t.Fatalf("frame %d changed after it was handed out", i)
 			}
 		}
 		bud.give(charged)

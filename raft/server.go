@@ -590,6 +590,7 @@ func (d *dispatcher) read(f *tcp.ReadFile) bool {
 	if d.rbuf == nil {
 		d.rbuf = make([]byte, 64<<10)
 	}
+	s.rd.alias = true // the dispatcher's buffer is not reused once aliased
 	var r io.Reader = f
 	if s.tlsd {
 		if d.tc == nil {
@@ -636,7 +637,14 @@ func (d *dispatcher) read(f *tcp.ReadFile) bool {
 		s.rd.shrink()
 		if d.snap != nil {
 			d.startSnapshot(f, d.rbuf[used:n])
-			return true
+		}
+		if s.rd.aliased {
+			// Frames alias d.rbuf[:n]: read on after them, into a
+			// new buffer once the rest is small.
+			s.rd.aliased = false
+			if d.rbuf = d.rbuf[n:]; len(d.rbuf) < 16<<10 {
+				d.rbuf = nil
+			}
 		}
 		return true
 	}
