@@ -45,7 +45,8 @@
 // answers the way callers write requests.
 //
 // Every connection stops being read by the loop once it is set up
-// (without TLS): the tcp connection hands its socket over
+// (with TLS all but a client's pipelines and snapshots, see TLS): the tcp
+// connection hands its socket over
 // (tcp.HandOverReading: a duplicate of it on the Go runtime's poller, the
 // loop no longer woken by what arrives). On the heartbeat and RPC
 // connections the callers read: a caller waiting for its answer takes the
@@ -57,8 +58,10 @@
 // by its dispatcher whenever it has nothing queued or in flight, as
 // raft.NetworkTransport serves one request at a time (one read of a busy
 // pipeline brings many); a frame body is read straight into the frame's
-// buffer. A snapshot's data is read by raft's own Reads. One wake-up of a
-// goroutine per hop is left, as with net.Conn.
+// buffer, and a whole frame of 2 KiB or more in a read is handed to raft in
+// place (the read buffer is not reused after it: a follower's log entries
+// are the bytes it read, never copied). A snapshot's data is read by raft's
+// own Reads. One wake-up of a goroutine per hop is left, as with net.Conn.
 //
 // A call that fails because a connection that had carried answers before
 // was closed or reset by the peer is sent once more on a fresh
@@ -89,13 +92,12 @@
 // Config.Timeout (ErrPipelineFull), so a pipeline whose futures nobody
 // reads cannot hang raft (hashicorp/raft#612). Snapshot data is written in
 // chunks, each only after the kernel took the one before the previous.
-// Without TLS the receiving connection hands its socket over to raft's
-// reading goroutine (tcp.HandOverReading) once the InstallSnapshot header
-// arrived: raft's Reads read the socket themselves (through the runtime's
-// poller), into raft's buffer or a 256 KiB one, and nothing more is
-// buffered; with TLS the loop reads and buffers at most
-// Config.SnapshotReadAhead before it stops reading the socket. Either way
-// a receiver that does not read holds the sender through the TCP window. A connection stops reading, the same way, when
+// The receiving connection hands its socket over to raft's reading
+// goroutine once the InstallSnapshot header arrived (without TLS through
+// tcp.HandOverReading, with TLS its dispatcher gives raft its tls.Conn):
+// raft's Reads read the socket themselves (through the runtime's poller),
+// into raft's buffer or a 256 KiB one, and nothing more is buffered. A
+// receiver that does not read holds the sender through the TCP window. A connection stops reading, the same way, when
 // raft falls behind on its requests.
 //
 // # TLS
@@ -111,7 +113,17 @@
 // certificate against the address it dials (an IP SAN).
 //
 // Design: crypto/tls needs a net.Conn and blocking calls; the loops have
-// actors and messages. A shim actor sits between the tcp connection and the
+// actors and messages. Where a goroutine waits for every read anyway — a
+// client's heartbeat and RPC connections (the caller holding the read
+// token) and every server connection (its dispatcher) — the socket is
+// handed over at once and a tls.Conn runs over the duplicate (tlsdirect.go):
+// that goroutine reads and decrypts itself, and the ciphertext of its writes
+// goes through the connection's writer like plaintext frames without TLS (a
+// lone write straight to the socket, more batched by the loop). A round trip
+// then has NetworkTransport's goroutine hops, with a cheaper codec. A server
+// connection that brings many requests per read (a pipeline) gets a reader
+// goroutine that decrypts ahead, up to the queue bound. For a client's
+// pipelines and snapshot senders a shim actor sits between the tcp connection and the
 // transport's own connection actor and speaks the tcp package's protocol
 // to both (Write with an ack, SuspendReading, ResumeReading, Close, Abort,
 // Received, ConnectionClosed), so the framing, the writers and the flow
@@ -126,9 +138,9 @@
 // Config.Timeout) and hands decrypted chunks to the shim, at most 8 ahead;
 // another encrypts the writes. The transport's actor gets its write's ack
 // once the bytes are encrypted and queued under that bound.
-// The alternative, net.Conn sockets beside the loops for TLS, would have
-// been a second transport to keep correct; the shim costs two goroutine
-// hand-offs and a copy per direction, cheap beside the cipher, and a
+// The shim costs two goroutine hand-offs and a copy per direction: nothing
+// for a pipeline, whose answers it batches, but it made a synchronous round
+// trip three times NetworkTransport+TLS's before the hand-over above. A
 // client Config with a ClientSessionCache resumes sessions on reconnect.
 //
 // # Errors and timeouts

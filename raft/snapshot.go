@@ -25,8 +25,10 @@ import (
 // socket's receive buffer and fileBuf, and a stalled reader stalls the
 // sender through the TCP window.
 //
-// With TLS (and until the hand-over is answered) the actor copies each read
-// into the pipe; once SnapshotReadAhead bytes wait unread it suspends
+// With TLS the dispatcher, which reads the connection from the start,
+// copies what it read of the data into the pipe and gives raft its tls.Conn
+// for the rest (tlsSnapSource). Until the hand-over is answered the actor
+// copies each read into the pipe; once SnapshotReadAhead bytes wait unread it suspends
 // reading at the socket, and the reader resumes it when half of them are
 // consumed. So the receiver holds at most read-ahead + one socket read of
 // data.

@@ -20,7 +20,9 @@ import (
 	"github.com/ioactor/ioactor/tcp"
 )
 
-// TLS on the loops.
+// TLS on the loops, for a client's pipelines and snapshot senders (the
+// other connections run their tls.Conn over the handed-over socket:
+// tlsdirect.go).
 //
 // crypto/tls drives a net.Conn with blocking calls; the loops drive a tcp
 // connection actor with messages. The bridge is a tlsShim actor between
