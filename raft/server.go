@@ -63,7 +63,7 @@ func (l *listener) Receive(ctx *netio.Context, msg any) {
 		if !l.t.admit(m.Socket) {
 			return
 		}
-		s := &serverConn{t: l.t, conn: m.Socket, connRef: m.Socket, remote: m.RemoteAddr}
+		s := &serverConn{t: l.t, conn: m.Socket, connRef: m.Socket, remote: m.RemoteAddr, local: l.bound}
 		s.rd.max = l.t.cfg.MaxFrameSize
 		s.rd.fresh = true
 		s.w.direct = tcp.NewDirectWriter()
@@ -107,7 +107,8 @@ type serverConn struct {
 	conn    netio.Ref // zero once closed
 	connRef netio.Ref
 	remote  netip.AddrPort
-	ref     netio.Ref // for other goroutines: set by the listener before it publishes s
+	local   netip.AddrPort // the listener's (Transport.bound is written after the listener starts)
+	ref     netio.Ref      // for other goroutines: set by the listener before it publishes s
 
 	w    writer // answers, from the dispatcher
 	tlsd bool   // TLS: the dispatcher reads and writes through a tls.Conn (tlsdirect.go)

@@ -3,6 +3,7 @@ package raft
 import (
 	"crypto/tls"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -141,5 +142,40 @@ func TestTLSStrangersRefused(t *testing.T) {
 		if !errors.As(err, &op) {
 			t.Errorf("%s: %v is not an *OpError", name, err)
 		}
+	}
+}
+
+// TestTLSSilentConnectionsClosed: with TLS the server's dispatcher runs the
+// handshake and reads the preamble itself; a connection that sends nothing,
+// and one that completes the handshake but sends no preamble, are each
+// closed within Config.Timeout (plus slack), and the transport keeps
+// serving.
+func TestTLSSilentConnectionsClosed(t *testing.T) {
+	leakcheck.Check(t)
+	server := newTLSTransport(t, testTLS(t, "n1"))
+	serve(t, server, func(rpc hraft.RPC) { rpc.Respond(&hraft.RequestVoteResponse{}, nil) })
+	addr := string(server.LocalAddr())
+	silent, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	cfg := testTLS(t, "n2").Clone()
+	cfg.ServerName = "127.0.0.1"
+	mute, err := tls.Dial("tcp", addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mute.Close()
+	limit := 2*time.Second + 5*time.Second // newTLSTransport's Timeout, and slack for -race on a loaded machine
+	for name, c := range map[string]net.Conn{"no handshake": silent, "no preamble": mute} {
+		if !closedWithin(c, limit) {
+			t.Errorf("%s: still open after %v", name, limit)
+		}
+	}
+	client := newTLSTransport(t, testTLS(t, "n2"))
+	var resp hraft.RequestVoteResponse
+	if err := client.RequestVote("n1", server.LocalAddr(), &hraft.RequestVoteRequest{RPCHeader: header("n2"), Term: 1}, &resp); err != nil {
+		t.Fatalf("a member after the silent ones: %v", err)
 	}
 }

@@ -178,7 +178,7 @@ func (c *clientConn) reader(f *tcp.ReadFile) io.Reader {
 // tlsOpen runs a server connection's handshake and reads its preamble,
 // each within Config.Timeout (dispatcher, before its first read).
 func (d *dispatcher) tlsOpen(f *tcp.ReadFile) error {
-	d.fc = newTLSFileConn(f, &d.s.w, d.self, d.t.m, d.t.bound, d.s.remote)
+	d.fc = newTLSFileConn(f, &d.s.w, d.self, d.t.m, d.s.local, d.s.remote)
 	tc, id, err := d.t.handshakeTLS(d.fc, d.s.remote, true)
 	if err != nil {
 		return err
