@@ -1,6 +1,7 @@
 package raft
 
 import (
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -333,11 +334,21 @@ func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
 
 // TestServerStopsReadingWhenRaftIsBehind: with raft not consuming, a
 // connection queues a bounded number of requests, then stops reading; once
-// raft catches up every request is answered.
+// raft catches up every request is answered. With TLS the many requests
+// per read give the connection a reader goroutine (startReader), which
+// waits for room (waitRoom).
 func TestServerStopsReadingWhenRaftIsBehind(t *testing.T) {
+	t.Run("plain", func(t *testing.T) { testStopsReading(t, Config{}) })
+	t.Run("TLS", func(t *testing.T) {
+		testStopsReading(t, Config{TLS: testTLS(t, "suite"), PeerID: func(*x509.Certificate) (string, error) { return "", nil }})
+	})
+}
+
+func testStopsReading(t *testing.T, cfg Config) {
 	leakcheck.Check(t)
-	server := newOurs(t, Config{})
-	client := newOurs(t, Config{MaxPool: 1})
+	server := newOurs(t, cfg)
+	cfg.MaxPool = 1
+	client := newOurs(t, cfg)
 	release := make(chan struct{})
 	var first sync.Once
 	serve(t, server, func(rpc hraft.RPC) {
