@@ -69,10 +69,11 @@ func NewAckEcho(conn netio.Ref, wm Watermarks) netio.Actor {
 	return e
 }
 
-// ackEcho is the ACK echo. It holds its writer by value, so a message
-// touches one handler object (with a thousand connections, each pointer
-// followed is a likely cache miss).
+// ackEcho is the ACK echo. It holds its writer and its actor's runtime
+// state by value, so a message touches one handler object (with a thousand
+// connections, each pointer followed is a likely cache miss).
 type ackEcho struct {
+	netio.ActorCell
 	closer
 	w AckWriter
 }
@@ -88,6 +89,7 @@ func NewNackEcho(conn netio.Ref, wm Watermarks) netio.Actor {
 }
 
 type nackEcho struct {
+	netio.ActorCell
 	closer
 	w *NackWriter
 }
@@ -131,6 +133,7 @@ func NewPullEcho(conn netio.Ref) netio.Actor {
 }
 
 type pullEcho struct {
+	netio.ActorCell
 	closer
 	r PullReader
 	w AckWriter

@@ -323,3 +323,60 @@ func TestZeroRefIsInert(t *testing.T) {
 		t.Fatal("the actor did not run")
 	}
 }
+
+// cellActor embeds its runtime state.
+type cellActor struct {
+	netio.ActorCell
+	out chan any
+}
+
+func (c *cellActor) Receive(ctx *netio.Context, msg any) {
+	switch msg {
+	case "become":
+		ctx.Become(func(ctx *netio.Context, msg any) { c.out <- pong{msg.(ping).n} })
+	case "stop":
+		ctx.Stop()
+	default:
+		c.out <- msg
+	}
+}
+
+// An actor that embeds an ActorCell behaves as one spawned in state of its
+// own, and the same value spawned twice is two actors, each with its own
+// mailbox and lifetime (the second in state allocated apart).
+func TestActorCell(t *testing.T) {
+	sys := newSystem(t, 1)
+	out := make(chan any, 10)
+	c := &cellActor{out: out}
+	a := sys.Spawn(c)
+	b := sys.Spawn(c)
+	if a == b {
+		t.Fatal("one value spawned twice gave the same Ref")
+	}
+	a.Tell(ping{1})
+	if m := recv(t, out); m != (ping{1}) {
+		t.Fatalf("got %v, want ping{1}", m)
+	}
+	a.Tell("become")
+	a.Tell(ping{2})
+	if m := recv(t, out); m != (pong{2}) {
+		t.Fatalf("after Become got %v, want pong{2}", m)
+	}
+	a.Tell("stop")
+	waitDone(t, a)
+	b.Tell(ping{3})
+	if m := recv(t, out); m != (ping{3}) {
+		t.Fatalf("the second actor got %v, want ping{3}", m)
+	}
+	b.Stop()
+	waitDone(t, b)
+}
+
+func waitDone(t *testing.T, r netio.Ref) {
+	t.Helper()
+	select {
+	case <-r.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%v did not stop", r)
+	}
+}

@@ -66,8 +66,11 @@ type registerTimeout struct{}
 type connectTimeout struct{}
 
 // conn is the actor that owns one TCP socket. The fields a message touches
-// come first (with many connections each cache line is a likely miss).
+// come first (with many connections each cache line is a likely miss),
+// after the actor's runtime state, which lives in the same object.
 type conn struct {
+	netio.ActorCell
+
 	fd    int
 	state connState
 	pull  bool
