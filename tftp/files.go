@@ -185,6 +185,13 @@ func ChainRewrite(fns ...func(FileRequest) (string, error)) func(FileRequest) (s
 // records the rewritten name, and every node opens that one.
 var ErrNotReplicable = errors.New("tftp: a replicated server serves only a directory tree (an *FS)")
 
+// ErrStandby, wrapped by an error of [Replicator.Begin], says that this
+// server is no longer the one to serve (a replicated server that lost its
+// leadership while the request waited): the request is dropped without an
+// answer, so that the client's retransmitted request reaches the server
+// that takes over, where an ERROR would have failed the client.
+var ErrStandby = errors.New("tftp: another server takes over")
+
 // fileRequest is the request of x for its Files.
 func (x *xfer) fileRequest() FileRequest {
 	return FileRequest{Op: x.req.Op, Name: x.req.Filename, Client: x.client, Mode: x.req.Mode, Options: x.req.Options}

@@ -1,8 +1,10 @@
 package tftp
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -11,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ioactor/ioactor/internal/leakcheck"
+	"github.com/ioactor/ioactor/internal/testutil"
 )
 
 // positionReplicator records the last position Progress gave for each
@@ -145,5 +148,47 @@ func TestStopPositionFollowsTheClient(t *testing.T) {
 		if s.recv >= (4<<20)/512 {
 			t.Errorf("client %d finished before the stop; the test shows nothing", i)
 		}
+	}
+}
+
+// standbyReplicator refuses its first two Begins as a server that lost
+// its leadership does (ErrStandby), and takes the later ones.
+type standbyReplicator struct {
+	nopReplicator
+	calls chan struct{} // one per Begin
+}
+
+func (r *standbyReplicator) Begin(TransferState) error {
+	r.calls <- struct{}{}
+	if len(r.calls) <= 2 {
+		return fmt.Errorf("replicator: not the leader (%w)", ErrStandby)
+	}
+	return nil
+}
+
+// A request whose Begin fails with ErrStandby gets no answer: the client
+// asks again, of the server that takes over, instead of failing on an
+// ERROR.
+func TestStandbyBeginDropsTheRequest(t *testing.T) {
+	leakcheck.Check(t)
+	dir := t.TempDir()
+	writePattern(t, dir, "f", 10000)
+	rep := &standbyReplicator{calls: make(chan struct{}, 3)}
+	srv := startServer(t, ServerConfig{Root: dir, SinglePort: true, Replicator: rep})
+	raw := newRaw(t, "udp4")
+	req := rrq("f", OptBlockSize, "1468")
+	for i := range 2 {
+		raw.send(srv.Addr(), req)
+		testutil.WaitFor(t, "the Begin", func() bool { return len(rep.calls) == i+1 })
+		testutil.WaitFor(t, "the dropped transfer to end", func() bool {
+			live, err := srv.Transfers(context.Background())
+			return err == nil && len(live) == 0
+		})
+	}
+	// The third request is served: its OACK is the first datagram the
+	// client gets (loopback keeps the order of one socket's datagrams).
+	raw.send(srv.Addr(), req)
+	if pkt, _ := raw.mustRecv("the OACK"); len(pkt) < 2 || Opcode(pkt[1]) != OpOACK {
+		t.Fatalf("the first answer: %q, want the OACK of the third request", pkt)
 	}
 }

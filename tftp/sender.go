@@ -105,6 +105,16 @@ type sender struct {
 	// first acknowledgement: an ACK beyond the blocks sent moves an octet
 	// transfer there (jump).
 	resumed bool
+	// quiet marks a download resumed from its Begin record (block 0) with
+	// an OACK: the client may wait for the OACK, for DATA 1 or for any
+	// later block (the first server's checkpoints may not have committed),
+	// and the OACK sent again to a client past it makes curl start over
+	// (appending the file again to what it has) and atftp abort. So it
+	// sends nothing until the client says where it is: ACK 0 (DATA 1
+	// goes), the ACK of a later block (the transfer jumps there), or its
+	// request again (the listener starts the transfer anew). Its timer
+	// only counts the client's silence.
+	quiet bool
 	// restoreWindow, when set, is the window to go back to after the
 	// first acknowledgement of a resumed transfer's wider first window.
 	restoreWindow int
@@ -269,9 +279,21 @@ func (s *sender) ack(now time.Time, w uint16) event {
 		return s.fail(errTransferDeadline)
 	}
 	if s.base == 0 {
+		if w != 0 && s.quiet {
+			// The client acknowledged the first server's OACK and blocks
+			// after it.
+			s.base, s.next = 1, 1
+			if ev, jumped := s.jump(w); jumped {
+				s.quiet = false
+				return ev
+			}
+			s.base, s.next = 0, 1
+			return evNone
+		}
 		if w != 0 || s.next == 0 {
 			return evNone
 		}
+		s.quiet = false
 		if !s.oackResent {
 			s.rto.sample(now.Sub(s.oackSentAt))
 		}
@@ -547,9 +569,14 @@ func (s *sender) emit(now time.Time) [][]byte {
 	s.pending = false
 	s.out = s.out[:0]
 	if s.base == 0 {
-		if s.next == 0 {
+		switch {
+		case s.quiet:
+			s.next, s.oackResent = 1, true // no round trip to sample
+			s.deadline = now.Add(s.rto.wait())
+			return nil
+		case s.next == 0:
 			s.next, s.oackSentAt = 1, now
-		} else {
+		default:
 			s.oackResent = true
 			s.retransmits++
 		}

@@ -177,7 +177,8 @@ type ServerConfig struct {
 type Replicator interface {
 	// Begin records a transfer before its first packet leaves; the
 	// transfer starts only once Begin returned nil, and is refused with an
-	// ERROR otherwise.
+	// ERROR otherwise, except for an error wrapping [ErrStandby]: then
+	// the request is dropped without an answer.
 	Begin(st TransferState) error
 	// Progress records how far a transfer got: every
 	// ServerConfig.CheckpointInterval, and where a download stands when

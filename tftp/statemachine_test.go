@@ -722,6 +722,53 @@ func TestResumedSenderJumpsToAClientAhead(t *testing.T) {
 	}
 }
 
+// A sender resumed from a transfer's Begin record (block 0) with options
+// sends nothing, not the OACK (a client past it would start over or
+// abort), until the client speaks: its ACK of a later block moves the
+// transfer there, ACK 0 starts it at DATA 1; its silence only counts
+// down the retries.
+func TestQuietResumeWaitsForTheClient(t *testing.T) {
+	const bs = 4
+	f := patternFile{size: 4000}
+	ref := referenceBlocks(f, ModeOctet, bs)
+	now := time.Unix(0, 0)
+	quiet := func() *sender {
+		s := newSender(senderConfig{blockSize: bs, window: 1, src: resumeSource(f, ModeOctet, 0, bs), oack: []byte{0, 6, 'x', 0, '1', 0},
+			first: 1, rto: fixedRTO(time.Second), maxRetries: 2, prefetch: true})
+		s.resumed, s.quiet, s.heard, s.lastBlock = true, true, true, uint64(len(ref))
+		return s
+	}
+	s := quiet()
+	for i := range 3 {
+		if out := s.emit(now); len(out) != 0 {
+			t.Fatalf("emit %d: %q, want nothing", i, out)
+		}
+		now = s.nextDeadline()
+		if ev := s.timeout(now); i < 2 && ev != evProgress || i == 2 && ev != evFailed {
+			t.Fatalf("timeout %d: %v", i, ev)
+		}
+	}
+	s = quiet()
+	s.emit(now)
+	if ev := s.ack(now, uint16(len(ref)+5)); ev != evNone || s.base != 0 {
+		t.Fatalf("an ACK beyond the last block: %v, base %d", ev, s.base)
+	}
+	if ev := s.ack(now, 40); ev != evProgress {
+		t.Fatalf("ack 40: %v", ev)
+	}
+	if out := s.emit(now); len(out) != 1 || !bytes.Equal(out[0][:4], []byte{0, 3, 0, 41}) || !bytes.Equal(out[0][4:], ref[40]) {
+		t.Fatalf("after ACK 40: %q, want DATA 41", out)
+	}
+	s = quiet()
+	s.emit(now)
+	if ev := s.ack(now, 0); ev != evProgress {
+		t.Fatalf("ack 0: %v", ev)
+	}
+	if out := s.emit(now); len(out) != 1 || !bytes.Equal(out[0][:4], []byte{0, 3, 0, 1}) || !bytes.Equal(out[0][4:], ref[0]) {
+		t.Fatalf("after ACK 0: %q, want DATA 1", out)
+	}
+}
+
 // A resumed lock-step sender probes for its client one block at a time,
 // two blocks apart, and moves to the client's block on the first ACK; the
 // client model is RFC 1350's (tftp-hpa, curl): it takes the block it waits

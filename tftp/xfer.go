@@ -264,7 +264,12 @@ func (x *xfer) begun(now time.Time, err error) {
 	if x.state != stateBeginning {
 		return
 	}
-	if err != nil {
+	switch {
+	case errors.Is(err, ErrStandby):
+		// Nothing was sent: the client asks again, of the next server.
+		x.end(resultCancelled, fmt.Errorf("tftp: the transfer could not be recorded: %w", err))
+		return
+	case err != nil:
 		x.refuse(fmt.Errorf("tftp: the transfer could not be recorded: %w", err))
 		return
 	}
@@ -301,7 +306,9 @@ func (x *xfer) resume(now time.Time, local netip.AddrPort, st TransferState) {
 	}
 	var oack []byte
 	if st.Block == 0 {
-		oack = st.Options // the client may not have acknowledged it yet
+		// The client may not have the OACK yet, or be past it: the
+		// transfer waits for it to say which (sender.quiet).
+		oack = st.Options
 		x.oack = oack
 	}
 	r, _ := x.timing()
@@ -321,6 +328,7 @@ func (x *xfer) resume(now time.Time, local netip.AddrPort, st TransferState) {
 		prefetch: true,
 	})
 	x.snd.resumed = true
+	x.snd.quiet = oack != nil
 	x.snd.heard = true // the client answered the server it started with
 	x.snd.restoreWindow = x.neg.WindowSize
 	if octet {

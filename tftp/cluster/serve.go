@@ -138,7 +138,22 @@ func newReplicator(n *Node, fsys *tftp.FS, m *serveMetrics) *replicator {
 // errStopped answers the begins of a replicator that stopped.
 var errStopped = fmt.Errorf("cluster: the replicator stopped: %w", ErrNotLeader)
 
+// Begin records a transfer (tftp.Replicator). It fails with an error
+// wrapping ErrNotLeader and tftp.ErrStandby when this node does not lead,
+// or lost its leadership before the record committed: the server then
+// drops the request without an answer, and the client's retransmitted
+// request reaches the next leader. (A record whose commit was not known
+// may still commit there: the next leader resumes it, and the client's
+// request supersedes it.)
 func (r *replicator) Begin(st tftp.TransferState) error {
+	err := r.begin(st)
+	if errors.Is(err, ErrNotLeader) {
+		return fmt.Errorf("%w (%w)", err, tftp.ErrStandby)
+	}
+	return err
+}
+
+func (r *replicator) begin(st tftp.TransferState) error {
 	rec := Record{State: st, Updated: time.Now()}
 	if st.Op == tftp.OpRRQ {
 		sum, err := r.sums.sum(r.fs, st.Filename)
