@@ -94,7 +94,10 @@
 // chunks, each only after the kernel took the one before the previous.
 // The receiving connection hands its socket over to raft's reading
 // goroutine once the InstallSnapshot header arrived (without TLS through
-// tcp.HandOverReading, with TLS its dispatcher gives raft its tls.Conn):
+// tcp.HandOverReading, with TLS its dispatcher gives raft its tls.Conn,
+// there only if it is the connection's first request: a later one is
+// malformed, as on a plain connection its dispatcher reads; the client
+// sends each snapshot on a connection of its own):
 // raft's Reads read the socket themselves (through the runtime's poller),
 // into raft's buffer or a 256 KiB one, and nothing more is buffered. A
 // receiver that does not read holds the sender through the TCP window. A connection stops reading, the same way, when

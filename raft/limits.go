@@ -18,11 +18,16 @@ import (
 //   - the bytes of incoming frames, in reassembly and queued for raft, of
 //     all connections together are bounded by Config.MaxBuffered: the
 //     connection whose frame would exceed it is closed (ErrOverloaded);
-//   - a connection must send its preamble (with TLS: finish its
-//     handshake) within Config.Timeout, and a frame once begun must keep
-//     coming: a connection silent for Config.Timeout in the middle of a
-//     frame is closed (ErrStalled), unless it is this side that stopped
-//     reading;
+//   - a connection must send its preamble within Config.Timeout; with
+//     TLS it must finish its handshake within Config.Timeout and then
+//     send its preamble within another Config.Timeout (the dispatcher
+//     reads a TLS connection from the start and enforces these with read
+//     deadlines, not the actor's guard). A failed handshake is counted
+//     once as a rejected connection and logged at Debug, and until its
+//     handshake is done a TLS connection holds no read buffer;
+//   - a frame once begun must keep coming: a connection silent for
+//     Config.Timeout in the middle of a frame is closed (ErrStalled),
+//     unless it is this side that stopped reading;
 //   - at most Config.MaxConnections accepted connections at a time; more
 //     are reset at once;
 //   - what a closed connection held goes back to the budget, and its

@@ -256,7 +256,11 @@ func (s *serverConn) Receive(ctx *netio.Context, msg any) {
 		}
 	case closeReq:
 		s.closing = true
-		ctx.Tell(s.conn, tcp.Close{})
+		if m.abort {
+			ctx.Tell(s.conn, tcp.Abort{})
+		} else {
+			ctx.Tell(s.conn, tcp.Close{})
+		}
 		ctx.Stop()
 	}
 }
@@ -463,6 +467,7 @@ type dispatcher struct {
 	inflight []pending
 	free     []chan hraft.RPCResponse
 	first    bool   // the connection's first request was seen
+	framed   bool   // a request was read (onFrame; the reading goroutine's)
 	rbuf     []byte // socket reads, once handed over
 	rdl      bool   // a read deadline is set (in the middle of a frame)
 
@@ -588,20 +593,26 @@ func (s *serverConn) reading(f *tcp.ReadFile) bool {
 // Config.Timeout (ErrStalled), as the actor's guard checks.
 func (d *dispatcher) read(f *tcp.ReadFile) bool {
 	s := d.s
-	if d.rbuf == nil {
-		d.rbuf = make([]byte, 64<<10)
-	}
-	s.rd.alias = true // the dispatcher's buffer is not reused once aliased
 	var r io.Reader = f
 	if s.tlsd {
 		if d.tc == nil {
 			if err := d.tlsOpen(f); err != nil {
-				d.self.Tell(protocolError{err: err})
+				if errors.Is(err, errHandshake) {
+					// Counted and logged (Debug) by handshakeTLS: a
+					// stranger gets no Warn line per attempt.
+					d.self.Tell(closeReq{abort: true})
+				} else {
+					d.self.Tell(protocolError{err: err})
+				}
 				return false
 			}
 		}
 		r = d.tc
 	}
+	if d.rbuf == nil { // after the handshake: a stranger costs no buffer
+		d.rbuf = make([]byte, 64<<10)
+	}
+	s.rd.alias = true // the dispatcher's buffer is not reused once aliased
 	if mid := s.rd.partial(); mid || d.rdl {
 		var dl time.Time
 		if mid {
@@ -664,16 +675,21 @@ func (d *dispatcher) read(f *tcp.ReadFile) bool {
 // connection read this way carries no snapshot (raft's client sends each on
 // a connection of its own, and its first request is the InstallSnapshot,
 // which the actor reads); with TLS the dispatcher reads every connection,
-// and an InstallSnapshot's data is then read by raft (startSnapshot).
+// and accepts an InstallSnapshot as the connection's first request only,
+// as the actor hands a plain one over: its data is then read by raft
+// (startSnapshot), and nothing reads ahead of it (startReader runs only
+// once a read brought two requests).
 func (d *dispatcher) onFrame(f frame, _ bool) (bool, error) {
 	switch f.kind {
 	case kindAppendEntries, kindRequestVote, kindRequestPreVote, kindTimeoutNow:
+		d.framed = true
 		d.s.enqueue(inbound{kind: f.kind, id: f.id, body: f.body, charge: f.charge})
 		return false, nil
 	case kindInstallSnapshot:
-		if !d.s.tlsd {
+		if !d.s.tlsd || d.framed {
 			break
 		}
+		d.framed = true
 		req := new(hraft.InstallSnapshotRequest)
 		if err := decodeInstallSnapshotRequest(f.body, req, true); err != nil {
 			d.t.bud.give(f.charge)
@@ -734,7 +750,9 @@ func (d *dispatcher) startReader(f *tcp.ReadFile) {
 	go func() {
 		defer d.t.wg.Done()
 		defer close(d.readerDone)
-		for d.waitRoom() && d.read(f) {
+		// Until the connection ends, or is no longer the reader's to
+		// read (handed to a snapshot).
+		for d.waitRoom() && d.read(f) && d.s.reading(f) {
 		}
 	}()
 }

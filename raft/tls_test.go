@@ -1,11 +1,16 @@
 package raft
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
+	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -177,5 +182,168 @@ func TestTLSSilentConnectionsClosed(t *testing.T) {
 	var resp hraft.RequestVoteResponse
 	if err := client.RequestVote("n1", server.LocalAddr(), &hraft.RequestVoteRequest{RPCHeader: header("n2"), Term: 1}, &resp); err != nil {
 		t.Fatalf("a member after the silent ones: %v", err)
+	}
+}
+
+// logRecords records the Warn and Error records of a transport's logger,
+// each as its message and its "err" attribute.
+type logRecords struct {
+	mu   sync.Mutex
+	recs []string
+}
+
+func (l *logRecords) Enabled(_ context.Context, lv slog.Level) bool { return lv >= slog.LevelWarn }
+func (l *logRecords) Handle(_ context.Context, r slog.Record) error {
+	s := r.Message
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "err" {
+			s += ": " + a.Value.String()
+		}
+		return true
+	})
+	l.mu.Lock()
+	l.recs = append(l.recs, s)
+	l.mu.Unlock()
+	return nil
+}
+func (l *logRecords) WithAttrs([]slog.Attr) slog.Handler { return l }
+func (l *logRecords) WithGroup(string) slog.Handler      { return l }
+
+func (l *logRecords) all() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.recs...)
+}
+
+// TestTLSStrangerCountedOnceAtDebug: a stranger whose handshake fails (it
+// sends the preamble and zeros, not a ClientHello) is one rejected
+// connection, and no Warn line: one per attempt would let anyone who
+// reaches the port fill the log.
+func TestTLSStrangerCountedOnceAtDebug(t *testing.T) {
+	leakcheck.Check(t)
+	logs := &logRecords{}
+	server, err := New(Config{Timeout: 2 * time.Second, Logger: slog.New(logs), TLS: testTLS(t, "n1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { server.Close() })
+	c, err := net.Dial("tcp", string(server.LocalAddr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write(append(preamble[:], make([]byte, 64)...)); err != nil {
+		t.Fatal(err)
+	}
+	if !closedWithin(c, 10*time.Second) {
+		t.Fatal("the stranger's connection is still open")
+	}
+	// Counted and logged before the socket is closed.
+	if got := server.m.rejected.Load(); got != 1 {
+		t.Errorf("rejected %d for one stranger, want 1", got)
+	}
+	if recs := logs.all(); len(recs) != 0 {
+		t.Errorf("Warn records for one failed handshake: %q", recs)
+	}
+}
+
+// TestTLSSnapshotOnlyAsFirstRequest: with TLS, an InstallSnapshot after
+// other requests on the same connection (here three AppendEntries in one
+// record, which start the dispatcher's reader goroutine) is refused as
+// malformed, as without TLS: its data would otherwise be read by two
+// goroutines. Raft never sees it. Our client sends each snapshot on a
+// connection of its own (TestConformanceInstallSnapshotStreams).
+func TestTLSSnapshotOnlyAsFirstRequest(t *testing.T) {
+	leakcheck.Check(t)
+	logs := &logRecords{}
+	server, err := New(Config{Timeout: 2 * time.Second, Logger: slog.New(logs), TLS: testTLS(t, "n1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { server.Close() })
+	const size, nQueued = 256 << 10, 3
+	snaps := make(chan struct{}, 1)
+	serve(t, server, func(rpc hraft.RPC) {
+		switch rpc.Command.(type) {
+		case *hraft.AppendEntriesRequest:
+			rpc.Respond(&hraft.AppendEntriesResponse{Success: true}, nil)
+		case *hraft.InstallSnapshotRequest:
+			snaps <- struct{}{}
+			_, err := io.Copy(io.Discard, rpc.Reader)
+			rpc.Respond(&hraft.InstallSnapshotResponse{Success: err == nil}, err)
+		}
+	})
+	cfg := testTLS(t, "n2").Clone()
+	cfg.ServerName = "127.0.0.1"
+	c, err := tls.Dial("tcp", string(server.LocalAddr()), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	first := append([]byte(nil), preamble[:]...)
+	for id := uint64(1); id <= nQueued; id++ {
+		first = append(first, frameBytes(kindAppendEntries, id, appendRequest(nil, &hraft.AppendEntriesRequest{RPCHeader: header("n2"), Term: 1}))...)
+	}
+	if _, err := c.Write(first); err != nil { // one record
+		t.Fatal(err)
+	}
+	snap := &hraft.InstallSnapshotRequest{RPCHeader: header("n2"), SnapshotVersion: 1, Term: 1, LastLogIndex: 1, LastLogTerm: 1, Size: size}
+	// The server may reset the connection before all of it is written.
+	c.Write(append(frameBytes(kindInstallSnapshot, nQueued+1, appendRequest(nil, snap)), make([]byte, size)...))
+	if !closedWithin(c, 10*time.Second) {
+		t.Fatal("the connection is still open")
+	}
+	select {
+	case <-snaps:
+		t.Error("raft got an InstallSnapshot that was not its connection's first request")
+	default:
+	}
+	recs := logs.all()
+	if len(recs) != 1 || !strings.Contains(recs[0], "on a connection read by its dispatcher") {
+		t.Errorf("want one rejection of the InstallSnapshot as malformed, logged %q", recs)
+	}
+	if got := server.m.rejected.Load(); got != 1 {
+		t.Errorf("rejected %d, want 1", got)
+	}
+}
+
+// TestTLSStrangersHoldNoReadBuffer: connections that never finish their
+// handshake hold no read buffer (64 KiB each once it is done): 64 of them
+// grow the heap by far less than 64 × 64 KiB.
+func TestTLSStrangersHoldNoReadBuffer(t *testing.T) {
+	leakcheck.Check(t)
+	server := newTLSTransport(t, testTLS(t, "n1"))
+	const n = 64
+	heap := func() int64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return int64(ms.HeapAlloc)
+	}
+	base := heap()
+	for range n {
+		c, err := net.Dial("tcp", string(server.LocalAddr()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	accepted := func() int {
+		server.mu.Lock()
+		defer server.mu.Unlock()
+		return len(server.servers)
+	}
+	for d := time.Now().Add(10 * time.Second); accepted() < n; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(d) {
+			t.Fatalf("%d of %d connections accepted", accepted(), n)
+		}
+	}
+	// Their dispatchers wait in the handshake; watch them for a while
+	// (less than newTLSTransport's Timeout, which closes them).
+	const limit = 1 << 20
+	for d := time.Now().Add(time.Second); time.Now().Before(d); time.Sleep(50 * time.Millisecond) {
+		if grown := heap() - base; grown > limit {
+			t.Fatalf("%d silent strangers grew the heap by %d KiB, want < %d KiB", n, grown>>10, limit>>10)
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ioactor/ioactor/netio"
@@ -48,9 +49,10 @@ type tlsFileConn struct {
 	w             *writer
 	actor         netio.Ref // told kickMsg when the socket does not take a write at once
 	m             *metrics
-	// batch: the writing goroutine has more to write soon; let the loop
-	// batch (set by the one goroutine that writes at a time).
-	batch bool
+	// batch: the dispatcher has more answers to write soon; let the loop
+	// batch. Atomic: tls's reading side writes too (an alert, a KeyUpdate
+	// answer), from the reader goroutine, while the dispatcher sets it.
+	batch atomic.Bool
 }
 
 func newTLSFileConn(f *tcp.ReadFile, w *writer, actor netio.Ref, m *metrics, local, remote netip.AddrPort) *tlsFileConn {
@@ -66,7 +68,7 @@ func (c *tlsFileConn) Write(b []byte) (int, error) {
 		return 0, err
 	}
 	c.w.out = append(c.w.out, b...)
-	kick := c.w.sendLocked(c.m, !c.batch)
+	kick := c.w.sendLocked(c.m, !c.batch.Load())
 	c.w.mu.Unlock()
 	if kick {
 		c.actor.Tell(kickMsg{})
@@ -81,8 +83,13 @@ func (c *tlsFileConn) SetDeadline(t time.Time) error      { return c.f.SetReadDe
 func (c *tlsFileConn) SetReadDeadline(t time.Time) error  { return c.f.SetReadDeadline(t) }
 func (c *tlsFileConn) SetWriteDeadline(t time.Time) error { return nil } // writes do not block
 
+// errHandshake: a TLS handshake failed (or the peer's identity was
+// refused); handshakeTLS has counted it and logged it at Debug.
+var errHandshake = errors.New("TLS handshake")
+
 // handshakeTLS runs a TLS handshake over f, within Config.Timeout from
 // now; a server also checks its peer's identity and returns its node id.
+// Its failures are errHandshake.
 func (t *Transport) handshakeTLS(fc *tlsFileConn, remote netip.AddrPort, server bool) (*tls.Conn, string, error) {
 	var tc *tls.Conn
 	if server {
@@ -95,7 +102,7 @@ func (t *Transport) handshakeTLS(fc *tlsFileConn, remote netip.AddrPort, server 
 		tc = tls.Client(fc, cfg)
 	}
 	if err := fc.SetDeadline(time.Now().Add(t.cfg.Timeout)); err != nil {
-		return nil, "", err
+		return nil, "", fmt.Errorf("setting the TLS handshake's deadline: %w", err)
 	}
 	err := tc.Handshake()
 	var id string
@@ -103,12 +110,14 @@ func (t *Transport) handshakeTLS(fc *tlsFileConn, remote netip.AddrPort, server 
 		id, err = t.peerIDOf(tc.ConnectionState())
 	}
 	if err == nil {
-		err = fc.SetDeadline(time.Time{})
+		if err = fc.SetDeadline(time.Time{}); err != nil {
+			err = fmt.Errorf("clearing the deadline: %w", err)
+		}
 	}
 	if err != nil {
 		t.m.rejected.Add(1)
 		t.log.Debug("raft transport: TLS handshake failed", "remote", remote, "err", err)
-		return nil, "", fmt.Errorf("TLS handshake: %w", err)
+		return nil, "", fmt.Errorf("%w: %w", errHandshake, err)
 	}
 	return tc, id, nil
 }
@@ -185,7 +194,7 @@ func (d *dispatcher) tlsOpen(f *tcp.ReadFile) error {
 	}
 	var pre [len(preamble)]byte
 	if err := f.SetReadDeadline(time.Now().Add(d.t.cfg.Timeout)); err != nil {
-		return err
+		return fmt.Errorf("setting the preamble's deadline: %w", err)
 	}
 	if _, err := io.ReadFull(tc, pre[:]); err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
@@ -197,7 +206,7 @@ func (d *dispatcher) tlsOpen(f *tcp.ReadFile) error {
 		return fmt.Errorf("%w: not a raft transport client (bad preamble)", ErrMalformed)
 	}
 	if err := f.SetReadDeadline(time.Time{}); err != nil {
-		return err
+		return fmt.Errorf("clearing the preamble's deadline: %w", err)
 	}
 	d.tc, d.s.peer = tc, id
 	return nil
@@ -221,7 +230,7 @@ func (d *dispatcher) encryptAnswers(more bool) {
 	if len(d.plain) == 0 {
 		return
 	}
-	d.fc.batch = more
+	d.fc.batch.Store(more)
 	_, err := d.tc.Write(d.plain)
 	d.plain = d.plain[:0]
 	if cap(d.plain) > maxSpare {
