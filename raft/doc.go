@@ -101,7 +101,10 @@
 // raft's Reads read the socket themselves (through the runtime's poller),
 // into raft's buffer or a 256 KiB one, and nothing more is buffered. A
 // receiver that does not read holds the sender through the TCP window. A connection stops reading, the same way, when
-// raft falls behind on its requests.
+// raft falls behind on its requests, and when its peer does not read the
+// answers: past min(Config.MaxBuffered, 4 MiB) of answers pending it takes
+// no more requests, and it is closed (ErrSlowPeer) once none was taken for
+// Config.Timeout.
 //
 // # TLS
 //

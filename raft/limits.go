@@ -28,6 +28,12 @@ import (
 //   - a frame once begun must keep coming: a connection silent for
 //     Config.Timeout in the middle of a frame is closed (ErrStalled),
 //     unless it is this side that stopped reading;
+//   - a connection's answers not yet taken by the kernel are bounded by
+//     min(Config.MaxBuffered, 4 MiB) plus what raft is already working on
+//     for it (at most 128 requests): past that its dispatcher takes no
+//     more of its requests, so that it stops reading the socket and TCP
+//     holds the peer back; if none of its answers is taken for
+//     Config.Timeout meanwhile, the connection is closed (ErrSlowPeer);
 //   - at most Config.MaxConnections accepted connections at a time; more
 //     are reset at once;
 //   - what a closed connection held goes back to the budget, and its
@@ -38,12 +44,21 @@ var (
 	// ErrStalled: a connection stopped sending in the middle of its
 	// preamble or of a frame.
 	ErrStalled = errors.New("raft transport: connection stalled")
+	// ErrSlowPeer: a connection read none of its answers for
+	// Config.Timeout while more than outCap of them waited.
+	ErrSlowPeer = errors.New("raft transport: peer does not read its answers")
 )
 
 const (
 	defaultMaxConns    = 256
 	defaultMaxBuffered = 2 * defaultMaxFrame
 )
+
+// outCap is the bytes of answers a server connection may have pending
+// before its dispatcher takes no more requests (limits.go's list).
+func (t *Transport) outCap() int {
+	return min(t.cfg.MaxBuffered, maxSpare)
+}
 
 // budget counts bytes against a maximum, for every connection of a
 // transport.

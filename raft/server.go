@@ -131,6 +131,7 @@ type serverConn struct {
 	dsnap   *snapPipe
 	qsignal chan struct{}
 	rresume chan struct{} // TLS: the reader goroutine may read again (waitRoom)
+	drained chan struct{} // a write of answers was acked (the dispatcher, while outFull)
 	resume  atomic.Bool   // the dispatcher must ask for ResumeReading
 
 	// Owned by the actor.
@@ -175,6 +176,7 @@ func (s *serverConn) PreStart(ctx *netio.Context) {
 	s.self = ctx.Self()
 	s.qsignal = make(chan struct{}, 1)
 	s.rresume = make(chan struct{}, 1)
+	s.drained = make(chan struct{}, 1)
 	s.stopCh = make(chan struct{})
 	if s.tlsd {
 		// Suspended first: the loop reads nothing of the handshake.
@@ -206,6 +208,10 @@ func (s *serverConn) Receive(ctx *netio.Context, msg any) {
 		}
 	case writeAck:
 		s.w.acked()
+		select {
+		case s.drained <- struct{}{}:
+		default:
+		}
 		s.pump(ctx)
 	case kickMsg:
 		s.pump(ctx)
@@ -496,8 +502,23 @@ func (d *dispatcher) run() {
 	var nextKind rpcKind
 	var nextID uint64
 	has := false
+	// slow: the answers pending passed outCap; slowSince: since when no
+	// write of them was acked.
+	var slow *time.Timer
+	var slowSince time.Time
+	defer func() {
+		if slow != nil {
+			slow.Stop()
+		}
+	}()
 	for {
-		if !has && len(d.inflight) < serverInFlight {
+		full := d.s.w.pending() > d.t.outCap()
+		if !full {
+			slowSince = time.Time{}
+		} else if slowSince.IsZero() {
+			slowSince = time.Now()
+		}
+		if !has && len(d.inflight) < serverInFlight && !full {
 			if in, ok := d.s.pop(d.self); ok {
 				rpc, ch, kind, err := d.decode(in)
 				if err == nil {
@@ -527,7 +548,7 @@ func (d *dispatcher) run() {
 				continue
 			}
 		}
-		if !has && len(d.inflight) == 0 {
+		if !has && len(d.inflight) == 0 && !full {
 			if f := d.s.readFile(); f != nil && d.readerDone == nil {
 				if !d.read(f) {
 					return
@@ -546,8 +567,25 @@ func (d *dispatcher) run() {
 		if len(d.inflight) > 0 {
 			respCh = d.inflight[0].ch
 		}
+		var slowC <-chan time.Time
+		if full {
+			left := time.Until(slowSince.Add(d.t.cfg.Timeout))
+			if slow == nil {
+				slow = time.NewTimer(left)
+			} else {
+				slow.Reset(left)
+			}
+			slowC = slow.C
+		}
 		select {
 		case <-d.s.qsignal:
+		case <-d.s.drained:
+			slowSince = time.Time{} // progress: the peer reads
+		case <-slowC:
+			if time.Since(slowSince) >= d.t.cfg.Timeout {
+				d.self.Tell(protocolError{err: fmt.Errorf("%w: read none of its answers for %v (%d bytes pending)", ErrSlowPeer, d.t.cfg.Timeout, d.s.w.pending())})
+				return
+			}
 		case sendCh <- next:
 			d.t.m.served[nextKind].Add(1)
 			d.inflight = append(d.inflight, pending{id: nextID, kind: nextKind, ch: nextCh})

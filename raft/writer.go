@@ -2,6 +2,7 @@ package raft
 
 import (
 	"sync"
+	"sync/atomic"
 
 	"github.com/ioactor/ioactor/netio"
 	"github.com/ioactor/ioactor/tcp"
@@ -30,6 +31,9 @@ type writer struct {
 	raws   []*rawChunk // raw data waiting, after out
 	kicked bool        // a kick is queued, or the actor is busy writing
 	closed error       // set once: every later enqueue fails with it
+	// writing: the bytes handed to the tcp connection and not yet acked
+	// (set by the actor; read by pending).
+	writing atomic.Int64
 
 	// Owned by the actor.
 	spare []byte    // the other buffer, free
@@ -148,6 +152,7 @@ func (w *writer) pump(ctx *netio.Context, conn netio.Ref, m *metrics) bool {
 	} else {
 		w.cmd = tcp.Write{Data: w.wraw.data, Ack: writeAck{}}
 	}
+	w.writing.Store(int64(len(w.cmd.Data)))
 	m.bytesOut.Add(uint64(len(w.cmd.Data)))
 	ctx.Tell(conn, &w.cmd)
 	return true
@@ -156,6 +161,7 @@ func (w *writer) pump(ctx *netio.Context, conn netio.Ref, m *metrics) bool {
 // acked frees what the pending write held (actor only).
 func (w *writer) acked() {
 	w.cmd = tcp.Write{}
+	w.writing.Store(0)
 	if w.wbuf != nil {
 		if cap(w.wbuf) <= maxSpare {
 			w.spare = w.wbuf[:0]
@@ -166,6 +172,16 @@ func (w *writer) acked() {
 		w.wraw.done <- nil
 		w.wraw = nil
 	}
+}
+
+// pending returns the bytes of output the writer holds: queued frames and
+// the write not yet acked (any goroutine; raw chunks are their producers'
+// buffers, bounded by them).
+func (w *writer) pending() int {
+	w.mu.Lock()
+	n := len(w.out)
+	w.mu.Unlock()
+	return n + int(w.writing.Load())
 }
 
 // idle reports whether nothing is being written or waiting (actor only).
