@@ -77,7 +77,13 @@ func TestMain(m *testing.M) {
 
 func newTLSTransport(t *testing.T, cfg *tls.Config) *Transport {
 	t.Helper()
-	tr, err := New(Config{Timeout: 2 * time.Second, Logger: quietLog, TLS: cfg})
+	return newTLSTransportLogging(t, cfg, quietLog)
+}
+
+// newTLSTransportLogging is newTLSTransport logging to log.
+func newTLSTransportLogging(t *testing.T, cfg *tls.Config, log *slog.Logger) *Transport {
+	t.Helper()
+	tr, err := New(Config{Timeout: 2 * time.Second, Logger: log, TLS: cfg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,11 +228,7 @@ func (l *logRecords) all() []string {
 func TestTLSStrangerCountedOnceAtDebug(t *testing.T) {
 	leakcheck.Check(t)
 	logs := &logRecords{}
-	server, err := New(Config{Timeout: 2 * time.Second, Logger: slog.New(logs), TLS: testTLS(t, "n1")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { server.Close() })
+	server := newTLSTransportLogging(t, testTLS(t, "n1"), slog.New(logs))
 	c, err := net.Dial("tcp", string(server.LocalAddr()))
 	if err != nil {
 		t.Fatal(err)
@@ -256,11 +258,7 @@ func TestTLSStrangerCountedOnceAtDebug(t *testing.T) {
 func TestTLSSnapshotOnlyAsFirstRequest(t *testing.T) {
 	leakcheck.Check(t)
 	logs := &logRecords{}
-	server, err := New(Config{Timeout: 2 * time.Second, Logger: slog.New(logs), TLS: testTLS(t, "n1")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { server.Close() })
+	server := newTLSTransportLogging(t, testTLS(t, "n1"), slog.New(logs))
 	const size, nQueued = 256 << 10, 3
 	snaps := make(chan struct{}, 1)
 	serve(t, server, func(rpc hraft.RPC) {
